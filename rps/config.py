@@ -1,0 +1,244 @@
+"""Structured configs: every knob with its type, default and allowed values, in one place.
+
+Hydra composes ``conf/config.yaml`` from the groups ``dataset``, ``split``, ``backbone``,
+``head`` and ``optimizer``; each group's YAML files extend the schema registered here, so
+OmegaConf rejects unknown keys and wrong types, and :func:`validate` rejects values out of
+range, all before TensorFlow is imported.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from rps.errors import ConfigError
+
+DEFAULT_HANDLE = "https://tfhub.dev/google/tf2-preview/mobilenet_v2/feature_vector/4"
+DATASET_KINDS = ("tfds", "image_folder")
+SPLIT_KINDS = ("tutorial", "official")
+OPTIMIZERS = ("adam", "sgd")
+
+
+@dataclass
+class DatasetConfig:
+    """Where the labelled images come from (``kind`` picks the loader)."""
+
+    kind: str = MISSING
+
+
+@dataclass
+class TfdsDatasetConfig(DatasetConfig):
+    """A TensorFlow Datasets dataset with ``train`` and ``test`` splits."""
+
+    kind: str = "tfds"
+    name: str = "rock_paper_scissors"
+    # null: the newest prepared version (or the builder's default when downloading).
+    version: Optional[str] = None
+    # null: $TFDS_DATA_DIR, else ~/tensorflow_datasets (TFDS's own default).
+    data_dir: Optional[str] = None
+
+
+@dataclass
+class ImageFolderConfig(DatasetConfig):
+    """A user's folder with one sub-directory of images per class (names = labels)."""
+
+    kind: str = "image_folder"
+    path: str = MISSING
+    # Optional second folder of the same layout: the dataset's own test set (split=official).
+    test_path: Optional[str] = None
+    # false: any undecodable image stops the run before training and lists the files;
+    # true: such files are left out and their number is logged.
+    skip_corrupt: bool = False
+
+
+@dataclass
+class SplitConfig:
+    """How examples are divided into train / validation / test.
+
+    ``tutorial``: the dataset's train and test are pooled, shuffled once with ``seed``
+    and cut into val / test / rest-for-train (the reference recipe, leak-free).
+    ``official``: the dataset's own test set; validation is carved from its train set.
+    Sizes below 1 are fractions of the pool they are taken from; sizes of 1 or more are counts.
+    """
+
+    kind: str = "tutorial"
+    val_size: float = 600
+    test_size: Optional[float] = 400  # tutorial only; must be null for official
+
+
+@dataclass
+class BackboneConfig:
+    """The pretrained feature extractor: a TF Hub handle or a local SavedModel directory."""
+
+    name: str = "mobilenet_v2"
+    handle: str = DEFAULT_HANDLE
+    image_size: int = 224
+    trainable: bool = False
+
+
+@dataclass
+class HeadConfig:
+    """The trainable classifier on top of the backbone's feature vector."""
+
+    dropout: float = 0.5
+    hidden_units: int = 0  # 0: no hidden layer (Dropout -> Dense(softmax), the tutorial head)
+
+
+@dataclass
+class OptimizerConfig:
+    """Optimizer name and its hyper-parameters."""
+
+    name: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.0  # sgd only
+
+
+@dataclass
+class Config:
+    """The whole run. Top-level knobs are the ones a user changes most."""
+
+    dataset: DatasetConfig = MISSING
+    split: SplitConfig = MISSING
+    backbone: BackboneConfig = MISSING
+    head: HeadConfig = MISSING
+    optimizer: OptimizerConfig = MISSING
+    epochs: int = 2
+    batch_size: int = 64
+    # Seeds the split, the shuffling of training batches, weight init and dropout.
+    seed: int = 42
+    experiment_name: str = "rps"
+    run_name: Optional[str] = None  # null: derived from the main hyper-parameters
+    # null: $MLFLOW_TRACKING_URI, else sqlite:///<launch dir>/mlruns/mlflow.db
+    tracking_uri: Optional[str] = None
+    # Local store folder (database and artifacts) used when no tracking URI is given.
+    mlruns_dir: str = "mlruns"
+    num_samples: int = 10  # test images drawn in sample_predictions.png
+
+
+def register_configs() -> None:
+    """Register the schemas the YAML files in ``conf/`` extend (``defaults: [schema]``)."""
+    cs = ConfigStore.instance()
+    cs.store(name="config_schema", node=Config)
+    cs.store(group="dataset", name="tfds_schema", node=TfdsDatasetConfig)
+    cs.store(group="dataset", name="image_folder_schema", node=ImageFolderConfig)
+    cs.store(group="split", name="schema", node=SplitConfig)
+    cs.store(group="backbone", name="schema", node=BackboneConfig)
+    cs.store(group="head", name="schema", node=HeadConfig)
+    cs.store(group="optimizer", name="schema", node=OptimizerConfig)
+
+
+def _size_problem(value: Optional[float]) -> Optional[str]:
+    if value is None or not math.isfinite(value) or value <= 0:
+        return "must be a fraction in (0, 1) or a whole count >= 1"
+    if value >= 1 and value != int(value):
+        return "a size of 1 or more is a count and must be a whole number"
+    return None
+
+
+def _problems(cfg: DictConfig) -> list[tuple[str, Any, str]]:
+    """Every (key, value, what is allowed) that is wrong in ``cfg``."""
+    out: list[tuple[str, Any, str]] = []
+
+    def need(key: str, ok: bool, allowed: str) -> None:
+        if not ok:
+            out.append((key, OmegaConf.select(cfg, key), allowed))
+
+    ds = cfg.dataset
+    need("dataset.kind", ds.kind in DATASET_KINDS, f"one of {', '.join(DATASET_KINDS)}")
+    if ds.kind == "tfds":
+        need("dataset.name", bool(ds.name), "a TFDS dataset name such as rock_paper_scissors")
+    if ds.kind == "image_folder":
+        need(
+            "dataset.path",
+            not OmegaConf.is_missing(ds, "path") and bool(ds.path),
+            "a folder with one sub-directory of images per class, e.g. dataset.path=/data/hands",
+        )
+
+    sp = cfg.split
+    need("split.kind", sp.kind in SPLIT_KINDS, f"one of {', '.join(SPLIT_KINDS)}")
+    problem = _size_problem(sp.val_size)
+    need("split.val_size", problem is None, problem or "")
+    if sp.kind == "tutorial":
+        problem = _size_problem(sp.test_size)
+        need("split.test_size", problem is None, problem or "")
+    elif sp.kind == "official":
+        need(
+            "split.test_size",
+            sp.test_size is None,
+            "null: the official split uses the dataset's own test set",
+        )
+
+    bb = cfg.backbone
+    need("backbone.handle", bool(bb.handle), "a TF Hub URL or a local SavedModel directory")
+    need("backbone.image_size", 32 <= bb.image_size <= 1024, "an integer in [32, 1024] (224 for MobileNet-V2)")
+    need("backbone.trainable", not bb.trainable, "false: fine-tuning the backbone is not implemented yet")
+
+    need("head.dropout", 0 <= cfg.head.dropout < 1, "a rate in [0, 1)")
+    need("head.hidden_units", cfg.head.hidden_units >= 0, "0 (no hidden layer) or a positive width")
+
+    opt = cfg.optimizer
+    need("optimizer.name", opt.name in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}")
+    need("optimizer.lr", math.isfinite(opt.lr) and opt.lr > 0, "a finite learning rate > 0, e.g. 1e-3")
+    need("optimizer.momentum", 0 <= opt.momentum < 1, "a value in [0, 1)")
+
+    need("epochs", cfg.epochs >= 1, "an integer >= 1")
+    need("batch_size", cfg.batch_size >= 1, "an integer >= 1")
+    need("seed", cfg.seed >= 0, "an integer >= 0")
+    need("num_samples", cfg.num_samples >= 0, "an integer >= 0 (0 draws no sample grid)")
+    need("experiment_name", bool(cfg.experiment_name), "a non-empty MLflow experiment name")
+    return out
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise :class:`ConfigError` naming every out-of-range value in ``cfg``."""
+    problems = _problems(cfg)
+    if problems:
+        lines = "; ".join(f"{key}={value!r} (allowed: {allowed})" for key, value, allowed in problems)
+        raise ConfigError(
+            f"Invalid configuration: {lines}. Change the value on the command line "
+            "(for example `python -m rps.run head.dropout=0.5`) or in the YAML under conf/."
+        )
+
+
+def resolve_size(size: float, pool: int) -> int:
+    """A split size as a count: fractions (< 1) of ``pool`` are rounded, counts kept."""
+    return max(1, round(size * pool)) if size < 1 else int(size)
+
+
+@dataclass(frozen=True)
+class SplitSizes:
+    train: int
+    val: int
+    test: int
+
+
+def split_sizes(split: DictConfig, n_train: int, n_test: int) -> SplitSizes:
+    """Sizes of the three splits for a dataset of ``n_train`` + ``n_test`` examples.
+
+    Raises :class:`ConfigError` when the requested split does not fit the data.
+    """
+    if split.kind == "tutorial":
+        pool = n_train + n_test
+        val, test = resolve_size(split.val_size, pool), resolve_size(split.test_size, pool)
+        train = pool - val - test
+        where = f"the pooled {pool} examples"
+    else:
+        if n_test == 0:
+            raise ConfigError(
+                "split=official needs the dataset's own test set, and this dataset has none "
+                "(for an image folder set dataset.test_path). Use split=tutorial instead."
+            )
+        val, test = resolve_size(split.val_size, n_train), n_test
+        train = n_train - val
+        where = f"the dataset's {n_train} training examples"
+    if train < 1:
+        raise ConfigError(
+            f"The split does not fit the data: split.val_size={split.val_size} and "
+            f"split.test_size={split.test_size} take {val + (test if split.kind == 'tutorial' else 0)} "
+            f"of {where}, leaving {train} for training. Use smaller sizes (counts or fractions < 1)."
+        )
+    return SplitSizes(train=train, val=val, test=test)

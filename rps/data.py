@@ -1,0 +1,179 @@
+"""Data: load encoded images, split them once (seeded, leak-free), and build tf.data pipelines.
+
+Images stay encoded (JPEG/PNG bytes, or file paths for image folders) until a pipeline
+decodes them, so the whole rock_paper_scissors dataset is ~45 MB in memory. The split is a
+fixed permutation of example indices drawn from ``seed``: every epoch sees exactly the same
+train / val / test membership (the reference tutorial reshuffled on every iteration and so
+leaked val/test images into training).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+
+from rps.config import SplitSizes
+from rps.errors import DataError, ResourceError
+from rps.resources import DatasetSource
+
+log = logging.getLogger(__name__)
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+@dataclass
+class Examples:
+    """Encoded images (bytes, or file paths when ``from_files``) and integer labels, in order."""
+
+    images: np.ndarray  # dtype object
+    labels: np.ndarray  # int64
+    from_files: bool = False
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def take(self, index: np.ndarray) -> "Examples":
+        return Examples(self.images[index], self.labels[index], self.from_files)
+
+
+def concat(a: Examples, b: Examples) -> Examples:
+    return Examples(np.concatenate([a.images, b.images]), np.concatenate([a.labels, b.labels]), a.from_files)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _tfds_examples(ds: tf.data.Dataset) -> Examples:
+    images, labels = [], []
+    for image, label in ds.as_numpy_iterator():
+        images.append(image)
+        labels.append(label)
+    return Examples(np.array(images, dtype=object), np.array(labels, dtype=np.int64))
+
+
+def load_tfds(source: DatasetSource) -> tuple[Examples, Examples, list[str], str]:
+    """Train and test examples of a TFDS dataset, its class names and its version."""
+    import tensorflow_datasets as tfds
+
+    try:
+        (train, test), info = tfds.load(
+            source.name,
+            split=["train", "test"],
+            data_dir=source.data_dir,
+            download=not source.prepared,
+            as_supervised=True,
+            with_info=True,
+            shuffle_files=False,
+            decoders={"image": tfds.decode.SkipDecoding()},  # decoded later, in the pipeline
+        )
+    except Exception as err:  # TFDS raises many types; all mean "cannot load it"
+        raise ResourceError(
+            f"TFDS could not load '{source.name}' from {source.data_dir}: {err}. Set TFDS_DATA_DIR "
+            "(or dataset.data_dir) to a folder that holds a prepared copy of the dataset."
+        ) from err
+    names = list(info.features[info.supervised_keys[1]].names)
+    return _tfds_examples(train), _tfds_examples(test), names, str(info.version)
+
+
+def _file_examples(files: list[tuple[str, int]]) -> Examples:
+    paths = np.array([p for p, _ in files], dtype=object)
+    return Examples(paths, np.array([y for _, y in files], dtype=np.int64), from_files=True)
+
+
+def find_corrupt(paths: list[str]) -> list[str]:
+    """The files among ``paths`` that TensorFlow cannot decode as an image."""
+    bad = []
+    for path in paths:
+        try:
+            decode(tf.io.read_file(path))
+        except (tf.errors.OpError, ValueError):
+            bad.append(path)
+    return bad
+
+
+def load_image_folder(source: DatasetSource, skip_corrupt: bool) -> tuple[Examples, Examples, int]:
+    """Train and test examples of an image folder, checked for undecodable files.
+
+    Returns the examples and the number of corrupt files left out (only with ``skip_corrupt``).
+    """
+    all_files = source.train_files + source.test_files
+    bad = set(find_corrupt([p for p, _ in all_files]))
+    if bad and not skip_corrupt:
+        listed = ", ".join(sorted(bad)[:20]) + (" ..." if len(bad) > 20 else "")
+        raise DataError(
+            f"{len(bad)} image file(s) cannot be decoded: {listed}. Remove or fix them, or set "
+            "dataset.skip_corrupt=true to leave them out (their number is logged)."
+        )
+    if bad:
+        log.warning("Leaving out %d undecodable image file(s): %s", len(bad), ", ".join(sorted(bad)))
+    train = _file_examples([(p, y) for p, y in source.train_files if p not in bad])
+    test = _file_examples([(p, y) for p, y in source.test_files if p not in bad])
+    return train, test, len(bad)
+
+
+# --------------------------------------------------------------------------- splitting
+
+
+def split_examples(
+    train: Examples, test: Examples, kind: str, sizes: SplitSizes, seed: int
+) -> dict[str, Examples]:
+    """Cut the examples into disjoint ``train``/``val``/``test`` with one seeded permutation."""
+    rng = np.random.default_rng(seed)
+    if kind == "tutorial":
+        pool = concat(train, test)
+        order = rng.permutation(len(pool))
+        val_idx = order[: sizes.val]
+        test_idx = order[sizes.val : sizes.val + sizes.test]
+        train_idx = order[sizes.val + sizes.test :]
+        return {"train": pool.take(train_idx), "val": pool.take(val_idx), "test": pool.take(test_idx)}
+    order = rng.permutation(len(train))
+    return {
+        "train": train.take(order[sizes.val :]),
+        "val": train.take(order[: sizes.val]),
+        "test": test.take(rng.permutation(len(test))),  # order only matters for the sample grid
+    }
+
+
+# --------------------------------------------------------------------------- pipelines
+
+
+def decode(encoded: tf.Tensor) -> tf.Tensor:
+    """JPEG/PNG/BMP/GIF bytes -> uint8 [H, W, 3] (grey and RGBA images become RGB)."""
+    return tf.io.decode_image(encoded, channels=3, expand_animations=False)
+
+
+def preprocess(image: tf.Tensor, image_size: int) -> tf.Tensor:
+    """uint8 image(s) -> float32 in [0, 1], resized to the backbone's input size."""
+    image = tf.image.convert_image_dtype(image, tf.float32)
+    return tf.image.resize(image, (image_size, image_size))
+
+
+def make_dataset(
+    examples: Examples,
+    image_size: int,
+    batch_size: int,
+    n_classes: int,
+    shuffle_seed: int | None = None,
+) -> tf.data.Dataset:
+    """Batches of (image in [0, 1], one-hot label); shuffled each epoch only if a seed is given."""
+    ds = tf.data.Dataset.from_tensor_slices((list(examples.images), examples.labels))
+    if shuffle_seed is not None:
+        ds = ds.shuffle(len(examples), seed=shuffle_seed, reshuffle_each_iteration=True)
+
+    def load(encoded, label):
+        if examples.from_files:
+            encoded = tf.io.read_file(encoded)
+        return preprocess(decode(encoded), image_size), tf.one_hot(label, n_classes)
+
+    return ds.map(load, num_parallel_calls=AUTOTUNE).batch(batch_size).prefetch(AUTOTUNE)
+
+
+def decoded_images(examples: Examples, count: int) -> list[np.ndarray]:
+    """The first ``count`` images as uint8 arrays, for plotting."""
+    out = []
+    for encoded in examples.images[:count]:
+        raw = tf.io.read_file(encoded) if examples.from_files else encoded
+        out.append(decode(raw).numpy())
+    return out

@@ -1,0 +1,26 @@
+"""User-facing errors: one paragraph that names what is wrong and how to fix it."""
+
+
+class RpsError(Exception):
+    """An error caused by the user's input or environment (not a bug in rps).
+
+    The runner prints its message without a traceback and exits non-zero.
+    """
+
+    exit_code = 2
+
+
+class ConfigError(RpsError):
+    """A configuration value is out of range, of the wrong kind, or inconsistent."""
+
+
+class ResourceError(RpsError):
+    """A dataset, backbone, path or tracking server cannot be reached or read."""
+
+
+class DataError(RpsError):
+    """The data itself is unusable (corrupt images, empty classes, too few examples)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived: handled like Ctrl-C, so the MLflow run ends KILLED."""

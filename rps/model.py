@@ -1,0 +1,106 @@
+"""Model: a frozen TF Hub feature extractor followed by a small trainable head.
+
+The full model is ``Input(image) -> backbone (hub.KerasLayer) -> head``, where ``head`` is its
+own Keras model (``[Dense(relu)] -> Dropout -> Dense(softmax)``) taking the feature vector.
+Keeping the head separate means the same weights can be trained on image batches or on
+precomputed features, and the exported model always maps images to class probabilities.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+import tensorflow_hub as hub
+from omegaconf import DictConfig
+
+from rps.errors import ConfigError, ResourceError
+
+keras = tf.keras  # tf-keras (Keras 2): TF_USE_LEGACY_KERAS=1 is set by rps/__init__.py
+
+
+def load_backbone(handle: str, image_size: int) -> tuple[hub.KerasLayer, int]:
+    """The frozen backbone layer and the length of its feature vector.
+
+    One forward pass on a blank image checks that the backbone accepts ``image_size``.
+    """
+    try:
+        layer = hub.KerasLayer(handle, trainable=False, name="backbone")
+    except Exception as err:  # TF Hub surfaces network, format and file errors alike
+        raise ResourceError(
+            f"TF Hub could not load the backbone {handle}: {err}. For a URL handle set "
+            "TFHUB_CACHE_DIR to a folder holding its cached SavedModel (<sha1 of the URL>/); "
+            "otherwise set backbone.handle to a valid SavedModel directory."
+        ) from err
+    try:
+        features = layer(tf.zeros((1, image_size, image_size, 3)))
+    except Exception as err:
+        raise ConfigError(
+            f"backbone.image_size={image_size} is not accepted by the backbone {handle}: "
+            f"{str(err).splitlines()[0]}. Use the size it was trained for (224 for MobileNet-V2)."
+        ) from err
+    if features.shape.rank != 2:
+        raise ResourceError(
+            f"The backbone {handle} returns shape {features.shape}, not a [batch, features] "
+            "feature vector. Use a TF Hub *feature_vector* model."
+        )
+    return layer, int(features.shape[-1])
+
+
+def build_head(feature_dim: int, n_classes: int, cfg: DictConfig) -> keras.Model:
+    """``[Dense(hidden_units, relu)] -> Dropout(dropout) -> Dense(n_classes, softmax)``."""
+    layers = [keras.layers.InputLayer(input_shape=(feature_dim,))]
+    if cfg.hidden_units:
+        layers.append(keras.layers.Dense(cfg.hidden_units, activation="relu"))
+    layers += [
+        keras.layers.Dropout(cfg.dropout),
+        keras.layers.Dense(n_classes, activation="softmax", name="probabilities"),
+    ]
+    return keras.Sequential(layers, name="head")
+
+
+def build_classifier(backbone: hub.KerasLayer, head: keras.Model, image_size: int) -> keras.Model:
+    """Images (float32 in [0, 1], ``image_size`` square) -> class probabilities."""
+    return keras.Sequential(
+        [keras.layers.InputLayer(input_shape=(image_size, image_size, 3)), backbone, head],
+        name="rps_classifier",
+    )
+
+
+def make_optimizer(cfg: DictConfig) -> keras.optimizers.Optimizer:
+    if cfg.name == "sgd":
+        return keras.optimizers.SGD(learning_rate=cfg.lr, momentum=cfg.momentum)
+    return keras.optimizers.Adam(learning_rate=cfg.lr)
+
+
+def compile_classifier(model: keras.Model, optimizer_cfg: DictConfig) -> None:
+    """Softmax outputs pair with a probability loss (``from_logits=False``), unlike the tutorial."""
+    model.compile(
+        optimizer=make_optimizer(optimizer_cfg),
+        loss=keras.losses.CategoricalCrossentropy(from_logits=False),
+        metrics=["accuracy"],
+    )
+
+
+def count_params(model: keras.Model) -> dict[str, int]:
+    trainable = sum(int(tf.size(w)) for w in model.trainable_weights)
+    frozen = sum(int(tf.size(w)) for w in model.non_trainable_weights)
+    return {"trainable": trainable, "frozen": frozen}
+
+
+class ExportedClassifier(tf.Module):
+    """The trained classifier as a self-contained SavedModel.
+
+    Calling it maps float32 images in [0, 1] of shape [batch, image_size, image_size, 3] to
+    class probabilities. The backbone's weights are stored inside (loading needs neither the
+    TF Hub cache nor the network), and so are ``class_names`` and ``image_size``.
+    """
+
+    def __init__(self, classifier: keras.Model, class_names: list[str], image_size: int):
+        super().__init__(name="rps_classifier")
+        self.classifier = classifier
+        self.class_names = tf.Variable(class_names, trainable=False, dtype=tf.string)
+        self.image_size = tf.Variable(image_size, trainable=False, dtype=tf.int32)
+        spec = tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name="image")
+        self.__call__ = tf.function(lambda image: self.classifier(image, training=False), input_signature=[spec])
+
+    def save(self, path: str) -> None:
+        tf.saved_model.save(self, path, signatures={"serving_default": self.__call__})

@@ -1,0 +1,229 @@
+"""Pre-flight checks of the dataset and backbone, in pure Python (no TensorFlow import).
+
+They run before an MLflow run is started, so a missing mirror, a wrong path or no network
+fails within seconds with a message naming the fix, instead of a long retry loop
+(TFDS retries downloads for minutes offline) or a traceback from deep inside TF Hub.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+from urllib.parse import urlparse
+
+from omegaconf import DictConfig
+
+from rps.errors import ResourceError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")  # what tf.io.decode_image reads
+TFDS_DOWNLOAD_URL = "https://storage.googleapis.com"  # where TFDS fetches rock_paper_scissors
+
+
+@dataclass
+class DatasetSource:
+    """What pre-flight learned about the dataset, enough to size the split and load it."""
+
+    kind: str  # "tfds" or "image_folder"
+    class_names: list[str]
+    n_train: Optional[int]  # None when a TFDS dataset still has to be downloaded
+    n_test: Optional[int]
+    # tfds
+    name: str = ""
+    data_dir: Optional[str] = None
+    version: Optional[str] = None
+    prepared: bool = True
+    # image_folder: (path, label index) of every image file, in a fixed order
+    train_files: list[tuple[str, int]] = field(default_factory=list)
+    test_files: list[tuple[str, int]] = field(default_factory=list)
+
+
+def can_reach(url: str, timeout: float = 3.0) -> bool:
+    """True when a TCP connection to ``url``'s host opens within ``timeout`` seconds."""
+    parsed = urlparse(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname, port), timeout=timeout):
+            return True
+    except (OSError, TypeError):
+        return False
+
+
+def _absolute(path: str) -> Path:
+    return Path(os.path.expanduser(path)).resolve()
+
+
+# --------------------------------------------------------------------------- TFDS
+
+
+def tfds_data_dir(configured: Optional[str]) -> Path:
+    """The folder TFDS reads: ``dataset.data_dir``, else $TFDS_DATA_DIR, else its default."""
+    return _absolute(configured or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets")
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
+
+
+def _prepared_versions(dataset_dir: Path) -> list[str]:
+    if not dataset_dir.is_dir():
+        return []
+    found = [
+        d.name
+        for d in dataset_dir.iterdir()
+        if (d / "dataset_info.json").is_file() and d.name.replace(".", "").isdigit()
+    ]
+    return sorted(found, key=_version_key)
+
+
+def _split_counts(info: dict) -> dict[str, int]:
+    return {s["name"]: sum(int(n) for n in s.get("shardLengths", [])) for s in info.get("splits", [])}
+
+
+def locate_tfds(cfg: DictConfig) -> DatasetSource:
+    """Find a prepared TFDS dataset, or make sure it can be downloaded."""
+    data_dir = tfds_data_dir(cfg.data_dir)
+    dataset_dir = data_dir / cfg.name
+    versions = _prepared_versions(dataset_dir)
+    if cfg.version:
+        versions = [v for v in versions if v == cfg.version]
+    if not versions:
+        wanted = f"{cfg.name}/{cfg.version or '<version>'}/"
+        if not can_reach(TFDS_DOWNLOAD_URL):
+            raise ResourceError(
+                f"The TFDS dataset '{cfg.name}' is not prepared in {data_dir} (no {wanted} with a "
+                f"dataset_info.json) and it cannot be downloaded: {TFDS_DOWNLOAD_URL} is unreachable "
+                "(no network). Set TFDS_DATA_DIR (or dataset.data_dir=...) to a folder that holds a "
+                f"prepared {wanted}, for example TFDS_DATA_DIR=../shared/offline/tfds, or run once "
+                "with network access to download it."
+            )
+        return DatasetSource(
+            kind="tfds", class_names=[], n_train=None, n_test=None, name=cfg.name,
+            data_dir=str(data_dir), version=cfg.version, prepared=False,
+        )
+    version = versions[-1]
+    version_dir = dataset_dir / version
+    try:
+        counts = _split_counts(json.loads((version_dir / "dataset_info.json").read_text()))
+    except (OSError, ValueError, KeyError) as err:
+        raise ResourceError(
+            f"{version_dir / 'dataset_info.json'} is unreadable ({err}); the prepared dataset is "
+            "damaged. Delete that folder and prepare it again, or point TFDS_DATA_DIR elsewhere."
+        ) from err
+    labels_file = version_dir / "label.labels.txt"
+    class_names = labels_file.read_text().split() if labels_file.is_file() else []
+    return DatasetSource(
+        kind="tfds", class_names=class_names, n_train=counts.get("train", 0),
+        n_test=counts.get("test", 0), name=cfg.name, data_dir=str(data_dir), version=version,
+    )
+
+
+# --------------------------------------------------------------------------- image folders
+
+
+def _class_dirs(root: Path) -> list[Path]:
+    return sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def _image_files(folder: Path) -> list[str]:
+    return sorted(
+        str(p) for p in folder.rglob("*")
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+    )
+
+
+def _scan_folder(root: Path, key: str) -> dict[str, list[str]]:
+    if not root.is_dir():
+        raise ResourceError(
+            f"{key}={root} does not exist or is not a folder. Set {key} to a folder with one "
+            "sub-directory of images per class (e.g. hands/rock/*.png, hands/paper/*.png)."
+        )
+    classes = {d.name: _image_files(d) for d in _class_dirs(root)}
+    classes = {name: files for name, files in classes.items() if files}
+    if len(classes) < 2:
+        raise ResourceError(
+            f"{key}={root} has {len(classes)} class folder(s) with images "
+            f"({', '.join(classes) or 'none'}); a classifier needs at least 2. Put each class's "
+            f"images ({', '.join(IMAGE_EXTENSIONS)}) in its own sub-directory of {root}."
+        )
+    return classes
+
+
+def scan_image_folder(cfg: DictConfig) -> DatasetSource:
+    """List a class-per-folder dataset (and its optional test folder) without reading images."""
+    train = _scan_folder(_absolute(cfg.path), "dataset.path")
+    class_names = sorted(train)
+    test: dict[str, list[str]] = {}
+    if cfg.test_path:
+        test = _scan_folder(_absolute(cfg.test_path), "dataset.test_path")
+        if sorted(test) != class_names:
+            raise ResourceError(
+                f"dataset.test_path has classes {sorted(test)} but dataset.path has {class_names}; "
+                "both folders need the same class sub-directories."
+            )
+
+    def pairs(classes: dict[str, list[str]]) -> list[tuple[str, int]]:
+        return [(f, class_names.index(name)) for name in class_names for f in classes.get(name, [])]
+
+    train_files, test_files = pairs(train), pairs(test)
+    return DatasetSource(
+        kind="image_folder", class_names=class_names, n_train=len(train_files),
+        n_test=len(test_files), name=_absolute(cfg.path).name,
+        train_files=train_files, test_files=test_files,
+    )
+
+
+def locate_dataset(cfg: DictConfig) -> DatasetSource:
+    return locate_tfds(cfg) if cfg.kind == "tfds" else scan_image_folder(cfg)
+
+
+# --------------------------------------------------------------------------- backbone
+
+
+def hub_cache_dir() -> Path:
+    """TF Hub's cache: $TFHUB_CACHE_DIR, else <tmp>/tfhub_modules (TF Hub's own default)."""
+    return _absolute(os.environ.get("TFHUB_CACHE_DIR") or os.path.join(tempfile.gettempdir(), "tfhub_modules"))
+
+
+def hub_cache_path(handle: str) -> Path:
+    """Where TF Hub caches ``handle``: <cache>/<sha1 of the handle string>/."""
+    return hub_cache_dir() / hashlib.sha1(handle.encode("utf8")).hexdigest()
+
+
+def _is_saved_model(folder: Path) -> bool:
+    return (folder / "saved_model.pb").is_file() or (folder / "saved_model.pbtxt").is_file()
+
+
+def check_backbone(handle: str) -> None:
+    """Make sure ``hub.KerasLayer(handle)`` can load without a network it does not have."""
+    scheme = urlparse(handle).scheme
+    if scheme in ("http", "https"):
+        cached = hub_cache_path(handle)
+        if cached.is_dir() and any(cached.iterdir()):
+            return
+        if not can_reach(handle):
+            raise ResourceError(
+                f"The backbone {handle} is not in the TF Hub cache (looked for {cached}) and its "
+                "server is unreachable (no network). Set TFHUB_CACHE_DIR to a folder holding the "
+                f"SavedModel under {cached.name}/ (for example TFHUB_CACHE_DIR=../shared/offline/tfhub), "
+                "or set backbone.handle to a local SavedModel directory."
+            )
+        return
+    if scheme and len(scheme) > 1:  # gs://, s3:// ...: left to TF Hub and TensorFlow's file systems
+        return
+    folder = _absolute(handle)
+    if not folder.is_dir():
+        raise ResourceError(
+            f"backbone.handle={handle} is neither a URL nor an existing folder ({folder} does not "
+            "exist). Give a TF Hub URL or the path of a SavedModel directory."
+        )
+    if not _is_saved_model(folder):
+        raise ResourceError(
+            f"backbone.handle={handle} is a folder but not a SavedModel (no saved_model.pb in "
+            f"{folder}). Point it at the directory that contains saved_model.pb and variables/."
+        )

@@ -1,0 +1,62 @@
+"""Training: fit the classifier epoch by epoch, reporting each epoch's metrics as it ends."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import tensorflow as tf
+
+keras = tf.keras
+
+# Keras history key -> the metric name logged per epoch.
+EPOCH_METRICS = {
+    "loss": "train_loss",
+    "accuracy": "train_accuracy",
+    "val_loss": "val_loss",
+    "val_accuracy": "val_accuracy",
+}
+
+EpochSink = Callable[[dict[str, float], int], None]
+
+
+def epoch_metrics(logs: dict) -> dict[str, float]:
+    return {name: float(logs[key]) for key, name in EPOCH_METRICS.items() if key in logs}
+
+
+class EpochReporter(keras.callbacks.Callback):
+    """Hands each finished epoch's metrics to ``sink(metrics, epoch)`` (epochs count from 1)."""
+
+    def __init__(self, sink: EpochSink):
+        super().__init__()
+        self.sink = sink
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.sink(epoch_metrics(logs or {}), epoch + 1)
+
+
+def seed_everything(seed: int) -> None:
+    """Python, NumPy and TensorFlow seeds, and deterministic TF kernels."""
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+def fit(
+    model: keras.Model,
+    train: tf.data.Dataset,
+    val: tf.data.Dataset,
+    epochs: int,
+    sink: EpochSink,
+) -> dict[str, list[float]]:
+    """Train for ``epochs`` with validation; returns the per-epoch metric lists."""
+    history = model.fit(train, validation_data=val, epochs=epochs, callbacks=[EpochReporter(sink)], verbose=2)
+    return {EPOCH_METRICS[k]: [float(v) for v in vs] for k, vs in history.history.items() if k in EPOCH_METRICS}
+
+
+def predict(model: keras.Model, ds: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities and integer labels of every example in a (image, one-hot) dataset."""
+    probs, labels = [], []
+    for images, onehot in ds:
+        probs.append(model(images, training=False).numpy())
+        labels.append(np.argmax(onehot.numpy(), axis=1))
+    return np.concatenate(probs), np.concatenate(labels)
