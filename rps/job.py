@@ -1,9 +1,10 @@
 """One Hydra job: validate, check resources, then train and evaluate inside an MLflow run.
 
-Everything that can be checked without TensorFlow is checked before the MLflow run starts, so
-a bad value or a missing mirror costs seconds and leaves no run behind. TensorFlow is imported
-only inside the run; whatever fails there ends the run FAILED (or KILLED on Ctrl-C / SIGTERM)
-with the epochs finished so far kept.
+Config values, the dataset, the backbone's availability and the tracking server are checked
+before TensorFlow is imported, so such mistakes cost seconds; the backbone is then loaded (and
+its input size checked) before the MLflow run starts. A bad value or a missing mirror leaves
+no run behind. Whatever fails inside the run ends it FAILED (KILLED on Ctrl-C / SIGTERM),
+keeping the epochs finished so far.
 """
 
 from __future__ import annotations
@@ -52,7 +53,12 @@ def run(cfg: DictConfig, hydra_dir: Optional[Path] = None) -> float:
     plan = preflight(cfg)
     from rps import tracking
 
-    experiment_id = tracking.setup_experiment(cfg)
+    experiment_id = tracking.setup_experiment(cfg)  # fails fast when a tracking server is down
+    from rps.model import load_backbone  # imports TensorFlow
+
+    # Loaded before the run starts: a backbone that cannot load or rejects the image size
+    # is a configuration problem, not a failed experiment.
+    backbone, feature_dim = load_backbone(cfg.backbone.handle, cfg.backbone.image_size)
     tags = tracking.environment_tags() | {
         "dataset": plan.source.name,
         "backbone_handle": cfg.backbone.handle,
@@ -60,10 +66,10 @@ def run(cfg: DictConfig, hydra_dir: Optional[Path] = None) -> float:
     with tracking.tracked_run(experiment_id, cfg.run_name or default_run_name(cfg), tags) as active:
         log.info("MLflow run %s in experiment '%s'", active.info.run_id, cfg.experiment_name)
         tracking.log_config(cfg, hydra_dir)
-        return _train_and_log(cfg, plan)
+        return _train_and_log(cfg, plan, backbone, feature_dim)
 
 
-def _train_and_log(cfg: DictConfig, plan: Plan) -> float:
+def _train_and_log(cfg: DictConfig, plan: Plan, backbone, feature_dim: int) -> float:
     import mlflow
 
     from rps import data, model, plots, tracking, train
@@ -88,7 +94,6 @@ def _train_and_log(cfg: DictConfig, plan: Plan) -> float:
         name: data.make_dataset(ex, size, cfg.batch_size, n_classes, shuffle_seed=cfg.seed if name == "train" else None)
         for name, ex in splits.items()
     }
-    backbone, feature_dim = model.load_backbone(cfg.backbone.handle, size)
     head = model.build_head(feature_dim, n_classes, cfg.head)
     classifier = model.build_classifier(backbone, head, size)
     model.compile_classifier(classifier, cfg.optimizer)

@@ -8,6 +8,8 @@ precomputed features, and the exported model always maps images to class probabi
 
 from __future__ import annotations
 
+import re
+
 import tensorflow as tf
 import tensorflow_hub as hub
 from omegaconf import DictConfig
@@ -33,9 +35,11 @@ def load_backbone(handle: str, image_size: int) -> tuple[hub.KerasLayer, int]:
     try:
         features = layer(tf.zeros((1, image_size, image_size, 3)))
     except Exception as err:
+        accepted = sorted(set(re.findall(r"TensorSpec\(shape=(\([^)]*\))", str(err))))
+        detail = f"it takes inputs of shape {' or '.join(accepted)}" if accepted else str(err).splitlines()[0]
         raise ConfigError(
-            f"backbone.image_size={image_size} is not accepted by the backbone {handle}: "
-            f"{str(err).splitlines()[0]}. Use the size it was trained for (224 for MobileNet-V2)."
+            f"backbone.image_size={image_size} is not accepted by the backbone {handle}: {detail}. "
+            "Set backbone.image_size to the size it was trained for (224 for MobileNet-V2)."
         ) from err
     if features.shape.rank != 2:
         raise ResourceError(

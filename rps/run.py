@@ -38,6 +38,9 @@ def main(cfg: DictConfig) -> float:
     except RpsError as err:
         print(f"rps: error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM via Terminated; the run is KILLED
+        print(f"rps: interrupted ({err or 'Ctrl-C'}); the MLflow run was marked KILLED.", file=sys.stderr)
+        sys.exit(143 if isinstance(err, Terminated) else 130)
 
 
 if __name__ == "__main__":

@@ -62,8 +62,11 @@ def prepare_tiny_tfds(data_dir: str | Path, n_train: int = 60, n_test: int = 24,
     return Path(data_dir) / "rock_paper_scissors" / "3.0.0"
 
 
-def save_tiny_backbone(path: str | Path, feature_dim: int = 16, seed: int = 0) -> Path:
-    """A small reusable SavedModel: resize to 8x8, flatten, dense + relu -> ``feature_dim``."""
+def save_tiny_backbone(path: str | Path, feature_dim: int = 16, seed: int = 0, input_size: int | None = None) -> Path:
+    """A small reusable SavedModel: resize to 8x8, flatten, dense + relu -> ``feature_dim``.
+
+    It takes images of any size, or only ``input_size`` squares when that is given.
+    """
     import tensorflow as tf
 
     rng = np.random.default_rng(seed)
@@ -77,7 +80,7 @@ def save_tiny_backbone(path: str | Path, feature_dim: int = 16, seed: int = 0) -
         flat = tf.reshape(small, (-1, 8 * 8 * 3))
         return tf.nn.relu(tf.matmul(flat - 0.3, weights) + bias)
 
-    spec = tf.TensorSpec([None, None, None, 3], tf.float32)
+    spec = tf.TensorSpec([None, input_size, input_size, 3], tf.float32)
     for training in (False, True):
         call.get_concrete_function(spec, training)
     module = tf.train.Checkpoint()

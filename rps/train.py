@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Callable
 
 import numpy as np
@@ -49,7 +50,8 @@ def fit(
     sink: EpochSink,
 ) -> dict[str, list[float]]:
     """Train for ``epochs`` with validation; returns the per-epoch metric lists."""
-    history = model.fit(train, validation_data=val, epochs=epochs, callbacks=[EpochReporter(sink)], verbose=2)
+    verbose = 1 if sys.stdout.isatty() else 2  # a progress bar in a terminal, a line per epoch in logs
+    history = model.fit(train, validation_data=val, epochs=epochs, callbacks=[EpochReporter(sink)], verbose=verbose)
     return {EPOCH_METRICS[k]: [float(v) for v in vs] for k, vs in history.history.items() if k in EPOCH_METRICS}
 
 

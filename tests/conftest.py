@@ -1,0 +1,96 @@
+"""Shared fixtures: generated tiny data and backbone, Hydra composition, CLI runner, store reader."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import rps  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+from rps.config import DEFAULT_HANDLE, register_configs
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_OFFLINE = ROOT.parent / "shared" / "offline"
+TINY_SPLIT = ["split.val_size=12", "split.test_size=12", "batch_size=16"]
+
+register_configs()
+
+
+def compose(*overrides: str):
+    """The project's real config, composed as `python -m rps.run` would."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=list(overrides))
+
+
+@pytest.fixture(scope="session")
+def tiny_tfds(tmp_path_factory) -> Path:
+    """A TFDS data dir with a prepared tiny rock_paper_scissors/3.0.0 (60 train, 24 test)."""
+    from rps.testing import prepare_tiny_tfds
+
+    data_dir = tmp_path_factory.mktemp("tfds")
+    prepare_tiny_tfds(data_dir)
+    return data_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(tmp_path_factory) -> Path:
+    from rps.testing import save_tiny_backbone
+
+    return save_tiny_backbone(tmp_path_factory.mktemp("backbone") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def hub_cache(tmp_path_factory, tiny_backbone) -> Path:
+    """A TF Hub cache holding the tiny backbone under the default MobileNet-V2 handle."""
+    from rps.testing import install_in_hub_cache
+
+    cache = tmp_path_factory.mktemp("hub")
+    install_in_hub_cache(tiny_backbone, cache, DEFAULT_HANDLE)
+    return cache
+
+
+@pytest.fixture
+def offline_env(tiny_tfds, hub_cache, tmp_path) -> dict[str, str]:
+    """Environment for a CLI run on the tiny mirrors, with its own empty tracking store."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TFDS_", "TFHUB_"))}
+    env.update(TFDS_DATA_DIR=str(tiny_tfds), TFHUB_CACHE_DIR=str(hub_cache), PYTHONUNBUFFERED="1")
+    return env
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+
+def run_cli(*overrides: str, cwd: Path, env: dict[str, str], timeout: float = 600) -> CliResult:
+    """`python -m rps.run <overrides>` in a subprocess, launched from ``cwd``."""
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "rps.run", *overrides],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+    )
+    return CliResult(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - start)
+
+
+def store(cwd: Path):
+    """An MlflowClient on the default store a run launched from ``cwd`` writes."""
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{cwd / 'mlruns' / 'mlflow.db'}")
+    return mlflow.MlflowClient()
+
+
+def all_runs(cwd: Path):
+    client = store(cwd)
+    experiments = client.search_experiments()
+    return client.search_runs([e.experiment_id for e in experiments]) if experiments else []

@@ -1,0 +1,97 @@
+"""Config composition and validation: fast, no TensorFlow."""
+
+import pytest
+from omegaconf import OmegaConf
+from omegaconf.errors import ValidationError
+
+from conftest import compose
+from rps.config import SplitSizes, split_sizes, validate
+from rps.errors import ConfigError
+
+
+def test_default_config_is_the_reference_recipe():
+    cfg = compose()
+    validate(cfg)
+    assert cfg.dataset.name == "rock_paper_scissors"
+    assert (cfg.split.kind, cfg.split.val_size, cfg.split.test_size) == ("tutorial", 600, 400)
+    assert cfg.backbone.handle == "https://tfhub.dev/google/tf2-preview/mobilenet_v2/feature_vector/4"
+    assert (cfg.backbone.image_size, cfg.backbone.trainable) == (224, False)
+    assert cfg.head.dropout == 0.5 and cfg.head.hidden_units == 0
+    assert (cfg.optimizer.name, cfg.optimizer.lr) == ("adam", 0.001)
+    assert (cfg.epochs, cfg.batch_size, cfg.num_samples) == (2, 64, 10)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["split=official"],
+        ["optimizer=sgd", "optimizer.lr=0.05"],
+        ["dataset=image_folder", "dataset.path=/data/hands"],
+        ["head.hidden_units=128", "head.dropout=0"],
+    ],
+)
+def test_every_group_option_composes_and_validates(overrides):
+    validate(compose(*overrides))
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("head.dropout=-0.1", "head.dropout"),
+        ("head.dropout=1.0", "head.dropout"),
+        ("optimizer.lr=0", "optimizer.lr"),
+        ("optimizer.lr=-0.001", "optimizer.lr"),
+        ("optimizer.momentum=1.5", "optimizer.momentum"),
+        ("epochs=0", "epochs"),
+        ("batch_size=0", "batch_size"),
+        ("num_samples=-1", "num_samples"),
+        ("backbone.image_size=8", "backbone.image_size"),
+        ("backbone.trainable=true", "backbone.trainable"),
+        ("split.val_size=0", "split.val_size"),
+        ("split.test_size=2.5", "split.test_size"),
+        ("optimizer.name=rmsprop", "optimizer.name"),
+        ("dataset.kind=csv", "dataset.kind"),
+    ],
+)
+def test_out_of_range_values_name_the_key_and_value(override, key):
+    with pytest.raises(ConfigError) as err:
+        validate(compose(override))
+    value = override.split("=", 1)[1]
+    assert f"{key}=" in str(err.value)
+    assert value.lower() in str(err.value).lower()
+    assert "allowed" in str(err.value)
+
+
+def test_image_folder_needs_a_path():
+    with pytest.raises(ConfigError, match="dataset.path"):
+        validate(compose("dataset=image_folder"))
+
+
+def test_wrong_types_are_rejected_by_the_schema():
+    with pytest.raises(Exception, match="epochs"):
+        compose("epochs=two")
+    cfg = compose()
+    with pytest.raises(ValidationError):
+        cfg.head.dropout = "high"
+    with pytest.raises(Exception, match="not_a_knob"):
+        compose("head.not_a_knob=1")
+
+
+def test_tutorial_split_sizes_and_fractions():
+    tutorial = compose().split
+    assert split_sizes(tutorial, 2520, 372) == SplitSizes(train=1892, val=600, test=400)
+    fractions = OmegaConf.merge(tutorial, {"val_size": 0.25, "test_size": 0.25})
+    assert split_sizes(fractions, 80, 20) == SplitSizes(train=50, val=25, test=25)
+
+
+def test_official_split_uses_the_dataset_test_set():
+    official = compose("split=official").split
+    assert split_sizes(official, 2520, 372) == SplitSizes(train=2268, val=252, test=372)
+    with pytest.raises(ConfigError, match="test set"):
+        split_sizes(official, 100, 0)
+
+
+def test_split_larger_than_the_data_is_a_config_error():
+    with pytest.raises(ConfigError, match="does not fit") as err:
+        split_sizes(compose().split, 60, 24)
+    assert "split.val_size=600" in str(err.value)

@@ -1,0 +1,210 @@
+"""`python -m rps.run` in a subprocess on the tiny offline mirrors, checked through MlflowClient."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import TINY_SPLIT, all_runs, compose, run_cli, store
+
+pytestmark = pytest.mark.slow
+EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_tfds, hub_cache, tmp_path_factory):
+    """One 2-epoch run on the tiny data, launched from an empty directory."""
+    cwd = tmp_path_factory.mktemp("launch")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TFDS_", "TFHUB_"))}
+    env.update(TFDS_DATA_DIR=str(tiny_tfds), TFHUB_CACHE_DIR=str(hub_cache))
+    result = run_cli("epochs=2", *TINY_SPLIT, cwd=cwd, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = all_runs(cwd)
+    assert len(runs) == 1
+    return cwd, runs[0]
+
+
+def test_run_finishes_with_params_tags_and_epoch_metrics(finished_run):
+    cwd, run = finished_run
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    for key, value in {"head.dropout": "0.5", "optimizer.lr": "0.001", "optimizer.name": "adam",
+                       "epochs": "2", "batch_size": "16", "split.kind": "tutorial",
+                       "dataset.name": "rock_paper_scissors", "data.n_train": "60",
+                       "data.n_val": "12", "data.n_test": "12", "seed": "42"}.items():
+        assert params[key] == value, key
+    tags = run.data.tags
+    assert tags["dataset_version"] == "3.0.0"
+    assert tags["backbone_handle"].startswith("https://tfhub.dev/")
+    assert tags["version.tensorflow"].startswith("2.") and tags["version.mlflow"].startswith("3.")
+    assert len(tags["git_commit"]) == 40
+    client = store(cwd)
+    for name in EPOCH_METRICS:
+        history = client.get_metric_history(run.info.run_id, name)
+        assert sorted(m.step for m in history) == [1, 2], name
+    metrics = run.data.metrics
+    assert 0 <= metrics["test_accuracy"] <= 1 and metrics["test_loss"] > 0
+    for cls in ("rock", "paper", "scissors"):
+        assert f"test_precision_{cls}" in metrics and f"test_recall_{cls}" in metrics
+
+
+def test_store_stays_in_the_launch_directory(finished_run):
+    cwd, run = finished_run
+    assert sorted(p.name for p in cwd.iterdir()) == ["mlruns"]
+    assert (cwd / "mlruns" / "mlflow.db").is_file()
+    assert run.info.artifact_uri.startswith((cwd / "mlruns").as_uri())
+
+
+def test_artifacts_are_valid_images_and_config(finished_run, tmp_path):
+    import mlflow
+
+    cwd, run = finished_run
+    store(cwd)
+    local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, dst_path=str(tmp_path))
+    for name in ("sample_predictions", "training_curves", "confusion_matrix"):
+        with Image.open(f"{local}/plots/{name}.png") as image:
+            image.verify()
+            assert image.format == "PNG" and min(image.size) > 100
+    config = (tmp_path / "config" / "config.yaml").read_text()
+    assert "dropout: 0.5" in config and "val_size: 12" in config
+    assert (tmp_path / "config" / "hydra" / "overrides.yaml").is_file()
+    assert (tmp_path / "saved_model" / "saved_model.pb").is_file()
+    assert (tmp_path / "saved_model" / "rps_model.json").is_file()
+
+
+def test_logged_model_reloads_and_reproduces_the_test_accuracy(finished_run, tiny_tfds):
+    """The model in the store is the trained one: it scores the logged accuracy on the same split."""
+    import mlflow
+    import tensorflow as tf
+
+    from rps import data, resources
+    from rps.config import split_sizes
+
+    cwd, run = finished_run
+    store(cwd)
+    model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    assert model.metadata.metadata["class_names"] == ["rock", "paper", "scissors"]
+    assert model.metadata.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 224, 224, 3)
+    cfg = compose(f"dataset.data_dir={tiny_tfds}", *TINY_SPLIT)
+    train, test, _, _ = data.load_tfds(resources.locate_tfds(cfg.dataset))
+    splits = data.split_examples(train, test, "tutorial", split_sizes(cfg.split, 60, 24), cfg.seed)
+    images, onehot = zip(*data.make_dataset(splits["test"], 224, 64, 3).as_numpy_iterator())
+    images, labels = np.concatenate(images), np.concatenate(onehot).argmax(1)
+    probs = model.predict(images)
+    assert probs.shape == (12, 3)
+    assert np.mean(probs.argmax(1) == labels) == pytest.approx(run.data.metrics["test_accuracy"])
+    raw = tf.saved_model.load(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="saved_model"))
+    np.testing.assert_allclose(raw(images).numpy(), probs, atol=1e-6)
+
+
+def test_same_seed_gives_the_same_run(finished_run, offline_env, tmp_path):
+    _, first = finished_run
+    result = run_cli("epochs=2", *TINY_SPLIT, cwd=tmp_path, env=offline_env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (second,) = all_runs(tmp_path)
+    for name in EPOCH_METRICS + ("test_accuracy", "test_loss"):
+        assert second.data.metrics[name] == pytest.approx(first.data.metrics[name], abs=1e-6), name
+
+
+def test_image_folder_with_local_backbone_and_skipped_corrupt_file(tiny_backbone, offline_env, tmp_path):
+    from rps.testing import write_image_folder
+
+    root = write_image_folder(tmp_path / "hands", per_class=10)
+    (root / "rock" / "broken.png").write_bytes(b"\x89PNG not really")
+    env = {k: v for k, v in offline_env.items() if k != "TFHUB_CACHE_DIR"}
+    result = run_cli("dataset=image_folder", f"dataset.path={root}", "dataset.skip_corrupt=true",
+                     f"backbone.handle={tiny_backbone}", "split.val_size=0.2", "split.test_size=0.2",
+                     "epochs=1", "batch_size=8", "num_samples=4", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = all_runs(tmp_path)
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["skipped_corrupt_images"] == 1
+    assert run.data.params["data.class_names"] == "paper,rock,scissors"
+    assert run.data.params["data.n_val"] == "6" and run.data.params["data.n_train"] == "18"
+
+
+def test_corrupt_file_fails_the_run_and_names_it(offline_env, tiny_backbone, tmp_path):
+    from rps.testing import write_image_folder
+
+    root = write_image_folder(tmp_path / "hands", per_class=4)
+    (root / "paper" / "cut.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    result = run_cli("dataset=image_folder", f"dataset.path={root}", f"backbone.handle={tiny_backbone}",
+                     "split.val_size=2", "split.test_size=2", cwd=tmp_path, env=offline_env)
+    assert result.returncode == 2
+    assert "cut.png" in result.stderr and "skip_corrupt" in result.stderr
+    assert "Traceback" not in result.stderr
+    (run,) = all_runs(tmp_path)
+    assert run.info.status == "FAILED"
+
+
+def test_bad_config_fails_in_seconds_without_a_run(offline_env, tmp_path):
+    result = run_cli("head.dropout=1.5", cwd=tmp_path, env=offline_env)
+    assert result.returncode == 2 and result.seconds < 15
+    assert "head.dropout=1.5" in result.stderr and "[0, 1)" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "mlruns" / "mlflow.db").exists()
+    unknown = run_cli("optimizer=rmsprop", cwd=tmp_path, env=offline_env)
+    assert unknown.returncode != 0 and "Available options" in unknown.stderr and "sgd" in unknown.stderr
+    too_big = run_cli(cwd=tmp_path, env=offline_env)  # 600 val + 400 test > 84 tiny examples
+    assert too_big.returncode == 2 and "does not fit" in too_big.stderr
+    assert not (tmp_path / "mlruns" / "mlflow.db").exists()
+
+
+def test_offline_without_mirrors_fails_fast_naming_the_knobs(offline_env, tmp_path):
+    from rps.resources import TFDS_DOWNLOAD_URL, can_reach
+
+    if can_reach(TFDS_DOWNLOAD_URL):
+        pytest.fail("this test needs a machine without internet access (as CI is)")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    no_data = run_cli(*TINY_SPLIT, cwd=tmp_path, env=offline_env | {"TFDS_DATA_DIR": str(empty)})
+    assert no_data.returncode == 2 and no_data.seconds < 30
+    assert "TFDS_DATA_DIR" in no_data.stderr and "Traceback" not in no_data.stderr
+    no_hub = run_cli(*TINY_SPLIT, cwd=tmp_path, env=offline_env | {"TFHUB_CACHE_DIR": str(empty)})
+    assert no_hub.returncode == 2 and no_hub.seconds < 30
+    assert "TFHUB_CACHE_DIR" in no_hub.stderr and "Traceback" not in no_hub.stderr
+    assert list(empty.iterdir()) == []
+    assert all(r.info.status != "RUNNING" for r in all_runs(tmp_path)) if (tmp_path / "mlruns").exists() else True
+
+
+def test_sigterm_mid_training_ends_the_run_killed_keeping_finished_epochs(offline_env, tmp_path):
+    (tmp_path / "mlruns").mkdir()
+    store(tmp_path).search_experiments()  # create the tables first: this test polls the store meanwhile
+    proc = subprocess.Popen([sys.executable, "-m", "rps.run", "epochs=500", *TINY_SPLIT],
+                            cwd=tmp_path, env=offline_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            time.sleep(1)
+            runs = all_runs(tmp_path) if (tmp_path / "mlruns" / "mlflow.db").exists() else []
+            if runs and len(store(tmp_path).get_metric_history(runs[0].info.run_id, "val_accuracy")) >= 2:
+                break
+        else:
+            pytest.fail("training never reached its second epoch")
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, stderr[-2000:]
+    assert "KILLED" in stderr
+    (run,) = all_runs(tmp_path)
+    assert run.info.status == "KILLED"
+    kept = store(tmp_path).get_metric_history(run.info.run_id, "val_accuracy")
+    assert 2 <= len(kept) < 500
+
+
+def test_image_size_the_backbone_rejects_leaves_no_run(offline_env, tmp_path):
+    from rps.testing import save_tiny_backbone
+
+    fixed = save_tiny_backbone(tmp_path / "fixed224", input_size=224)
+    result = run_cli(f"backbone.handle={fixed}", "backbone.image_size=160", *TINY_SPLIT, cwd=tmp_path, env=offline_env)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "backbone.image_size=160" in result.stderr and "(None, 224, 224, 3)" in result.stderr
+    assert all_runs(tmp_path) == []
