@@ -9,7 +9,7 @@ range, all before TensorFlow is imported.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -98,6 +98,20 @@ class OptimizerConfig:
 
 
 @dataclass
+class FeatureCacheConfig:
+    """Backbone features computed once and reused (see rps/features.py).
+
+    Valid only while the backbone is frozen and images are not augmented: then every run on the
+    same data and backbone would compute identical features. The logged model is still the full
+    image -> probabilities model.
+    """
+
+    enabled: Optional[bool] = None  # null: on whenever valid; false: off; true: on (error if invalid)
+    dir: Optional[str] = None  # null: $XDG_CACHE_HOME/rps/features, else ~/.cache/rps/features
+    batch_size: int = 64  # images per backbone call while extracting
+
+
+@dataclass
 class Config:
     """The whole run. Top-level knobs are the ones a user changes most."""
 
@@ -117,6 +131,7 @@ class Config:
     # Local store folder (database and artifacts) used when no tracking URI is given.
     mlruns_dir: str = "mlruns"
     num_samples: int = 10  # test images drawn in sample_predictions.png
+    feature_cache: FeatureCacheConfig = field(default_factory=FeatureCacheConfig)
 
 
 def register_configs() -> None:
@@ -190,6 +205,7 @@ def _problems(cfg: DictConfig) -> list[tuple[str, Any, str]]:
     need("seed", cfg.seed >= 0, "an integer >= 0")
     need("num_samples", cfg.num_samples >= 0, "an integer >= 0 (0 draws no sample grid)")
     need("experiment_name", bool(cfg.experiment_name), "a non-empty MLflow experiment name")
+    need("feature_cache.batch_size", cfg.feature_cache.batch_size >= 1, "an integer >= 1")
     return out
 
 

@@ -116,24 +116,27 @@ def load_image_folder(source: DatasetSource, skip_corrupt: bool) -> tuple[Exampl
 # --------------------------------------------------------------------------- splitting
 
 
+def split_indices(n_train: int, n_test: int, kind: str, sizes: SplitSizes, seed: int) -> dict[str, np.ndarray]:
+    """Disjoint ``train``/``val``/``test`` indices into the pool (train examples, then test ones).
+
+    One seeded permutation decides membership once and for all.
+    """
+    rng = np.random.default_rng(seed)
+    if kind == "tutorial":
+        order = rng.permutation(n_train + n_test)
+        val_end = sizes.val + sizes.test
+        return {"train": order[val_end:], "val": order[: sizes.val], "test": order[sizes.val : val_end]}
+    order = rng.permutation(n_train)
+    # the test order only matters for which images the sample grid shows
+    return {"train": order[sizes.val :], "val": order[: sizes.val], "test": n_train + rng.permutation(n_test)}
+
+
 def split_examples(
     train: Examples, test: Examples, kind: str, sizes: SplitSizes, seed: int
 ) -> dict[str, Examples]:
-    """Cut the examples into disjoint ``train``/``val``/``test`` with one seeded permutation."""
-    rng = np.random.default_rng(seed)
-    if kind == "tutorial":
-        pool = concat(train, test)
-        order = rng.permutation(len(pool))
-        val_idx = order[: sizes.val]
-        test_idx = order[sizes.val : sizes.val + sizes.test]
-        train_idx = order[sizes.val + sizes.test :]
-        return {"train": pool.take(train_idx), "val": pool.take(val_idx), "test": pool.take(test_idx)}
-    order = rng.permutation(len(train))
-    return {
-        "train": train.take(order[sizes.val :]),
-        "val": train.take(order[: sizes.val]),
-        "test": test.take(rng.permutation(len(test))),  # order only matters for the sample grid
-    }
+    """The examples of each split (see :func:`split_indices`)."""
+    pool = concat(train, test)
+    return {name: pool.take(index) for name, index in split_indices(len(train), len(test), kind, sizes, seed).items()}
 
 
 # --------------------------------------------------------------------------- pipelines
@@ -168,6 +171,20 @@ def make_dataset(
         return preprocess(decode(encoded), image_size), tf.one_hot(label, n_classes)
 
     return ds.map(load, num_parallel_calls=AUTOTUNE).batch(batch_size).prefetch(AUTOTUNE)
+
+
+def make_feature_dataset(
+    features: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int,
+    n_classes: int,
+    shuffle_seed: int | None = None,
+) -> tf.data.Dataset:
+    """Batches of (cached backbone features, one-hot label), shuffled like :func:`make_dataset`."""
+    ds = tf.data.Dataset.from_tensor_slices((features, tf.one_hot(labels, n_classes)))
+    if shuffle_seed is not None:
+        ds = ds.shuffle(len(labels), seed=shuffle_seed, reshuffle_each_iteration=True)
+    return ds.batch(batch_size).prefetch(AUTOTUNE)
 
 
 def decoded_images(examples: Examples, count: int) -> list[np.ndarray]:

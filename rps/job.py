@@ -70,48 +70,16 @@ def run(cfg: DictConfig, hydra_dir: Optional[Path] = None) -> float:
 
 
 def _train_and_log(cfg: DictConfig, plan: Plan, backbone, feature_dim: int) -> float:
-    import mlflow
+    from rps import data, plots, tracking
+    from rps.pipeline import train_and_evaluate
 
-    from rps import data, model, plots, tracking, train
-    from rps.evaluate import evaluate
-
-    train.seed_everything(cfg.seed)
-    source = plan.source
-    if source.kind == "tfds":
-        train_ex, test_ex, class_names, version = data.load_tfds(source)
-        mlflow.set_tag("dataset_version", version)
-    else:
-        train_ex, test_ex, skipped = data.load_image_folder(source, cfg.dataset.skip_corrupt)
-        class_names = source.class_names
-        mlflow.log_metric("skipped_corrupt_images", skipped)
-    sizes = split_sizes(cfg.split, len(train_ex), len(test_ex))  # exact, also after skipping files
-    splits = data.split_examples(train_ex, test_ex, cfg.split.kind, sizes, cfg.seed)
-    mlflow.log_params({f"data.n_{name}": len(ex) for name, ex in splits.items()})
-    mlflow.log_param("data.class_names", ",".join(class_names))
-
-    size, n_classes = cfg.backbone.image_size, len(class_names)
-    datasets = {
-        name: data.make_dataset(ex, size, cfg.batch_size, n_classes, shuffle_seed=cfg.seed if name == "train" else None)
-        for name, ex in splits.items()
-    }
-    head = model.build_head(feature_dim, n_classes, cfg.head)
-    classifier = model.build_classifier(backbone, head, size)
-    model.compile_classifier(classifier, cfg.optimizer)
-    mlflow.log_params({f"model.{k}_params": v for k, v in model.count_params(classifier).items()})
-    mlflow.log_param("model.feature_dim", feature_dim)
-
-    history = train.fit(classifier, datasets["train"], datasets["val"], cfg.epochs, tracking.log_epoch)
-    probs, labels = train.predict(classifier, datasets["test"])
-    metrics, cm = evaluate(probs, labels, class_names)
-    mlflow.log_metrics(metrics)
-    log.info("test accuracy %.4f, test loss %.4f", metrics["test_accuracy"], metrics["test_loss"])
-
-    n = min(cfg.num_samples, len(labels))
+    out = train_and_evaluate(cfg, plan.source, backbone, feature_dim, tracking.MlflowReporter())
+    n = min(cfg.num_samples, len(out.labels))
     if n:
-        images = data.decoded_images(splits["test"], n)
-        tracking.log_figure(plots.sample_predictions(images, labels[:n], probs[:n], class_names),
+        images = data.decoded_images(out.test_examples, n)
+        tracking.log_figure(plots.sample_predictions(images, out.labels[:n], out.probs[:n], out.class_names),
                             "plots/sample_predictions.png")
-    tracking.log_figure(plots.training_curves(history), "plots/training_curves.png")
-    tracking.log_figure(plots.confusion_matrix(cm, class_names), "plots/confusion_matrix.png")
-    tracking.log_classifier(classifier, class_names, size)
-    return metrics["test_accuracy"]
+    tracking.log_figure(plots.training_curves(out.history), "plots/training_curves.png")
+    tracking.log_figure(plots.confusion_matrix(out.confusion, out.class_names), "plots/confusion_matrix.png")
+    tracking.log_classifier(out.classifier, out.class_names, cfg.backbone.image_size)
+    return out.metrics["test_accuracy"]

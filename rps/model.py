@@ -8,7 +8,11 @@ precomputed features, and the exported model always maps images to class probabi
 
 from __future__ import annotations
 
+import logging
 import re
+import time
+
+import numpy as np
 
 import tensorflow as tf
 import tensorflow_hub as hub
@@ -16,6 +20,7 @@ from omegaconf import DictConfig
 
 from rps.errors import ConfigError, ResourceError
 
+log = logging.getLogger(__name__)
 keras = tf.keras  # tf-keras (Keras 2): TF_USE_LEGACY_KERAS=1 is set by rps/__init__.py
 
 
@@ -75,13 +80,26 @@ def make_optimizer(cfg: DictConfig) -> keras.optimizers.Optimizer:
     return keras.optimizers.Adam(learning_rate=cfg.lr)
 
 
-def compile_classifier(model: keras.Model, optimizer_cfg: DictConfig) -> None:
+def compile_for_training(model: keras.Model, optimizer_cfg: DictConfig) -> None:
     """Softmax outputs pair with a probability loss (``from_logits=False``), unlike the tutorial."""
     model.compile(
         optimizer=make_optimizer(optimizer_cfg),
         loss=keras.losses.CategoricalCrossentropy(from_logits=False),
         metrics=["accuracy"],
     )
+
+
+def extract_features(backbone: hub.KerasLayer, images: tf.data.Dataset, total: int) -> np.ndarray:
+    """Backbone features of every batch of ``images``, with a progress bar (images/s at the end)."""
+    forward = tf.function(lambda x: backbone(x, training=False))
+    progress = keras.utils.Progbar(total, unit_name="image")
+    out, start = [], time.monotonic()
+    for batch in images:
+        out.append(forward(batch).numpy())
+        progress.add(len(out[-1]))
+    seconds = time.monotonic() - start
+    log.info("Backbone features of %d images in %.1f s (%.1f images/s)", total, seconds, total / max(seconds, 1e-9))
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
 def count_params(model: keras.Model) -> dict[str, int]:

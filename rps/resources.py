@@ -199,6 +199,14 @@ def _is_saved_model(folder: Path) -> bool:
     return (folder / "saved_model.pb").is_file() or (folder / "saved_model.pbtxt").is_file()
 
 
+def backbone_dir(handle: str) -> Optional[Path]:
+    """The local SavedModel directory ``handle`` loads from (None for remote file systems)."""
+    scheme = urlparse(handle).scheme
+    if scheme in ("http", "https"):
+        return hub_cache_path(handle)
+    return None if scheme and len(scheme) > 1 else _absolute(handle)
+
+
 def check_backbone(handle: str) -> None:
     """Make sure ``hub.KerasLayer(handle)`` can load without a network it does not have."""
     scheme = urlparse(handle).scheme

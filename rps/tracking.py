@@ -25,6 +25,7 @@ from mlflow.entities import RunStatus
 from omegaconf import DictConfig, OmegaConf
 
 from rps.errors import ResourceError
+from rps.report import Reporter
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = (
@@ -142,8 +143,24 @@ def log_config(cfg: DictConfig, hydra_dir: Optional[Path]) -> None:
         mlflow.log_artifacts(str(hydra_dir), "config/hydra")
 
 
-def log_epoch(metrics: dict[str, float], epoch: int) -> None:
-    mlflow.log_metrics(metrics, step=epoch)
+class MlflowReporter(Reporter):
+    """Writes each param, tag and metric to the active MLflow run as soon as it is reported."""
+
+    def params(self, values: dict[str, Any]) -> None:
+        super().params(values)
+        mlflow.log_params(values)
+
+    def tags(self, values: dict[str, str]) -> None:
+        super().tags(values)
+        mlflow.set_tags(values)
+
+    def metrics(self, values: dict[str, float]) -> None:
+        super().metrics(values)
+        mlflow.log_metrics(values)
+
+    def epoch(self, values: dict[str, float], step: int) -> None:
+        super().epoch(values, step)
+        mlflow.log_metrics(values, step=step)
 
 
 def log_figure(fig, path: str) -> None:

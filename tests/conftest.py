@@ -29,6 +29,12 @@ def compose(*overrides: str):
         return hydra_compose(config_name="config", overrides=list(overrides))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_feature_cache(tmp_path_factory):
+    """Keep the tests' feature cache (and runs they launch) out of the user's ~/.cache."""
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg_cache"))
+
+
 @pytest.fixture(scope="session")
 def tiny_tfds(tmp_path_factory) -> Path:
     """A TFDS data dir with a prepared tiny rock_paper_scissors/3.0.0 (60 train, 24 test)."""

@@ -109,6 +109,8 @@ def test_same_seed_gives_the_same_run(finished_run, offline_env, tmp_path):
     result = run_cli("epochs=2", *TINY_SPLIT, cwd=tmp_path, env=offline_env)
     assert result.returncode == 0, result.stderr[-3000:]
     (second,) = all_runs(tmp_path)
+    assert (first.data.tags["feature_cache"], second.data.tags["feature_cache"]) == ("built", "hit")
+    assert second.data.metrics["feature_extraction_seconds"] == 0
     for name in EPOCH_METRICS + ("test_accuracy", "test_loss"):
         assert second.data.metrics[name] == pytest.approx(first.data.metrics[name], abs=1e-6), name
 

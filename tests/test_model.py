@@ -16,7 +16,7 @@ def classifier(tiny_backbone):
     backbone, dim = model.load_backbone(str(tiny_backbone), 32)
     head = model.build_head(dim, 3, compose().head)
     clf = model.build_classifier(backbone, head, 32)
-    model.compile_classifier(clf, compose().optimizer)
+    model.compile_for_training(clf, compose().optimizer)
     return clf, head, dim
 
 
@@ -39,7 +39,7 @@ def test_hidden_layer_and_loss_match_the_outputs(tiny_backbone):
     assert [layer.__class__.__name__ for layer in head.layers] == ["Dense", "Dropout", "Dense"]
     assert head.layers[-1].activation.__name__ == "softmax"
     clf = model.build_classifier(model.load_backbone(str(tiny_backbone), 32)[0], head, 32)
-    model.compile_classifier(clf, compose("optimizer=sgd").optimizer)
+    model.compile_for_training(clf, compose("optimizer=sgd").optimizer)
     assert clf.loss.get_config()["from_logits"] is False
     assert isinstance(clf.optimizer, tf.keras.optimizers.SGD)
 

@@ -1,0 +1,144 @@
+"""Benchmark: the feature cache against the uncached pipeline, side by side in one process.
+
+    python -m rps.bench                       # tiny generated data and backbone (seconds; CI)
+    TFDS_DATA_DIR=../shared/offline/tfds TFHUB_CACHE_DIR=../shared/offline/tfhub \\
+        python -m rps.bench --uncached-sweep-points 1     # the real mirrors (minutes)
+
+Runs the same ``rps.pipeline.train_and_evaluate`` a real run uses (without MLflow logging):
+(a) uncached, the backbone inside every training step like the reference recipe; (b) cached,
+cold (features computed into an empty cache); (c) cached, warm (cache hit); (d) a k-point
+dropout x lr sweep on the cache, starting cold; (e) the same sweep uncached. Prints wall times,
+ratios to (a), backbone images/s and the process's peak memory, with the targets of the speed
+issue (they apply to the real mirrors; on tiny data fixed overheads dominate).
+Extra arguments are Hydra overrides (e.g. ``epochs=2 batch_size=64``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import rps  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+
+TARGETS = {"cold": 0.6, "warm": 0.15, "sweep": 1.5}
+PEAK_TARGET_GB = 2.5
+DROPOUTS = (0.2, 0.5, 0.8)
+LRS = (1e-2, 1e-3, 1e-4)
+
+
+def _peak_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KB on Linux
+
+
+def _compose(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+
+    from rps.config import register_configs
+
+    register_configs()
+    conf = Path(__file__).resolve().parent.parent / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+def _tiny_mirrors(root: Path) -> list[str]:
+    """Generate tiny data and a tiny backbone; point the env knobs at them."""
+    from rps.config import DEFAULT_HANDLE
+    from rps.testing import install_in_hub_cache, prepare_tiny_tfds, save_tiny_backbone
+
+    prepare_tiny_tfds(root / "tfds", n_train=240, n_test=60)
+    install_in_hub_cache(save_tiny_backbone(root / "backbone"), root / "tfhub", DEFAULT_HANDLE)
+    os.environ["TFDS_DATA_DIR"], os.environ["TFHUB_CACHE_DIR"] = str(root / "tfds"), str(root / "tfhub")
+    return ["split.val_size=60", "split.test_size=40"]
+
+
+def _timed(fn) -> tuple[float, object]:
+    start = time.monotonic()
+    out = fn()
+    return time.monotonic() - start, out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sweep-points", type=int, default=9, help="points of the cached sweep (default 9)")
+    parser.add_argument("--uncached-sweep-points", type=int, default=None,
+                        help="points of the uncached sweep (default: --sweep-points; 0 skips it)")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. epochs=2 batch_size=64")
+    args = parser.parse_args(argv)
+    uncached_points = args.sweep_points if args.uncached_sweep_points is None else args.uncached_sweep_points
+
+    with tempfile.TemporaryDirectory(prefix="rps-bench-") as tmp:
+        tmp = Path(tmp)
+        real = bool(os.environ.get("TFDS_DATA_DIR") and os.environ.get("TFHUB_CACHE_DIR"))
+        overrides = ([] if real else _tiny_mirrors(tmp)) + list(args.overrides)
+        from omegaconf import OmegaConf
+
+        from rps.job import preflight
+        from rps.model import load_backbone
+        from rps.pipeline import train_and_evaluate
+        from rps.report import Reporter
+
+        base = _compose(overrides)
+        plan = preflight(base)
+        load_s, (backbone, dim) = _timed(lambda: load_backbone(base.backbone.handle, base.backbone.image_size))
+
+        def run(cache_dir: Path | None, **changes) -> tuple[float, Reporter]:
+            cfg = OmegaConf.merge(base, changes, {"feature_cache": {"enabled": cache_dir is not None,
+                                                                     "dir": str(cache_dir) if cache_dir else None}})
+            report = Reporter()
+            seconds, _ = _timed(lambda: train_and_evaluate(cfg, plan.source, backbone, dim, report))
+            return seconds, report
+
+        grid = list(itertools.product(DROPOUTS, LRS))
+        sweep_grid = [grid[i % len(grid)] for i in range(args.sweep_points)]
+
+        def sweep(cache_dir: Path | None, points) -> float:
+            return sum(run(cache_dir, head={"dropout": d}, optimizer={"lr": lr})[0] for d, lr in points)
+
+        data = f"{plan.source.name} {plan.source.version} ({plan.source.n_train}+{plan.source.n_test} images)"
+        print(f"rps benchmark: {'REAL mirrors' if real else 'tiny generated data'}: {data}; "
+              f"backbone {base.backbone.handle}; epochs={base.epochs} batch_size={base.batch_size}", flush=True)
+        uncached_s, uncached = run(None)
+        n_images = plan.source.n_train + plan.source.n_test
+        n_test = int(uncached.recorded["params"]["data.n_test"])
+        backbone_passes = base.epochs * (n_images - n_test) + n_test  # images through the backbone, uncached
+        cold_s, cold = run(tmp / "cache")
+        extraction_s = cold.recorded["metrics"]["feature_extraction_seconds"]
+        warm_s, _ = run(tmp / "cache")
+        sweep_s = sweep(tmp / "sweep-cache", sweep_grid)
+        uncached_sweep_s = sweep(None, sweep_grid[:uncached_points]) if uncached_points else float("nan")
+        peak = _peak_gb()
+
+        from rps import features as feature_cache
+
+        def line(label: str, seconds: float, target: float | None = None) -> str:
+            ratio = seconds / uncached_s
+            verdict = "" if target is None else f"  target <= {target:.2f}x: {'PASS' if ratio <= target else 'FAIL'}"
+            return f"  {label:<34}{seconds:9.1f} s  {ratio:6.2f}x (a){verdict}"
+
+        print(f"\nbackbone load {load_s:.1f} s (once, not counted below); feature cache format {feature_cache.FORMAT}")
+        print(line("(a) uncached run", uncached_s))
+        print(line("(b) cached run, cold", cold_s, TARGETS["cold"]))
+        print(line("(c) cached run, warm (hit)", warm_s, TARGETS["warm"]))
+        print(line(f"(d) {args.sweep_points}-point sweep, cached", sweep_s, TARGETS["sweep"]))
+        if uncached_points:
+            per_point = uncached_sweep_s / uncached_points
+            print(line(f"(e) {uncached_points}-point sweep, uncached", uncached_sweep_s)
+                  + f"   ({per_point:.1f} s/point, {args.sweep_points} points ~{per_point * args.sweep_points:.0f} s)")
+        print(f"  backbone images/s: {backbone_passes / uncached_s:.1f} inside fit+evaluate (a); "
+              f"{n_images / max(extraction_s, 1e-9):.1f} in feature extraction (b)")
+        print(f"  peak memory (whole benchmark process): {peak:.2f} GB  "
+              f"target <= {PEAK_TARGET_GB} GB: {'PASS' if peak <= PEAK_TARGET_GB else 'FAIL'}")
+        if not real:
+            print("  (tiny data: fixed per-run overheads dominate; the targets are meant for the real mirrors)")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

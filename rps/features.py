@@ -1,0 +1,157 @@
+"""Feature cache: frozen-backbone features computed once, reused by every run that can.
+
+With a frozen backbone and no augmentation, every epoch of every run would push the same
+images through MobileNet-V2 again. Instead, the features of the whole example pool (train +
+test, in source order) are computed once and stored under a key that hashes exactly what
+determines them: the encoded images and labels, every file of the backbone SavedModel, the
+image size and the preprocessing. Splits, seeds, heads and optimizers do not enter the key,
+so sweeps over them all share one entry.
+
+Entries are written atomically (temporary file + rename) under an exclusive lock, so parallel
+jobs neither corrupt an entry nor compute it twice; each read is verified (zip CRCs, shapes and
+a SHA-256 of the arrays), and a damaged entry is logged, discarded and rebuilt.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import time
+import zipfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+# Bump when rps.data.decode / rps.data.preprocess change what the backbone sees.
+PREPROCESSING = "decode_image(channels=3) -> convert_image_dtype(float32) -> resize(bilinear)"
+
+
+def default_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "rps" / "features"
+
+
+def _digest_examples(h, images: np.ndarray, labels: np.ndarray, from_files: bool) -> None:
+    for item in images:
+        if from_files:  # a file is identified by its path, size and modification time
+            stat = os.stat(item)
+            item = f"{item}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()
+        h.update(len(item).to_bytes(8, "little"))
+        h.update(item)
+    h.update(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
+
+
+def _digest_dir(h, folder: Path) -> None:
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        h.update(str(path.relative_to(folder)).encode() + b"\0")
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+
+
+def cache_key(
+    images: np.ndarray, labels: np.ndarray, from_files: bool, handle: str, backbone_dir: Optional[Path], image_size: int
+) -> str:
+    """SHA-256 of the examples, the backbone's files, the image size and the preprocessing.
+
+    The backbone is identified by the content of its SavedModel directory when it is local (a
+    cached hub module, a local path), else by its handle.
+    """
+    h = hashlib.sha256(f"rps-features/{FORMAT}/{PREPROCESSING}/{image_size}\0".encode())
+    _digest_examples(h, images, labels, from_files)
+    if backbone_dir is not None and backbone_dir.is_dir():
+        _digest_dir(h, backbone_dir)
+    else:
+        h.update(handle.encode())
+    return h.hexdigest()[:40]
+
+
+def _checksum(features: np.ndarray, labels: np.ndarray) -> str:
+    return hashlib.sha256(features.tobytes() + labels.tobytes()).hexdigest()
+
+
+@dataclass
+class CacheResult:
+    features: np.ndarray  # [n_pool, feature_dim] float32
+    status: str  # "hit", "built", or "rebuilt" (a damaged entry was replaced)
+    seconds: float  # time spent computing features (0 on a hit)
+    path: Path
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with open(path, "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def read_entry(path: Path, labels: np.ndarray, feature_dim: int) -> np.ndarray:
+    """The features stored at ``path``; raises ``ValueError`` if the entry is damaged."""
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            features, stored_labels = stored["features"], stored["labels"]
+            checksum = str(stored["checksum"])
+    except (OSError, KeyError, EOFError, zipfile.BadZipFile, ValueError) as err:
+        raise ValueError(f"unreadable ({type(err).__name__}: {err})") from err
+    if features.shape != (len(labels), feature_dim) or features.dtype != np.float32:
+        raise ValueError(f"features of shape {features.shape}, expected {(len(labels), feature_dim)}")
+    if not np.array_equal(stored_labels, labels):
+        raise ValueError("labels differ from the dataset's")
+    if _checksum(features, stored_labels) != checksum:
+        raise ValueError("checksum mismatch")
+    return features
+
+
+def write_entry(path: Path, features: np.ndarray, labels: np.ndarray, meta: dict) -> None:
+    """Write atomically: a complete entry appears under ``path`` or nothing does."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, features=features, labels=labels, checksum=np.array(_checksum(features, labels)),
+                     meta=np.array(json.dumps(meta)))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def cached_features(
+    key: str,
+    labels: np.ndarray,
+    feature_dim: int,
+    compute,
+    cache_dir: Optional[Path] = None,
+    meta: Optional[dict] = None,
+) -> CacheResult:
+    """The pool's features from the cache, or from ``compute()`` (then stored)."""
+    cache_dir = Path(cache_dir or default_dir())
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    path = cache_dir / f"{key}.npz"
+    labels = np.asarray(labels, dtype=np.int64)
+    with _locked(cache_dir / f"{key}.lock"):
+        status = "built"
+        if path.exists():
+            try:
+                return CacheResult(read_entry(path, labels, feature_dim), "hit", 0.0, path)
+            except ValueError as err:
+                log.warning("Feature cache entry %s is damaged (%s): rebuilding it.", path, err)
+                path.unlink(missing_ok=True)
+                status = "rebuilt"
+        start = time.monotonic()
+        features = np.asarray(compute(), dtype=np.float32)
+        seconds = time.monotonic() - start
+        write_entry(path, features, labels, meta or {})
+        return CacheResult(features, status, seconds, path)

@@ -1,0 +1,125 @@
+"""The experiment's computation, free of any tracking: data -> split -> (features) -> fit -> evaluate.
+
+:func:`train_and_evaluate` reports what it learns through a :class:`Reporter` as soon as it
+knows it (so a crash keeps what came before); ``rps.job`` passes one that writes to MLflow,
+the benchmark one that only records.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+from omegaconf import DictConfig
+
+from rps import data, features, model, train
+from rps.config import split_sizes
+from rps.errors import ConfigError
+from rps.evaluate import evaluate
+from rps.report import Reporter
+from rps.resources import DatasetSource, backbone_dir
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Outcome:
+    classifier: Any  # the full image -> probabilities Keras model
+    class_names: list[str]
+    test_examples: data.Examples
+    history: dict[str, list[float]]
+    probs: np.ndarray
+    labels: np.ndarray
+    metrics: dict[str, float]
+    confusion: np.ndarray
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def load_examples(cfg: DictConfig, source: DatasetSource, report: Reporter) -> tuple[data.Examples, data.Examples, list[str]]:
+    if source.kind == "tfds":
+        train_ex, test_ex, class_names, version = data.load_tfds(source)
+        report.tags({"dataset_version": version})
+        return train_ex, test_ex, class_names
+    train_ex, test_ex, skipped = data.load_image_folder(source, cfg.dataset.skip_corrupt)
+    report.metrics({"skipped_corrupt_images": skipped})
+    return train_ex, test_ex, source.class_names
+
+
+def cache_decision(cfg: DictConfig) -> tuple[bool, str]:
+    """Whether backbone features may be cached for this config, and why."""
+    wanted = cfg.feature_cache.enabled
+    invalid = "the backbone is trainable" if cfg.backbone.trainable else None
+    if invalid and wanted:
+        raise ConfigError(f"feature_cache.enabled=true is invalid here: {invalid}. Set it to null or false.")
+    if invalid:
+        return False, f"off: {invalid}"
+    if wanted is False:
+        return False, "off: feature_cache.enabled=false"
+    return True, "on: frozen backbone, no augmentation"
+
+
+def _cached_pool_features(cfg, pool: data.Examples, backbone, feature_dim: int, report: Reporter) -> np.ndarray:
+    size = cfg.backbone.image_size
+    key = features.cache_key(
+        pool.images, pool.labels, pool.from_files, cfg.backbone.handle, backbone_dir(cfg.backbone.handle), size
+    )
+
+    def compute() -> np.ndarray:
+        images = data.make_dataset(pool, size, cfg.feature_cache.batch_size, 1).map(lambda x, y: x)
+        return model.extract_features(backbone, images, len(pool))
+
+    cache_dir = Path(cfg.feature_cache.dir).expanduser() if cfg.feature_cache.dir else None
+    meta = {"handle": cfg.backbone.handle, "image_size": size, "examples": len(pool)}
+    result = features.cached_features(key, pool.labels, feature_dim, compute, cache_dir, meta)
+    log.info("Feature cache %s: %s", result.status, result.path)
+    report.tags({"feature_cache": result.status, "feature_cache_key": key})
+    report.metrics({"feature_extraction_seconds": result.seconds})
+    return result.features
+
+
+def train_and_evaluate(
+    cfg: DictConfig, source: DatasetSource, backbone, feature_dim: int, report: Optional[Reporter] = None
+) -> Outcome:
+    report = report or Reporter()
+    train.seed_everything(cfg.seed)
+    train_ex, test_ex, class_names = load_examples(cfg, source, report)
+    sizes = split_sizes(cfg.split, len(train_ex), len(test_ex))  # exact, also after skipping files
+    index = data.split_indices(len(train_ex), len(test_ex), cfg.split.kind, sizes, cfg.seed)
+    pool = data.concat(train_ex, test_ex)
+    report.params({f"data.n_{name}": len(i) for name, i in index.items()}
+                  | {"data.class_names": ",".join(class_names)})
+
+    size, n_classes, batch = cfg.backbone.image_size, len(class_names), cfg.batch_size
+    head = model.build_head(feature_dim, n_classes, cfg.head)
+    classifier = model.build_classifier(backbone, head, size)
+    report.params({f"model.{k}_params": v for k, v in model.count_params(classifier).items()}
+                  | {"model.feature_dim": feature_dim})
+
+    use_cache, reason = cache_decision(cfg)
+    log.info("Feature cache %s", reason)
+    if use_cache:
+        pool_features = _cached_pool_features(cfg, pool, backbone, feature_dim, report)
+        trainee = head  # same weights as inside `classifier`
+        datasets = {
+            name: data.make_feature_dataset(pool_features[i], pool.labels[i], batch, n_classes,
+                                            shuffle_seed=cfg.seed if name == "train" else None)
+            for name, i in index.items()
+        }
+    else:
+        report.tags({"feature_cache": reason})
+        trainee = classifier
+        datasets = {
+            name: data.make_dataset(pool.take(i), size, batch, n_classes,
+                                    shuffle_seed=cfg.seed if name == "train" else None)
+            for name, i in index.items()
+        }
+    model.compile_for_training(trainee, cfg.optimizer)
+    history = train.fit(trainee, datasets["train"], datasets["val"], cfg.epochs, report.epoch)
+    probs, labels = train.predict(trainee, datasets["test"])
+    metrics, cm = evaluate(probs, labels, class_names)
+    report.metrics(metrics)
+    log.info("test accuracy %.4f, test loss %.4f", metrics["test_accuracy"], metrics["test_loss"])
+    return Outcome(classifier, class_names, pool.take(index["test"]), history, probs, labels, metrics, cm)

@@ -1,0 +1,136 @@
+"""Feature cache: keyed on exactly what determines features, verified, atomic, shared safely."""
+
+import multiprocessing as mp
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import rps  # noqa: F401
+from conftest import TINY_SPLIT, compose
+from rps import features
+
+
+def _key(images, labels, backbone, size=224):
+    return features.cache_key(np.array(images, dtype=object), np.array(labels), False, "h", backbone, size)
+
+
+def test_key_depends_on_images_labels_backbone_files_and_size(tmp_path):
+    backbone = tmp_path / "bb"
+    backbone.mkdir()
+    (backbone / "saved_model.pb").write_bytes(b"graph")
+    base = _key([b"a", b"b"], [0, 1], backbone)
+    assert base == _key([b"a", b"b"], [0, 1], backbone)
+    assert base != _key([b"a", b"c"], [0, 1], backbone)
+    assert base != _key([b"a", b"b"], [1, 0], backbone)
+    assert base != _key([b"a", b"b"], [0, 1], backbone, size=160)
+    (backbone / "saved_model.pb").write_bytes(b"other weights")
+    assert base != _key([b"a", b"b"], [0, 1], backbone)
+
+
+def _counting_compute(counter: Path, n=6, dim=4, delay=0.0):
+    def compute():
+        with open(counter, "a") as f:
+            f.write("x")
+        time.sleep(delay)
+        return np.arange(n * dim, dtype=np.float32).reshape(n, dim)
+    return compute
+
+
+def test_build_then_hit(tmp_path):
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    compute = _counting_compute(tmp_path / "calls")
+    first = features.cached_features("k", labels, 4, compute, tmp_path / "cache")
+    second = features.cached_features("k", labels, 4, compute, tmp_path / "cache")
+    assert (first.status, second.status) == ("built", "hit")
+    assert np.array_equal(first.features, second.features)
+    assert (tmp_path / "calls").read_text() == "x"
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "flip_byte", "wrong_labels"])
+def test_damaged_entry_is_detected_logged_and_rebuilt(tmp_path, damage, caplog):
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    compute = _counting_compute(tmp_path / "calls")
+    built = features.cached_features("k", labels, 4, compute, tmp_path)
+    data = built.path.read_bytes()
+    if damage == "truncate":
+        built.path.write_bytes(data[: len(data) // 2])
+    elif damage == "garbage":
+        built.path.write_bytes(b"not a cache entry")
+    elif damage == "flip_byte":
+        payload = data.find(np.arange(24, dtype=np.float32).tobytes())
+        built.path.write_bytes(data[:payload + 8] + bytes([data[payload + 8] ^ 0xFF]) + data[payload + 9:])
+    else:
+        labels = np.array([2, 1, 0, 0, 1, 2])
+    rebuilt = features.cached_features("k", labels, 4, compute, tmp_path)
+    assert rebuilt.status == "rebuilt"
+    assert "damaged" in caplog.text
+    assert np.array_equal(rebuilt.features, built.features)
+    assert features.read_entry(rebuilt.path, labels, 4).shape == (6, 4)
+
+
+def _worker(args):
+    cache, counter, i = args
+    result = features.cached_features("shared", np.arange(6) % 3, 4, _counting_compute(counter, delay=1.0), cache)
+    return result.status, result.features.sum()
+
+
+def test_parallel_builders_compute_once_and_agree(tmp_path):
+    with mp.get_context("spawn").Pool(4) as pool:
+        results = pool.map(_worker, [(tmp_path / "cache", tmp_path / "calls", i) for i in range(4)])
+    assert sorted(s for s, _ in results) == ["built", "hit", "hit", "hit"]
+    assert len({total for _, total in results}) == 1
+    assert (tmp_path / "calls").read_text() == "x"
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(tiny_tfds, tiny_backbone):
+    from rps import model, resources
+
+    cfg = compose(f"dataset.data_dir={tiny_tfds}", f"backbone.handle={tiny_backbone}", *TINY_SPLIT,
+                  "epochs=3", "backbone.image_size=32")
+    source = resources.locate_tfds(cfg.dataset)
+    backbone, dim = model.load_backbone(str(tiny_backbone), 32)
+    return cfg, source, backbone, dim
+
+
+def test_full_model_equals_head_on_cached_features(tiny_setup, tmp_path):
+    from omegaconf import OmegaConf
+
+    from rps import data
+    from rps.pipeline import train_and_evaluate
+    from rps.report import Reporter
+
+    cfg, source, backbone, dim = tiny_setup
+    cfg = OmegaConf.merge(cfg, {"feature_cache": {"dir": str(tmp_path)}})
+    report = Reporter()
+    out = train_and_evaluate(cfg, source, backbone, dim, report)
+    assert report.recorded["tags"]["feature_cache"] == "built"
+    images = np.concatenate([x for x, _ in data.make_dataset(out.test_examples, 32, 64, 3).as_numpy_iterator()])
+    full = out.classifier(images, training=False).numpy()
+    np.testing.assert_allclose(full, out.probs, atol=1e-5)
+    again = Reporter()
+    train_and_evaluate(cfg, source, backbone, dim, again)
+    assert again.recorded["tags"]["feature_cache"] == "hit"
+    assert again.recorded["metrics"]["feature_extraction_seconds"] == 0.0
+
+
+def test_cached_and_uncached_training_agree(tiny_setup, tmp_path):
+    from omegaconf import OmegaConf
+
+    from rps.pipeline import train_and_evaluate
+    from rps.report import Reporter
+
+    cfg, source, backbone, dim = tiny_setup
+    results = {}
+    for enabled in (True, False):
+        run_cfg = OmegaConf.merge(cfg, {"feature_cache": {"dir": str(tmp_path), "enabled": enabled}})
+        report = Reporter()
+        out = train_and_evaluate(run_cfg, source, backbone, dim, report)
+        results[enabled] = (out.metrics, report)
+    assert results[False][1].recorded["tags"]["feature_cache"] == "off: feature_cache.enabled=false"
+    cached, uncached = results[True][0], results[False][0]
+    assert abs(cached["test_accuracy"] - uncached["test_accuracy"]) <= 0.1
+    assert cached["test_loss"] == pytest.approx(uncached["test_loss"], rel=0.05)
