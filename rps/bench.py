@@ -85,14 +85,14 @@ def main(argv: list[str] | None = None) -> None:
         from rps.report import Reporter
 
         base = _compose(overrides)
-        plan = preflight(base)
+        source = preflight(base)
         load_s, (backbone, dim) = _timed(lambda: load_backbone(base.backbone.handle, base.backbone.image_size))
 
         def run(cache_dir: Path | None, **changes) -> tuple[float, Reporter]:
             cfg = OmegaConf.merge(base, changes, {"feature_cache": {"enabled": cache_dir is not None,
                                                                      "dir": str(cache_dir) if cache_dir else None}})
             report = Reporter()
-            seconds, _ = _timed(lambda: train_and_evaluate(cfg, plan.source, backbone, dim, report))
+            seconds, _ = _timed(lambda: train_and_evaluate(cfg, source, backbone, dim, report))
             return seconds, report
 
         grid = list(itertools.product(DROPOUTS, LRS))
@@ -101,11 +101,11 @@ def main(argv: list[str] | None = None) -> None:
         def sweep(cache_dir: Path | None, points) -> float:
             return sum(run(cache_dir, head={"dropout": d}, optimizer={"lr": lr})[0] for d, lr in points)
 
-        data = f"{plan.source.name} {plan.source.version} ({plan.source.n_train}+{plan.source.n_test} images)"
+        data = f"{source.name} {source.version} ({source.n_train}+{source.n_test} images)"
         print(f"rps benchmark: {'REAL mirrors' if real else 'tiny generated data'}: {data}; "
               f"backbone {base.backbone.handle}; epochs={base.epochs} batch_size={base.batch_size}", flush=True)
         uncached_s, uncached = run(None)
-        n_images = plan.source.n_train + plan.source.n_test
+        n_images = source.n_train + source.n_test
         n_test = int(uncached.recorded["params"]["data.n_test"])
         backbone_passes = base.epochs * (n_images - n_test) + n_test  # images through the backbone, uncached
         cold_s, cold = run(tmp / "cache")

@@ -14,19 +14,19 @@ a SHA-256 of the arrays), and a damaged entry is logged, discarded and rebuilt.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
 import os
 import time
 import zipfile
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import numpy as np
+
+from rps.filelock import exclusive
 
 log = logging.getLogger(__name__)
 
@@ -87,16 +87,6 @@ class CacheResult:
     path: Path
 
 
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with open(path, "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 def read_entry(path: Path, labels: np.ndarray, feature_dim: int) -> np.ndarray:
     """The features stored at ``path``; raises ``ValueError`` if the entry is damaged."""
     try:
@@ -141,7 +131,7 @@ def cached_features(
     cache_dir.mkdir(parents=True, exist_ok=True)
     path = cache_dir / f"{key}.npz"
     labels = np.asarray(labels, dtype=np.int64)
-    with _locked(cache_dir / f"{key}.lock"):
+    with exclusive(cache_dir / f"{key}.lock"):
         status = "built"
         if path.exists():
             try:

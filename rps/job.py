@@ -10,35 +10,26 @@ keeping the epochs finished so far.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from omegaconf import DictConfig
 
-from rps.config import SplitSizes, split_sizes, validate
+from rps.config import split_sizes, validate
+from rps.errors import RpsError
 from rps.resources import DatasetSource, check_backbone, locate_dataset
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Plan:
-    """What pre-flight established: the dataset found and, when its size is known, the split."""
-
-    source: DatasetSource
-    sizes: Optional[SplitSizes]
-
-
-def preflight(cfg: DictConfig) -> Plan:
-    """Config values, dataset and backbone checks; no TensorFlow, no MLflow run."""
+def preflight(cfg: DictConfig) -> DatasetSource:
+    """Config values, dataset, split sizes and backbone checks; no TensorFlow, no MLflow run."""
     validate(cfg)
     source = locate_dataset(cfg.dataset)
-    sizes = None
-    if source.n_train is not None:
-        sizes = split_sizes(cfg.split, source.n_train, source.n_test)
+    if source.n_train is not None:  # unknown only for a dataset still to be downloaded
+        split_sizes(cfg.split, source.n_train, source.n_test)
     check_backbone(cfg.backbone.handle)
-    return Plan(source, sizes)
+    return source
 
 
 def default_run_name(cfg: DictConfig) -> str:
@@ -48,38 +39,54 @@ def default_run_name(cfg: DictConfig) -> str:
     )
 
 
-def run(cfg: DictConfig, hydra_dir: Optional[Path] = None) -> float:
-    """Run the experiment ``cfg``; returns the test accuracy."""
-    plan = preflight(cfg)
+def run(
+    cfg: DictConfig,
+    hydra_dir: Optional[Path] = None,
+    parent_run_id: Optional[str] = None,
+    run_name: Optional[str] = None,
+) -> float:
+    """Run the experiment ``cfg``; returns the test accuracy.
+
+    ``parent_run_id`` nests the run under a sweep's parent run; then even a job that fails
+    before training leaves a FAILED run saying why, so the sweep's summary can list it.
+    """
     from rps import tracking
 
-    experiment_id = tracking.setup_experiment(cfg)  # fails fast when a tracking server is down
-    from rps.model import load_backbone  # imports TensorFlow
+    name = run_name or cfg.run_name or default_run_name(cfg)
+    try:
+        source = preflight(cfg)
+        experiment_id = tracking.setup_experiment(cfg)  # fails fast when a tracking server is down
+        from rps.model import load_backbone  # imports TensorFlow
 
-    # Loaded before the run starts: a backbone that cannot load or rejects the image size
-    # is a configuration problem, not a failed experiment.
-    backbone, feature_dim = load_backbone(cfg.backbone.handle, cfg.backbone.image_size)
-    tags = tracking.environment_tags() | {
-        "dataset": plan.source.name,
-        "backbone_handle": cfg.backbone.handle,
-    }
-    with tracking.tracked_run(experiment_id, cfg.run_name or default_run_name(cfg), tags) as active:
+        # Loaded before the run starts: a backbone that cannot load or rejects the image size
+        # is a configuration problem, not a failed experiment.
+        backbone, feature_dim = load_backbone(cfg.backbone.handle, cfg.backbone.image_size)
+    except RpsError as err:
+        if parent_run_id:
+            tracking.record_failed_run(cfg, name, parent_run_id, err)
+        raise
+    tags = tracking.environment_tags() | {"dataset": source.name, "backbone_handle": cfg.backbone.handle}
+    if parent_run_id:
+        tags[tracking.PARENT_TAG] = parent_run_id
+    with tracking.tracked_run(experiment_id, name, tags) as active:
         log.info("MLflow run %s in experiment '%s'", active.info.run_id, cfg.experiment_name)
-        tracking.log_config(cfg, hydra_dir)
-        return _train_and_log(cfg, plan, backbone, feature_dim)
+        with tracking.writing_artifacts("the run's config"):  # first write: a bad store fails here
+            tracking.log_config(cfg, hydra_dir)
+        return _train_and_log(cfg, source, backbone, feature_dim)
 
 
-def _train_and_log(cfg: DictConfig, plan: Plan, backbone, feature_dim: int) -> float:
+def _train_and_log(cfg: DictConfig, source: DatasetSource, backbone, feature_dim: int) -> float:
     from rps import data, plots, tracking
     from rps.pipeline import train_and_evaluate
 
-    out = train_and_evaluate(cfg, plan.source, backbone, feature_dim, tracking.MlflowReporter())
+    out = train_and_evaluate(cfg, source, backbone, feature_dim, tracking.MlflowReporter())
     n = min(cfg.num_samples, len(out.labels))
-    if n:
-        images = data.decoded_images(out.test_examples, n)
-        tracking.log_figure(plots.sample_predictions(images, out.labels[:n], out.probs[:n], out.class_names),
-                            "plots/sample_predictions.png")
-    tracking.log_figure(plots.training_curves(out.history), "plots/training_curves.png")
-    tracking.log_figure(plots.confusion_matrix(out.confusion, out.class_names), "plots/confusion_matrix.png")
-    tracking.log_classifier(out.classifier, out.class_names, cfg.backbone.image_size)
+    with tracking.writing_artifacts("the plots and the trained model"):
+        if n:
+            images = data.decoded_images(out.test_examples, n)
+            tracking.log_figure(plots.sample_predictions(images, out.labels[:n], out.probs[:n], out.class_names),
+                                "plots/sample_predictions.png")
+        tracking.log_figure(plots.training_curves(out.history), "plots/training_curves.png")
+        tracking.log_figure(plots.confusion_matrix(out.confusion, out.class_names), "plots/confusion_matrix.png")
+        tracking.log_classifier(out.classifier, out.class_names, cfg.backbone.image_size)
     return out.metrics["test_accuracy"]

@@ -92,11 +92,12 @@ def compile_for_training(model: keras.Model, optimizer_cfg: DictConfig) -> None:
 def extract_features(backbone: hub.KerasLayer, images: tf.data.Dataset, total: int) -> np.ndarray:
     """Backbone features of every batch of ``images``, with a progress bar (images/s at the end)."""
     forward = tf.function(lambda x: backbone(x, training=False))
-    progress = keras.utils.Progbar(total, unit_name="image")
-    out, start = [], time.monotonic()
+    progress = keras.utils.Progbar(total, unit_name="image", stateful_metrics=["images/s"])
+    out, start, done = [], time.monotonic(), 0
     for batch in images:
         out.append(forward(batch).numpy())
-        progress.add(len(out[-1]))
+        done += len(out[-1])
+        progress.update(done, values=[("images/s", done / max(time.monotonic() - start, 1e-9))])
     seconds = time.monotonic() - start
     log.info("Backbone features of %d images in %.1f s (%.1f images/s)", total, seconds, total / max(seconds, 1e-9))
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)

@@ -118,6 +118,7 @@ def train_and_evaluate(
         }
     model.compile_for_training(trainee, cfg.optimizer)
     history = train.fit(trainee, datasets["train"], datasets["val"], cfg.epochs, report.epoch)
+    report.metrics({"best_val_accuracy": max(history["val_accuracy"])})
     probs, labels = train.predict(trainee, datasets["test"])
     metrics, cm = evaluate(probs, labels, class_names)
     report.metrics(metrics)

@@ -73,3 +73,38 @@ def confusion_matrix(cm: np.ndarray, class_names: list[str]) -> Figure:
         ax.text(j, i, str(count), ha="center", va="center", color="white" if count > threshold else "black")
     fig.tight_layout()
     return fig
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def sweep_accuracy(table: list[dict], keys: list[str]) -> Figure:
+    """Best validation and test accuracy against the first numeric swept key, a line per
+    combination of the other swept keys (e.g. accuracy vs dropout, one line per learning rate)."""
+    done = [row for row in table if row["status"] == "FINISHED" and row["test_accuracy"] is not None]
+    numeric = [k for k in keys if done and all(_number(row[k]) is not None for row in done)]
+    x_key = "head.dropout" if "head.dropout" in numeric else (numeric[0] if numeric else None)
+    others = [k for k in keys if k != x_key]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), squeeze=False)
+    for ax, (metric, title) in zip(axes.flat, (("best_val_accuracy", "best validation accuracy"),
+                                                ("test_accuracy", "test accuracy"))):
+        series: dict[str, list[tuple[float, float]]] = {}
+        for i, row in enumerate(done):
+            label = " ".join(f"{k.split('.')[-1]}={row[k]}" for k in others) or metric
+            x = _number(row[x_key]) if x_key else float(i)
+            series.setdefault(label, []).append((x, row[metric]))
+        for label, points in sorted(series.items()):
+            points.sort()
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+        ax.set(title=title, xlabel=x_key or "job", ylabel="accuracy")
+        ax.grid(alpha=0.3)
+        if series:
+            ax.legend(fontsize=8)
+    failed = len(table) - len(done)
+    fig.suptitle(f"Sweep: {len(done)} finished" + (f", {failed} failed (not plotted)" if failed else ""))
+    fig.tight_layout()
+    return fig

@@ -5,10 +5,12 @@ Examples::
     python -m rps.run epochs=2 batch_size=64
     python -m rps.run split=official head.dropout=0.2 optimizer=sgd optimizer.lr=0.01
     python -m rps.run -m head.dropout=0.2,0.5 optimizer.lr=1e-2,1e-3
+    python -m rps.run -m +experiment=sweep_dropout_lr
 """
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 from pathlib import Path
@@ -16,12 +18,14 @@ from pathlib import Path
 import rps  # noqa: F401  (sets TF_USE_LEGACY_KERAS before anything imports TensorFlow)
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from rps import job
+from rps import job, sweep
 from rps.config import register_configs
 from rps.errors import RpsError, Terminated
 
+log = logging.getLogger(__name__)
 register_configs()
 
 
@@ -32,15 +36,28 @@ def _on_sigterm(signum, frame):
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     signal.signal(signal.SIGTERM, _on_sigterm)
-    hydra_dir = Path(HydraConfig.get().runtime.output_dir) / HydraConfig.get().output_subdir
+    hc = HydraConfig.get()
+    hydra_dir = Path(hc.runtime.output_dir) / hc.output_subdir
+    multirun = hc.mode == RunMode.MULTIRUN
+    parent, run_name = None, None
+    if multirun:
+        parent, keys = sweep.sweep_context(hc.sweep.dir)
+        run_name = sweep.child_run_name(list(hc.overrides.task), keys)
     try:
-        return job.run(cfg, hydra_dir)
+        return job.run(cfg, hydra_dir, parent, run_name)
     except RpsError as err:
         print(f"rps: error: {err}", file=sys.stderr)
+        if multirun:  # this job fails alone (its run says why); the sweep goes on
+            return float("nan")
         sys.exit(err.exit_code)
     except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM via Terminated; the run is KILLED
         print(f"rps: interrupted ({err or 'Ctrl-C'}); the MLflow run was marked KILLED.", file=sys.stderr)
         sys.exit(143 if isinstance(err, Terminated) else 130)
+    except Exception:
+        if not multirun:
+            raise
+        log.exception("Sweep job %s failed (its MLflow run is marked FAILED)", run_name)
+        return float("nan")
 
 
 if __name__ == "__main__":

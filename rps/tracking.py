@@ -14,7 +14,7 @@ import platform
 import subprocess
 import sys
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -25,6 +25,7 @@ from mlflow.entities import RunStatus
 from omegaconf import DictConfig, OmegaConf
 
 from rps.errors import ResourceError
+from rps.filelock import exclusive
 from rps.report import Reporter
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -33,10 +34,14 @@ PACKAGES = (
     "numpy", "hydra-core", "mlflow", "matplotlib",
 )
 MODEL_REQUIREMENTS = ("tensorflow", "tf-keras", "tensorflow-hub")
+PARENT_TAG = "mlflow.parentRunId"  # nests a run under a sweep's parent run in the UI
 
 
 def resolve_tracking_uri(configured: Optional[str], mlruns_dir: str) -> tuple[str, Optional[Path]]:
-    """The tracking URI, and the local artifact root when the default sqlite store is used."""
+    """The tracking URI, and the local artifact root when the default sqlite store is used.
+
+    (MLflow sets sqlite's busy timeout to 20 s per session, so concurrent writers queue.)
+    """
     uri = configured or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return uri, None
@@ -59,21 +64,39 @@ def check_tracking_server(uri: str, timeout: float = 5.0) -> None:
         ) from err
 
 
+def _check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise ResourceError(
+            f"The MLflow artifact folder {folder} is not writable ({err.strerror or err}). Free disk "
+            "space or fix its permissions, or point mlruns_dir / MLFLOW_TRACKING_URI elsewhere."
+        ) from err
+
+
 def setup_experiment(cfg: DictConfig) -> str:
-    """Point MLflow at the store and return the experiment's id (created if needed)."""
+    """Point MLflow at the store and return the experiment's id (created if needed).
+
+    Fails before any training when the server is down or the local store is not writable. The
+    local store's first use (creating its tables) is serialized across processes: MLflow's
+    schema migration is not safe to run twice at once.
+    """
     uri, artifact_root = resolve_tracking_uri(cfg.tracking_uri, cfg.mlruns_dir)
     check_tracking_server(uri)
     if artifact_root is not None:
-        artifact_root.mkdir(parents=True, exist_ok=True)
+        _check_writable(artifact_root)
     mlflow.set_tracking_uri(uri)
-    experiment = mlflow.get_experiment_by_name(cfg.experiment_name)
-    if experiment is not None:
-        return experiment.experiment_id
-    try:
-        location = artifact_root.as_uri() if artifact_root else None
-        return mlflow.create_experiment(cfg.experiment_name, artifact_location=location)
-    except mlflow.exceptions.MlflowException:  # created meanwhile by a parallel job
-        return mlflow.get_experiment_by_name(cfg.experiment_name).experiment_id
+    with exclusive(artifact_root.parent / ".store.lock") if artifact_root else nullcontext():
+        experiment = mlflow.get_experiment_by_name(cfg.experiment_name)
+        if experiment is not None:
+            return experiment.experiment_id
+        try:
+            location = artifact_root.as_uri() if artifact_root else None
+            return mlflow.create_experiment(cfg.experiment_name, artifact_location=location)
+        except mlflow.exceptions.MlflowException:  # created meanwhile by a job on another store client
+            return mlflow.get_experiment_by_name(cfg.experiment_name).experiment_id
 
 
 @contextmanager
@@ -87,11 +110,40 @@ def tracked_run(experiment_id: str, run_name: str, tags: dict[str, str]) -> Iter
     except KeyboardInterrupt:
         status = RunStatus.KILLED
         raise
+    except Exception as err:
+        mlflow.set_tag("error", f"{type(err).__name__}: {err}"[:4000])
+        raise
     finally:
         mlflow.end_run(RunStatus.to_string(status))
 
 
+def record_failed_run(cfg: DictConfig, name: str, parent_run_id: str, err: Exception) -> None:
+    """A FAILED run for a sweep job that could not start (bad value, missing resource)."""
+    try:
+        experiment_id = setup_experiment(cfg)
+    except Exception:  # the store itself is unreachable: nothing can be recorded
+        return
+    client = mlflow.MlflowClient()
+    tags = environment_tags() | {PARENT_TAG: parent_run_id, "error": str(err)[:4000]}
+    run = client.create_run(experiment_id, run_name=name, tags=tags)
+    client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, str(v)) for k, v in config_params(cfg).items()])
+    client.set_terminated(run.info.run_id, "FAILED")
+
+
 # --------------------------------------------------------------------------- what a run records
+
+
+@contextmanager
+def writing_artifacts(what: str) -> Iterator[None]:
+    """Turn a failure to write artifacts (disk full, unwritable store) into a clear error."""
+    try:
+        yield
+    except OSError as err:
+        uri = mlflow.active_run().info.artifact_uri if mlflow.active_run() else "the artifact store"
+        raise ResourceError(
+            f"Could not write {what} to {uri}: {err}. Free disk space or fix that location "
+            "(mlruns_dir, or the experiment's artifact location); this run is marked FAILED."
+        ) from err
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

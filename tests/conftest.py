@@ -21,12 +21,12 @@ TINY_SPLIT = ["split.val_size=12", "split.test_size=12", "batch_size=16"]
 register_configs()
 
 
-def compose(*overrides: str):
+def compose(*overrides: str, return_hydra_config: bool = False):
     """The project's real config, composed as `python -m rps.run` would."""
     from hydra import compose as hydra_compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=list(overrides))
+        return hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=return_hydra_config)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -95,3 +95,14 @@ def test_split_larger_than_the_data_is_a_config_error():
     with pytest.raises(ConfigError, match="does not fit") as err:
         split_sizes(compose().split, 60, 24)
     assert "split.val_size=600" in str(err.value)
+
+
+def test_named_experiments_compose():
+    tutorial = compose("+experiment=tutorial")
+    validate(tutorial)
+    assert (tutorial.split.kind, tutorial.head.dropout, tutorial.optimizer.lr, tutorial.epochs, tutorial.batch_size) == \
+        ("tutorial", 0.5, 0.001, 2, 64)
+    assert tutorial.experiment_name == "tutorial"
+    sweep = compose("+experiment=sweep_dropout_lr", return_hydra_config=True)
+    assert dict(sweep.hydra.sweeper.params) == {"head.dropout": "0.2,0.5,0.8", "optimizer.lr": "1e-2,1e-3,1e-4"}
+    assert str(sweep.hydra.mode) == "RunMode.MULTIRUN"

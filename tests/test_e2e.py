@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -176,7 +177,8 @@ def test_offline_without_mirrors_fails_fast_naming_the_knobs(offline_env, tmp_pa
     assert all(r.info.status != "RUNNING" for r in all_runs(tmp_path)) if (tmp_path / "mlruns").exists() else True
 
 
-def test_sigterm_mid_training_ends_the_run_killed_keeping_finished_epochs(offline_env, tmp_path):
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_mid_training_ends_the_run_killed_keeping_finished_epochs(offline_env, tmp_path, signum, code):
     (tmp_path / "mlruns").mkdir()
     store(tmp_path).search_experiments()  # create the tables first: this test polls the store meanwhile
     proc = subprocess.Popen([sys.executable, "-m", "rps.run", "epochs=500", *TINY_SPLIT],
@@ -190,11 +192,11 @@ def test_sigterm_mid_training_ends_the_run_killed_keeping_finished_epochs(offlin
                 break
         else:
             pytest.fail("training never reached its second epoch")
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
         _, stderr = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode == 143, stderr[-2000:]
+    assert proc.returncode == code, stderr[-2000:]
     assert "KILLED" in stderr
     (run,) = all_runs(tmp_path)
     assert run.info.status == "KILLED"
@@ -210,3 +212,45 @@ def test_image_size_the_backbone_rejects_leaves_no_run(offline_env, tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "backbone.image_size=160" in result.stderr and "(None, 224, 224, 3)" in result.stderr
     assert all_runs(tmp_path) == []
+
+
+def test_unreachable_tracking_server_fails_before_training(offline_env, tmp_path):
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = run_cli(*TINY_SPLIT, cwd=tmp_path, env=offline_env | {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"})
+    assert result.returncode == 2 and result.seconds < 30
+    assert f"http://127.0.0.1:{port} does not answer" in result.stderr and "Traceback" not in result.stderr
+    assert "Epoch" not in result.stdout
+
+
+def test_unwritable_artifact_store_fails_before_training(offline_env, tmp_path):
+    (tmp_path / "mlruns").mkdir()
+    (tmp_path / "mlruns" / "artifacts").write_text("a file where the artifact folder should be")
+    result = run_cli(*TINY_SPLIT, cwd=tmp_path, env=offline_env)
+    assert result.returncode == 2 and "not writable" in result.stderr and "Traceback" not in result.stderr
+    assert "Epoch" not in result.stdout
+
+
+def test_concurrent_runs_on_a_new_store_all_complete(offline_env, tmp_path):
+    """Three runs start at once on a store that does not exist yet (table creation races)."""
+    procs = [subprocess.Popen([sys.executable, "-m", "rps.run", "epochs=1", *TINY_SPLIT, f"seed={i}"],
+                              cwd=tmp_path, env=offline_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(3)]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err[-1500:] for _, err in outputs]
+    runs = all_runs(tmp_path)
+    assert sorted(r.data.params["seed"] for r in runs) == ["0", "1", "2"]
+    assert all(r.info.status == "FINISHED" and "test_accuracy" in r.data.metrics for r in runs)
+
+
+def test_artifact_write_failure_fails_the_run_with_a_clear_error(offline_env, tmp_path):
+    """An experiment whose artifact location cannot be written (as on a full or broken disk)."""
+    (tmp_path / "mlruns").mkdir()
+    (tmp_path / "blocker").write_text("a file, so nothing can be created below it")
+    store(tmp_path).create_experiment("rps", artifact_location=(tmp_path / "blocker" / "artifacts").as_uri())
+    result = run_cli(*TINY_SPLIT, cwd=tmp_path, env=offline_env)
+    assert result.returncode == 2 and "Could not write the run's config" in result.stderr
+    assert "Traceback" not in result.stderr and "Epoch" not in result.stdout
+    (run,) = all_runs(tmp_path)
+    assert run.info.status == "FAILED" and "Could not write" in run.data.tags["error"]

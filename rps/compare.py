@@ -1,0 +1,81 @@
+"""Leaderboard of runs from the tracking store, best first.
+
+    python -m rps.compare                          # every run of experiment "rps"
+    python -m rps.compare --experiment sweep_dropout_lr
+    python -m rps.compare --sweep <parent run id>  # the jobs of one sweep
+    python -m rps.compare --tracking-uri http://127.0.0.1:5000 --sort test_accuracy
+
+Reads the same store the runner writes: ``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``,
+else ``sqlite:///mlruns/mlflow.db`` under the current directory (a tracking server works too).
+Sweep parent runs are left out of experiment listings; their children are listed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rps.sweep import PARENT_TAG, markdown
+
+COLUMNS = ("head.dropout", "optimizer.name", "optimizer.lr", "split.kind", "seed", "epochs")
+
+
+def leaderboard(client, runs: list, sort: str) -> list[dict]:
+    table = []
+    for run in runs:
+        if run.data.tags.get("sweep") == "parent":
+            continue
+        row = {"rank": 0, "run_name": run.info.run_name, "status": run.info.status}
+        row |= {key: run.data.params.get(key, "") for key in COLUMNS}
+        row["best_val_accuracy"] = run.data.metrics.get("best_val_accuracy")
+        row["test_accuracy"] = run.data.metrics.get("test_accuracy")
+        row["sweep"] = run.data.tags.get(PARENT_TAG, "")[:8]
+        row["run_id"] = run.info.run_id
+        table.append(row)
+    table.sort(key=lambda r: (r[sort] is None, -(r[sort] or 0)))
+    for rank, row in enumerate(table, 1):
+        row["rank"] = rank
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Leaderboard of rps runs from the MLflow store.")
+    parser.add_argument("--experiment", default="rps", help="experiment name (default: rps)")
+    parser.add_argument("--sweep", metavar="RUN_ID", help="list the jobs of this sweep (parent run id)")
+    parser.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db")
+    parser.add_argument("--mlruns-dir", default="mlruns", help="local store folder (default: mlruns)")
+    parser.add_argument("--sort", default="test_accuracy", choices=("test_accuracy", "best_val_accuracy"))
+    args = parser.parse_args(argv)
+
+    import mlflow
+
+    from rps.tracking import resolve_tracking_uri
+
+    uri, _ = resolve_tracking_uri(args.tracking_uri, args.mlruns_dir)
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient()
+    if args.sweep:
+        from rps.sweep import child_runs
+
+        try:
+            runs = child_runs(client, args.sweep)
+        except mlflow.exceptions.MlflowException as err:
+            print(f"rps.compare: no sweep run {args.sweep} in {uri} ({err.error_code}).", file=sys.stderr)
+            return 2
+        title = f"sweep {args.sweep}"
+    else:
+        experiment = client.get_experiment_by_name(args.experiment)
+        if experiment is None:
+            names = ", ".join(e.name for e in client.search_experiments()) or "none"
+            print(f"rps.compare: no experiment '{args.experiment}' in {uri} (there: {names}).", file=sys.stderr)
+            return 2
+        runs = client.search_runs([experiment.experiment_id], max_results=10000)
+        title = f"experiment {args.experiment}"
+    table = leaderboard(client, runs, args.sort)
+    print(f"{title}: {len(table)} runs, best {args.sort} first ({uri})\n")
+    print(markdown(table), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

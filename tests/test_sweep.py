@@ -1,0 +1,168 @@
+"""Multirun sweeps: a parent MLflow run, nested children, a summary, a leaderboard, the UI."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from PIL import Image
+
+from conftest import TINY_SPLIT, all_runs, compose, run_cli, store
+
+pytestmark = pytest.mark.slow
+GRID = ["head.dropout=0.2,0.5", "optimizer.lr=0.01,0.001"]
+
+
+def sweep_runs(cwd):
+    runs = all_runs(cwd)
+    parents = [r for r in runs if r.data.tags.get("sweep") == "parent"]
+    assert len(parents) == 1, [r.info.run_name for r in runs]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(runs) == 1 + len(children)
+    return parents[0], children
+
+
+@pytest.fixture(scope="module")
+def basic_sweep(tiny_tfds, hub_cache, tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("sweep")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TFDS_", "TFHUB_"))}
+    env.update(TFDS_DATA_DIR=str(tiny_tfds), TFHUB_CACHE_DIR=str(hub_cache))
+    result = run_cli("-m", *GRID, "epochs=2", *TINY_SPLIT, cwd=cwd, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return cwd, result
+
+
+def test_sweep_is_one_parent_with_named_nested_children(basic_sweep):
+    cwd, _ = basic_sweep
+    parent, children = sweep_runs(cwd)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["sweep.head.dropout"] == "0.2,0.5"
+    assert parent.data.params["sweep.optimizer.lr"] == "0.01,0.001"
+    assert parent.data.tags["sweep.keys"] == "head.dropout,optimizer.lr"
+    names = sorted(c.info.run_name for c in children)
+    assert names == ["dropout=0.2 lr=0.001", "dropout=0.2 lr=0.01", "dropout=0.5 lr=0.001", "dropout=0.5 lr=0.01"]
+    for child in children:
+        assert child.info.status == "FINISHED"
+        dropout, lr = (part.split("=")[1] for part in child.info.run_name.split())
+        assert child.data.params["head.dropout"] == dropout and float(child.data.params["optimizer.lr"]) == float(lr)
+        assert child.data.params["epochs"] == "2"
+
+
+def test_summary_matches_the_children(basic_sweep, tmp_path):
+    import mlflow
+
+    cwd, result = basic_sweep
+    parent, children = sweep_runs(cwd)
+    local = mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, dst_path=str(tmp_path))
+    table = list(csv.DictReader(io.StringIO(open(f"{local}/summary/summary.csv").read())))
+    by_id = {c.info.run_id: c for c in children}
+    assert sorted(row["run_id"] for row in table) == sorted(by_id)
+    for row in table:
+        child = by_id[row["run_id"]]
+        assert float(row["test_accuracy"]) == pytest.approx(child.data.metrics["test_accuracy"])
+        assert float(row["best_val_accuracy"]) == pytest.approx(child.data.metrics["best_val_accuracy"])
+        assert row["head.dropout"] == child.data.params["head.dropout"] and row["status"] == "FINISHED"
+    with Image.open(f"{local}/summary/accuracy.png") as image:
+        image.verify()
+    in_start_order = sorted(children, key=lambda c: c.info.start_time)  # ties go to the first started
+    best = max(in_start_order, key=lambda c: (c.data.metrics["best_val_accuracy"], c.data.metrics["test_accuracy"]))
+    assert parent.data.tags["best_run_id"] == best.info.run_id
+    assert parent.data.metrics["best_val_accuracy"] == pytest.approx(best.data.metrics["best_val_accuracy"])
+    assert parent.data.metrics["best_test_accuracy"] == pytest.approx(best.data.metrics["test_accuracy"])
+    assert parent.data.metrics["n_children"] == 4 and parent.data.metrics["n_failed"] == 0
+    assert "dropout=0.5 lr=0.01" in open(f"{local}/summary/summary.md").read()
+
+
+def test_compare_prints_the_store_sorted(basic_sweep):
+    cwd, _ = basic_sweep
+    parent, children = sweep_runs(cwd)
+    for args in (["--sweep", parent.info.run_id], ["--experiment", "rps"]):
+        out = subprocess.run([sys.executable, "-m", "rps.compare", *args], cwd=cwd, capture_output=True,
+                             text=True, check=True).stdout
+        lines = [line for line in out.splitlines() if line.startswith("| ") and "run_id" not in line]
+        assert len(lines) == 4
+        listed = [line.split("|")[-2].strip() for line in lines]
+        expected = sorted(children, key=lambda c: -c.data.metrics["test_accuracy"])
+        assert [f"{c.data.metrics['test_accuracy']:.4f}" for c in expected] == \
+               [line.split("|")[-4].strip() for line in lines]
+        assert set(listed) == {c.info.run_id for c in children}
+    missing = subprocess.run([sys.executable, "-m", "rps.compare", "--experiment", "nope"], cwd=cwd,
+                             capture_output=True, text=True)
+    assert missing.returncode == 2 and "no experiment 'nope'" in missing.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _api(base: str, path: str, body: dict | None = None) -> dict:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(f"{base}{path}", data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def test_mlflow_ui_serves_the_sweep(basic_sweep):
+    cwd, _ = basic_sweep
+    parent, children = sweep_runs(cwd)
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{cwd / 'mlruns' / 'mlflow.db'}",
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=2):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None, "mlflow server did not come up"
+                time.sleep(1)
+        found = _api(base, "/api/2.0/mlflow/runs/search", {
+            "experiment_ids": [parent.info.experiment_id],
+            "filter": f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"})
+        assert sorted(r["info"]["run_id"] for r in found["runs"]) == sorted(c.info.run_id for c in children)
+        served_parent = _api(base, f"/api/2.0/mlflow/runs/get?run_id={parent.info.run_id}")["run"]
+        assert served_parent["info"]["status"] == "FINISHED"
+        history = _api(base, f"/api/2.0/mlflow/metrics/get-history?run_id={children[0].info.run_id}&metric_key=val_accuracy")
+        assert [m["step"] for m in history["metrics"]] == [1, 2]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    assert server.returncode is not None
+
+
+def test_joblib_launcher_with_two_workers_loses_no_run(offline_env, tmp_path):
+    result = run_cli("-m", *GRID, "epochs=1", *TINY_SPLIT, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                     cwd=tmp_path, env=offline_env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    parent, children = sweep_runs(tmp_path)
+    assert len(children) == 4 and all(c.info.status == "FINISHED" for c in children)
+    assert parent.info.status == "FINISHED" and parent.data.metrics["n_children"] == 4
+    assert parent.data.params["launcher"].endswith("JoblibLauncher")
+
+
+def test_a_failing_child_fails_alone_and_the_summary_says_so(offline_env, tmp_path):
+    result = run_cli("-m", "head.dropout=0.2,1.5", "epochs=1", *TINY_SPLIT, cwd=tmp_path, env=offline_env)
+    assert result.returncode == 1 and "1 sweep job(s) failed" in result.stderr
+    parent, children = sweep_runs(tmp_path)
+    status = {c.info.run_name: c.info.status for c in children}
+    assert status == {"dropout=0.2": "FINISHED", "dropout=1.5": "FAILED"}
+    failed = next(c for c in children if c.info.status == "FAILED")
+    assert "head.dropout=1.5" in failed.data.tags["error"]
+    assert parent.info.status == "FINISHED" and parent.data.metrics["n_failed"] == 1
+    summary = store(tmp_path).download_artifacts(parent.info.run_id, "summary/summary.md", str(tmp_path))
+    assert "FAILED" in open(summary).read()
