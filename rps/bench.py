@@ -3,6 +3,7 @@
     python -m rps.bench                       # tiny generated data and backbone (seconds; CI)
     TFDS_DATA_DIR=../shared/offline/tfds TFHUB_CACHE_DIR=../shared/offline/tfhub \\
         python -m rps.bench --uncached-sweep-points 1     # the real mirrors (minutes)
+    python -m rps.bench --threads             # also compare TensorFlow thread-pool settings
 
 Runs the same ``rps.pipeline.train_and_evaluate`` a real run uses (without MLflow logging):
 (a) uncached, the backbone inside every training step like the reference recipe; (b) cached,
@@ -19,10 +20,13 @@ import argparse
 import itertools
 import os
 import resource
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 import rps  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 
@@ -64,13 +68,54 @@ def _timed(fn) -> tuple[float, object]:
     return time.monotonic() - start, out
 
 
+THREAD_SETTINGS = ((0, 0), (1, 1), (2, 1), (1, 2), (2, 2))  # (intra_op, inter_op); 0 = TF's choice
+
+
+def _probe_threads(intra: int, inter: int, overrides: list[str], images: int = 256) -> None:
+    """Child process: backbone images/s with these thread pools (settable only before TF starts)."""
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(intra)
+    tf.config.threading.set_inter_op_parallelism_threads(inter)
+    from rps import data
+    from rps.job import preflight
+    from rps.model import extract_features, load_backbone
+
+    cfg = _compose(overrides)
+    source = preflight(cfg)
+    backbone, _ = load_backbone(cfg.backbone.handle, cfg.backbone.image_size)
+    train, _, _, _ = data.load_tfds(source)
+    sample = train.take(np.arange(min(images, len(train))))
+    batches = data.make_dataset(sample, cfg.backbone.image_size, 64, 1).map(lambda x, y: x)
+    extract_features(backbone, batches.take(1), 64)  # warm-up: tracing
+    start = time.monotonic()
+    extract_features(backbone, batches, len(sample))
+    print(f"THREADS {intra} {inter} {len(sample) / (time.monotonic() - start):.2f}")
+
+
+def compare_threads(overrides: list[str]) -> None:
+    """Backbone throughput for each thread setting, each in a fresh process."""
+    print("backbone images/s by TensorFlow thread pools (intra_op, inter_op; 0 = default):")
+    for intra, inter in THREAD_SETTINGS:
+        out = subprocess.run([sys.executable, "-m", "rps.bench", "--probe-threads", f"{intra},{inter}", *overrides],
+                             capture_output=True, text=True)
+        rate = next((line.split()[-1] for line in out.stdout.splitlines() if line.startswith("THREADS")), "failed")
+        print(f"  intra_op={intra} inter_op={inter}: {rate}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sweep-points", type=int, default=9, help="points of the cached sweep (default 9)")
     parser.add_argument("--uncached-sweep-points", type=int, default=None,
                         help="points of the uncached sweep (default: --sweep-points; 0 skips it)")
+    parser.add_argument("--threads", action="store_true",
+                        help="also compare TensorFlow thread-pool settings (one process each)")
+    parser.add_argument("--probe-threads", help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. epochs=2 batch_size=64")
     args = parser.parse_args(argv)
+    if args.probe_threads:
+        intra, inter = (int(n) for n in args.probe_threads.split(","))
+        return _probe_threads(intra, inter, args.overrides)
     uncached_points = args.sweep_points if args.uncached_sweep_points is None else args.uncached_sweep_points
 
     with tempfile.TemporaryDirectory(prefix="rps-bench-") as tmp:
@@ -138,6 +183,8 @@ def main(argv: list[str] | None = None) -> None:
         if not real:
             print("  (tiny data: fixed per-run overheads dominate; the targets are meant for the real mirrors)")
         sys.stdout.flush()
+        if args.threads:
+            compare_threads(overrides)
 
 
 if __name__ == "__main__":

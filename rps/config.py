@@ -112,6 +112,14 @@ class FeatureCacheConfig:
 
 
 @dataclass
+class ExportConfig:
+    """Extra forms of the trained model logged with the run."""
+
+    tflite: bool = False  # also log tflite/model.tflite, checked on the test split
+    tflite_quantize: bool = False  # and tflite/model_dynamic_range.tflite (int8 weights)
+
+
+@dataclass
 class Config:
     """The whole run. Top-level knobs are the ones a user changes most."""
 
@@ -132,6 +140,9 @@ class Config:
     mlruns_dir: str = "mlruns"
     num_samples: int = 10  # test images drawn in sample_predictions.png
     feature_cache: FeatureCacheConfig = field(default_factory=FeatureCacheConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    # Register the logged model under this name in the MLflow Model Registry (null: don't).
+    register_model: Optional[str] = None
 
 
 def register_configs() -> None:

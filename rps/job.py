@@ -10,9 +10,11 @@ keeping the epochs finished so far.
 from __future__ import annotations
 
 import logging
+import tempfile
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 from omegaconf import DictConfig
 
 from rps.config import split_sizes, validate
@@ -88,5 +90,35 @@ def _train_and_log(cfg: DictConfig, source: DatasetSource, backbone, feature_dim
                                 "plots/sample_predictions.png")
         tracking.log_figure(plots.training_curves(out.history), "plots/training_curves.png")
         tracking.log_figure(plots.confusion_matrix(out.confusion, out.class_names), "plots/confusion_matrix.png")
-        tracking.log_classifier(out.classifier, out.class_names, cfg.backbone.image_size)
+        with tempfile.TemporaryDirectory() as tmp:
+            saved = Path(tmp) / "saved_model"
+            tracking.log_classifier(out.classifier, out.class_names, cfg.backbone.image_size, saved,
+                                    register_as=cfg.register_model)
+            if cfg.export.tflite:
+                _log_tflite(cfg, saved, out)
     return out.metrics["test_accuracy"]
+
+
+def _log_tflite(cfg: DictConfig, saved: Path, out) -> None:
+    """TFLite model(s) as artifacts, with their test accuracy against the SavedModel's."""
+    import mlflow
+
+    from rps import data, export
+
+    test = data.make_dataset(out.test_examples, cfg.backbone.image_size, cfg.batch_size, len(out.class_names))
+    reference = out.metrics["test_accuracy"]
+    variants = [("model.tflite", False, "tflite")] + (
+        [("model_dynamic_range.tflite", True, "tflite_dynamic_range")] if cfg.export.tflite_quantize else [])
+    for filename, quantize, metric in variants:
+        content = export.to_tflite(saved, quantize)
+        probs = export.tflite_predict(content, (images for images, _ in test.as_numpy_iterator()))
+        accuracy = float(np.mean(probs.argmax(1) == out.labels))
+        gap = abs(accuracy - reference)
+        mlflow.log_metrics({f"{metric}_test_accuracy": accuracy, f"{metric}_accuracy_gap": gap})
+        mlflow.set_tag(f"{metric}_matches_saved_model", str(gap <= export.MAX_ACCURACY_GAP).lower())
+        if gap > export.MAX_ACCURACY_GAP:
+            log.warning("%s test accuracy %.4f differs from the SavedModel's %.4f by more than %.1f points",
+                        filename, accuracy, reference, 100 * export.MAX_ACCURACY_GAP)
+        path = saved.parent / filename
+        path.write_bytes(content)
+        mlflow.log_artifact(str(path), "tflite")

@@ -226,12 +226,14 @@ def _requirements() -> list[str]:
     return [f"{name}=={package_version(name)}" for name in MODEL_REQUIREMENTS]
 
 
-def log_classifier(model, class_names: list[str], image_size: int) -> None:
+def log_classifier(model, class_names: list[str], image_size: int, saved_dir: Path,
+                   register_as: Optional[str] = None) -> None:
     """The trained image -> probabilities model, as an MLflow model and as a raw SavedModel.
 
     ``mlflow.pyfunc.load_model("runs:/<id>/model")`` reloads it and ``predict`` returns class
-    probabilities; ``saved_model/`` is the same model as a plain SavedModel directory with
-    ``rps_model.json`` (class names, input size) beside it. Both are self-contained.
+    probabilities; ``saved_model/`` is the same model as a plain SavedModel directory (also
+    written to ``saved_dir``) with ``rps_model.json`` (class names, input size) beside it. Both
+    are self-contained. ``register_as`` also registers the MLflow model under that name.
     """
     import mlflow.tensorflow
     import numpy as np
@@ -258,9 +260,8 @@ def log_classifier(model, class_names: list[str], image_size: int) -> None:
         metadata=info,
         saved_model_kwargs={"signatures": {"serving_default": exported.__call__}},
         pip_requirements=_requirements(),  # stated, so MLflow does not reload the model to infer them
+        registered_model_name=register_as,
     )
-    with tempfile.TemporaryDirectory() as tmp:
-        saved = Path(tmp) / "saved_model"
-        exported.save(str(saved))
-        (saved / "rps_model.json").write_text(json.dumps(info, indent=2))
-        mlflow.log_artifacts(str(saved), "saved_model")
+    exported.save(str(saved_dir))
+    (saved_dir / "rps_model.json").write_text(json.dumps(info, indent=2))
+    mlflow.log_artifacts(str(saved_dir), "saved_model")

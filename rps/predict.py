@@ -1,0 +1,183 @@
+"""Classify image files with a trained model.
+
+    python -m rps.predict runs:/<run id>/model photos/ hand.jpg
+    python -m rps.predict models:/rps-classifier/1 photos/ --output predictions.csv
+    python -m rps.predict mlruns/artifacts/<run id>/artifacts/saved_model photos/ --output out.json
+
+MODEL is an MLflow model URI (``runs:/...``, ``models:/...``; the store is ``--tracking-uri``,
+else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlruns/mlflow.db``) or a SavedModel directory
+written by a run (``saved_model/``). Class names and the input size come from the model itself.
+Images of any size and of any format TensorFlow or Pillow decodes are resized exactly as in
+training. A file that cannot be decoded is reported and skipped; the exit code is 1 when any
+file failed, 2 when the model or the inputs cannot be used at all, 0 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import rps  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+from rps.errors import ResourceError, RpsError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
+
+
+@dataclass
+class Predictor:
+    class_names: list[str]
+    image_size: int
+    predict: Callable  # float32 [n, size, size, 3] in [0, 1] -> probabilities [n, classes]
+
+
+def _saved_model_predictor(path: Path) -> Predictor:
+    import tensorflow as tf
+
+    model = tf.saved_model.load(str(path))
+    if not hasattr(model, "class_names"):
+        raise ResourceError(f"{path} is a SavedModel but not one written by rps (no class_names inside).")
+    names = [n.decode() for n in model.class_names.numpy()]
+    return Predictor(names, int(model.image_size.numpy()), lambda x: model(x).numpy())
+
+
+def load_predictor(model: str, tracking_uri: Optional[str] = None, mlruns_dir: str = "mlruns") -> Predictor:
+    """A predictor for an MLflow model URI or a SavedModel directory."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if (path / "saved_model.pb").is_file():
+            return _saved_model_predictor(path)
+        if (path / "MLmodel").is_file():
+            model = str(path.resolve())
+        else:
+            raise ResourceError(f"{path} is neither a SavedModel (saved_model.pb) nor an MLflow model (MLmodel).")
+    elif "://" not in model and ":/" not in model:
+        raise ResourceError(f"MODEL {model} is not a folder nor an MLflow model URI (runs:/<id>/model, models:/<name>/<v>).")
+    import mlflow
+
+    from rps.tracking import resolve_tracking_uri
+
+    mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri, mlruns_dir)[0])
+    try:
+        loaded = mlflow.pyfunc.load_model(model)
+    except Exception as err:  # MLflow raises several types for unknown runs/models/paths
+        raise ResourceError(f"Could not load the MLflow model {model}: {str(err).splitlines()[0]}") from err
+    info = loaded.metadata.metadata or {}
+    if "class_names" not in info:
+        raise ResourceError(f"The MLflow model {model} has no class_names in its metadata (not written by rps).")
+    return Predictor(list(info["class_names"]), int(info["image_size"]), loaded.predict)
+
+
+def image_files(inputs: list[str]) -> list[Path]:
+    """Files named directly, plus image files found (recursively) in the folders named."""
+    out: list[Path] = []
+    for item in inputs:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            out += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            out.append(path)
+    return out
+
+
+def load_image(path: Path, image_size: int):
+    """The image as the model's input: decoded to RGB, scaled to [0, 1], resized as in training."""
+    import numpy as np
+    import tensorflow as tf
+
+    from rps.data import decode, preprocess
+
+    try:
+        image = decode(tf.io.read_file(str(path)))
+    except (tf.errors.OpError, ValueError):  # not a format TF decodes: try Pillow (WebP, TIFF, ...)
+        from PIL import Image
+
+        with Image.open(path) as opened:
+            image = tf.constant(np.asarray(opened.convert("RGB")))
+    return preprocess(image, image_size).numpy()
+
+
+def predict_files(predictor: Predictor, files: list[Path], batch_size: int = 32, progress: bool = True):
+    """Rows of (file, label, confidence, probabilities) and a list of (file, error)."""
+    import numpy as np
+    import tensorflow as tf
+
+    rows, failed = [], []
+    bar = tf.keras.utils.Progbar(len(files), unit_name="image") if progress and len(files) > batch_size else None
+    for start in range(0, len(files), batch_size):
+        batch, names = [], []
+        for path in files[start : start + batch_size]:
+            try:
+                batch.append(load_image(path, predictor.image_size))
+                names.append(path)
+            except Exception as err:  # unreadable, truncated, not an image
+                failed.append((path, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"))
+        if batch:
+            probs = np.asarray(predictor.predict(np.stack(batch).astype(np.float32)))
+            for path, p in zip(names, probs):
+                best = int(np.argmax(p))
+                rows.append({"file": str(path), "label": predictor.class_names[best], "confidence": float(p[best]),
+                             **{f"p_{name}": float(v) for name, v in zip(predictor.class_names, p)}})
+        if bar:
+            bar.update(min(start + batch_size, len(files)))
+    return rows, failed
+
+
+def _table(rows: list[dict]) -> str:
+    if not rows:
+        return "(no predictions)"
+    header = list(rows[0])
+    widths = [max(len(h), *(len(_fmt(r[h])) for r in rows)) for h in header]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
+    lines += ["  ".join(_fmt(r[h]).ljust(w) for h, w in zip(header, widths)) for r in rows]
+    return "\n".join(lines)
+
+
+def _fmt(value) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def write_output(rows: list[dict], path: Path) -> None:
+    if path.suffix.lower() == ".json":
+        path.write_text(json.dumps(rows, indent=2))
+        return
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["file"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Classify image files with a trained rps model.")
+    parser.add_argument("model", help="runs:/<id>/model, models:/<name>/<version>, or a SavedModel directory")
+    parser.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
+    parser.add_argument("--output", type=Path, help="also write the predictions to this .csv or .json file")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db")
+    args = parser.parse_args(argv)
+    try:
+        files = image_files(args.inputs)
+        if not files:
+            raise ResourceError(f"No image files in {', '.join(args.inputs)} (looked for {', '.join(sorted(IMAGE_SUFFIXES))}).")
+        predictor = load_predictor(args.model, args.tracking_uri)
+    except RpsError as err:
+        print(f"rps.predict: error: {err}", file=sys.stderr)
+        return 2
+    rows, failed = predict_files(predictor, files, args.batch_size, progress=sys.stdout.isatty())
+    print(_table(rows))
+    for path, reason in failed:
+        print(f"rps.predict: skipped {path}: cannot decode it as an image ({reason})", file=sys.stderr)
+    if args.output:
+        write_output(rows, args.output)
+        print(f"\n{len(rows)} predictions written to {args.output}")
+    if failed:
+        print(f"rps.predict: {len(failed)} of {len(files)} file(s) failed.", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""The benchmark runs every variant side by side and reports ratios (tiny data; no timing asserts)."""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_benchmark_reports_every_variant_and_thread_setting(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TFDS_", "TFHUB_"))}
+    out = subprocess.run(
+        [sys.executable, "-m", "rps.bench", "--sweep-points", "3", "--uncached-sweep-points", "2", "--threads", "epochs=1"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout
+    assert "tiny generated data" in text
+    seconds = {}
+    for label in ("(a) uncached run", "(b) cached run, cold", "(c) cached run, warm (hit)",
+                  "(d) 3-point sweep, cached", "(e) 2-point sweep, uncached"):
+        match = re.search(re.escape(label) + r"\s+([\d.]+) s\s+([\d.]+)x \(a\)", text)
+        assert match, f"missing: {label}\n{text}"
+        seconds[label[:3]] = float(match.group(1))
+        assert float(match.group(2)) == pytest.approx(seconds[label[:3]] / seconds["(a)"], abs=0.01)
+    assert re.search(r"peak memory \(whole benchmark process\): [\d.]+ GB", text)
+    assert re.search(r"backbone images/s: [\d.]+ inside fit\+evaluate \(a\); [\d.]+ in feature extraction", text)
+    rates = re.findall(r"intra_op=(\d) inter_op=(\d): ([\d.]+|failed)", text)
+    assert len(rates) == 5 and all(rate != "failed" for *_, rate in rates), text
+    assert not list(tmp_path.iterdir()), "the benchmark cleans up its temporary data and cache"

@@ -1,0 +1,113 @@
+"""Using the trained model: predict CLI, Model Registry, TFLite export (tiny data)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import TINY_SPLIT, all_runs, run_cli, store
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def exported_run(tiny_tfds, hub_cache, tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("exported")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TFDS_", "TFHUB_"))}
+    env.update(TFDS_DATA_DIR=str(tiny_tfds), TFHUB_CACHE_DIR=str(hub_cache))
+    result = run_cli("epochs=2", *TINY_SPLIT, "export.tflite=true", "export.tflite_quantize=true",
+                     "register_model=rps-tiny", cwd=cwd, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = all_runs(cwd)
+    return cwd, run, env
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """Images of other sizes and formats (WebP and TIFF only Pillow decodes), and a corrupt one."""
+    from rps.testing import tiny_image
+
+    folder = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(5)
+    for i, (fmt, size) in enumerate([("png", 48), ("jpg", 300), ("webp", 100), ("bmp", 64), ("tiff", 80), ("png", 224)]):
+        (folder / ("nested" if i == 5 else "")).mkdir(exist_ok=True)
+        Image.fromarray(tiny_image(i % 3, rng, size)).save(folder / ("nested" if i == 5 else "") / f"img{i}.{fmt}")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    return folder
+
+
+def predict_cli(cwd, env, *args):
+    return subprocess.run([sys.executable, "-m", "rps.predict", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_cli_matches_the_model_in_process_and_skips_the_corrupt_file(exported_run, images, tmp_path):
+    import mlflow
+
+    from rps.predict import load_image
+
+    cwd, run, env = exported_run
+    out = tmp_path / "out.json"
+    result = predict_cli(cwd, env, f"runs:/{run.info.run_id}/model", str(images), "--output", str(out))
+    assert result.returncode == 1, result.stderr[-2000:]  # one file failed
+    assert "skipped" in result.stderr and "broken.jpg" in result.stderr and "Traceback" not in result.stderr
+    rows = json.loads(out.read_text())
+    assert sorted(os.path.basename(r["file"]) for r in rows) == [f"img{i}.{f}" for i, f in
+                                                                 enumerate(["png", "jpg", "webp", "bmp", "tiff", "png"])]
+    store(cwd)
+    model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    names = model.metadata.metadata["class_names"]
+    for row in rows:
+        probs = model.predict(load_image(row["file"], 224)[None])[0]
+        np.testing.assert_allclose([row[f"p_{n}"] for n in names], probs, atol=1e-5)
+        assert row["label"] == names[int(np.argmax(probs))] and row["confidence"] == pytest.approx(probs.max(), abs=1e-5)
+    assert "label" in result.stdout and "img2.webp" in result.stdout
+
+
+def test_saved_model_path_and_registry_uri_predict_the_same(exported_run, images, tmp_path):
+    import mlflow
+
+    cwd, run, env = exported_run
+    saved = store(cwd).download_artifacts(run.info.run_id, "saved_model", str(tmp_path))
+    outputs = []
+    for model in (f"runs:/{run.info.run_id}/model", saved, "models:/rps-tiny/1"):
+        out = tmp_path / f"{len(outputs)}.csv"
+        result = predict_cli(cwd, env, model, str(images / "img0.png"), str(images / "nested"), "--output", str(out))
+        assert result.returncode == 0, result.stderr[-2000:]
+        outputs.append(out.read_text().splitlines())
+    assert outputs[0] == outputs[1] == outputs[2] and len(outputs[0]) == 3
+    version = mlflow.MlflowClient().get_model_version("rps-tiny", "1")
+    assert version.run_id == run.info.run_id
+
+
+def test_unusable_model_or_inputs_exit_2(exported_run, tmp_path):
+    cwd, run, env = exported_run
+    assert predict_cli(cwd, env, str(tmp_path), str(tmp_path)).returncode == 2  # no images
+    (tmp_path / "x.png").write_bytes(b"")
+    missing = predict_cli(cwd, env, "runs:/0123456789abcdef/model", str(tmp_path / "x.png"))
+    assert missing.returncode == 2 and "Could not load the MLflow model" in missing.stderr
+
+
+def test_tflite_export_matches_the_saved_model(exported_run, tmp_path):
+    import tensorflow as tf
+
+    from rps.export import tflite_predict
+
+    cwd, run, env = exported_run
+    metrics, tags = run.data.metrics, run.data.tags
+    for name in ("tflite", "tflite_dynamic_range"):
+        assert abs(metrics[f"{name}_test_accuracy"] - metrics["test_accuracy"]) <= 0.005
+        assert tags[f"{name}_matches_saved_model"] == "true"
+    client = store(cwd)
+    tflite = client.download_artifacts(run.info.run_id, "tflite/model.tflite", str(tmp_path))
+    saved = tf.saved_model.load(client.download_artifacts(run.info.run_id, "saved_model", str(tmp_path)))
+    x = np.random.default_rng(0).random((6, 224, 224, 3)).astype(np.float32)
+    lite = tflite_predict(open(tflite, "rb").read(), [x[:3], x[3:]])
+    np.testing.assert_allclose(lite, saved(x).numpy(), atol=1e-5)
+    assert np.array_equal(lite.argmax(1), saved(x).numpy().argmax(1))
