@@ -20,7 +20,7 @@ def sample_predictions(
 ) -> Figure:
     """A grid of test images titled actual vs predicted (confidence); wrong ones in red."""
     nrows = max(1, math.ceil(len(images) / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3 * ncols, 3.3 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3 * ncols, 3.4 * nrows), squeeze=False, layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, label, p in zip(axes.flat, images, labels, probs):
@@ -41,7 +41,6 @@ def sample_predictions(
             ax.set_yticks([])
     correct = sum(int(np.argmax(p)) == int(y) for p, y in zip(probs, labels))
     fig.suptitle(f"Sample test predictions: {correct}/{len(images)} correct")
-    fig.tight_layout()
     return fig
 
 
