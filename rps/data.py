@@ -74,7 +74,14 @@ def load_tfds(source: DatasetSource) -> tuple[Examples, Examples, list[str], str
             "(or dataset.data_dir) to a folder that holds a prepared copy of the dataset."
         ) from err
     names = list(info.features[info.supervised_keys[1]].names)
-    return _tfds_examples(train), _tfds_examples(test), names, str(info.version)
+    try:
+        return _tfds_examples(train), _tfds_examples(test), names, str(info.version)
+    except tf.errors.OpError as err:  # truncated or corrupted tfrecord files
+        raise DataError(
+            f"The prepared TFDS data of '{source.name}' in {source.data_dir} is damaged "
+            f"({type(err).__name__}: {err.message.splitlines()[0]}). Prepare it again, or point "
+            "TFDS_DATA_DIR (or dataset.data_dir) at an intact copy."
+        ) from err
 
 
 def _file_examples(files: list[tuple[str, int]]) -> Examples:

@@ -26,6 +26,7 @@ from typing import Optional
 
 import numpy as np
 
+from rps.errors import ResourceError
 from rps.filelock import exclusive
 
 log = logging.getLogger(__name__)
@@ -128,7 +129,13 @@ def cached_features(
 ) -> CacheResult:
     """The pool's features from the cache, or from ``compute()`` (then stored)."""
     cache_dir = Path(cache_dir or default_dir())
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ResourceError(
+            f"The feature cache folder {cache_dir} cannot be created ({err.strerror or err}). Set "
+            "feature_cache.dir to a writable folder, or feature_cache.enabled=false."
+        ) from err
     path = cache_dir / f"{key}.npz"
     labels = np.asarray(labels, dtype=np.int64)
     with exclusive(cache_dir / f"{key}.lock"):

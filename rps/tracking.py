@@ -88,15 +88,22 @@ def setup_experiment(cfg: DictConfig) -> str:
     if artifact_root is not None:
         _check_writable(artifact_root)
     mlflow.set_tracking_uri(uri)
-    with exclusive(artifact_root.parent / ".store.lock") if artifact_root else nullcontext():
-        experiment = mlflow.get_experiment_by_name(cfg.experiment_name)
-        if experiment is not None:
-            return experiment.experiment_id
-        try:
-            location = artifact_root.as_uri() if artifact_root else None
-            return mlflow.create_experiment(cfg.experiment_name, artifact_location=location)
-        except mlflow.exceptions.MlflowException:  # created meanwhile by a job on another store client
-            return mlflow.get_experiment_by_name(cfg.experiment_name).experiment_id
+    try:
+        with exclusive(artifact_root.parent / ".store.lock") if artifact_root else nullcontext():
+            experiment = mlflow.get_experiment_by_name(cfg.experiment_name)
+            if experiment is not None:
+                return experiment.experiment_id
+            try:
+                location = artifact_root.as_uri() if artifact_root else None
+                return mlflow.create_experiment(cfg.experiment_name, artifact_location=location)
+            except mlflow.exceptions.MlflowException:  # created meanwhile by a job on another store client
+                return mlflow.get_experiment_by_name(cfg.experiment_name).experiment_id
+    except Exception as err:  # MLflow and SQLAlchemy raise many types for a store they cannot use
+        raise ResourceError(
+            f"Cannot use the MLflow tracking store {uri}: {str(err).splitlines()[0][:300]}. Fix "
+            "MLFLOW_TRACKING_URI / tracking_uri (e.g. sqlite:///<existing folder>/mlflow.db or a "
+            "running server's http:// address), or unset both to use the local store under mlruns/."
+        ) from err
 
 
 @contextmanager

@@ -254,3 +254,34 @@ def test_artifact_write_failure_fails_the_run_with_a_clear_error(offline_env, tm
     assert "Traceback" not in result.stderr and "Epoch" not in result.stdout
     (run,) = all_runs(tmp_path)
     assert run.info.status == "FAILED" and "Could not write" in run.data.tags["error"]
+
+
+@pytest.mark.parametrize("uri", ["sqlite:///{tmp}/blocker/mlflow.db", "file:{tmp}/plain-file-store"])
+def test_unusable_tracking_store_uri_fails_fast(offline_env, tmp_path, uri):
+    (tmp_path / "blocker").write_text("a file where a folder should be")
+    env = {k: v for k, v in offline_env.items() if k != "MLFLOW_ALLOW_FILE_STORE"}
+    result = run_cli(*TINY_SPLIT, cwd=tmp_path, env=env | {"MLFLOW_TRACKING_URI": uri.format(tmp=tmp_path)})
+    assert result.returncode == 2 and result.seconds < 30 and "Traceback" not in result.stderr
+    assert "Cannot use the MLflow tracking store" in result.stderr and "MLFLOW_TRACKING_URI" in result.stderr
+    assert "Epoch" not in result.stdout
+
+
+def test_damaged_tfds_files_fail_the_run_with_a_clear_error(tiny_tfds, offline_env, tmp_path):
+    import shutil
+
+    damaged = tmp_path / "tfds"
+    shutil.copytree(tiny_tfds, damaged)
+    record = next((damaged / "rock_paper_scissors" / "3.0.0").glob("*-train.tfrecord*"))
+    record.write_bytes(record.read_bytes()[: record.stat().st_size // 2])
+    result = run_cli(*TINY_SPLIT, cwd=tmp_path, env=offline_env | {"TFDS_DATA_DIR": str(damaged)})
+    assert result.returncode == 2 and "is damaged" in result.stderr and "Traceback" not in result.stderr
+    (run,) = all_runs(tmp_path)
+    assert run.info.status == "FAILED"
+
+
+def test_unwritable_feature_cache_fails_the_run_naming_the_knob(offline_env, tmp_path):
+    (tmp_path / "blocker").write_text("a file")
+    result = run_cli(*TINY_SPLIT, f"feature_cache.dir={tmp_path / 'blocker' / 'cache'}", cwd=tmp_path, env=offline_env)
+    assert result.returncode == 2 and "feature_cache.dir" in result.stderr and "Traceback" not in result.stderr
+    (run,) = all_runs(tmp_path)
+    assert run.info.status == "FAILED"
