@@ -21,6 +21,7 @@ DEFAULT_HANDLE = "https://tfhub.dev/google/tf2-preview/mobilenet_v2/feature_vect
 DATASET_KINDS = ("tfds", "image_folder")
 SPLIT_KINDS = ("tutorial", "official")
 OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("none", "cosine", "plateau")
 
 
 @dataclass
@@ -86,6 +87,7 @@ class HeadConfig:
 
     dropout: float = 0.5
     hidden_units: int = 0  # 0: no hidden layer (Dropout -> Dense(softmax), the tutorial head)
+    l2: float = 0.0  # L2 penalty on the head's Dense kernels (0: none)
 
 
 @dataclass
@@ -95,6 +97,9 @@ class OptimizerConfig:
     name: str = "adam"
     lr: float = 1e-3
     momentum: float = 0.0  # sgd only
+    # "none": constant lr; "cosine": cosine decay to 0 over all epochs; "plateau": halve the lr
+    # when val_loss has not improved for an epoch.
+    schedule: str = "none"
 
 
 @dataclass
@@ -109,6 +114,15 @@ class FeatureCacheConfig:
     enabled: Optional[bool] = None  # null: on whenever valid; false: off; true: on (error if invalid)
     dir: Optional[str] = None  # null: $XDG_CACHE_HOME/rps/features, else ~/.cache/rps/features
     batch_size: int = 64  # images per backbone call while extracting
+
+
+@dataclass
+class EarlyStoppingConfig:
+    """Stop when validation accuracy stops improving; keep the best epoch's weights."""
+
+    enabled: bool = False
+    patience: int = 3  # epochs without a better val_accuracy before stopping
+    restore_best_weights: bool = True  # end with the best epoch's weights, stopped early or not
 
 
 @dataclass
@@ -139,6 +153,8 @@ class Config:
     # Local store folder (database and artifacts) used when no tracking URI is given.
     mlruns_dir: str = "mlruns"
     num_samples: int = 10  # test images drawn in sample_predictions.png
+    label_smoothing: float = 0.0  # of the one-hot targets in the cross-entropy (0: none)
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     feature_cache: FeatureCacheConfig = field(default_factory=FeatureCacheConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     # Register the logged model under this name in the MLflow Model Registry (null: don't).
@@ -205,11 +221,15 @@ def _problems(cfg: DictConfig) -> list[tuple[str, Any, str]]:
 
     need("head.dropout", 0 <= cfg.head.dropout < 1, "a rate in [0, 1)")
     need("head.hidden_units", cfg.head.hidden_units >= 0, "0 (no hidden layer) or a positive width")
+    need("head.l2", math.isfinite(cfg.head.l2) and cfg.head.l2 >= 0, "a penalty >= 0 (0: none)")
 
     opt = cfg.optimizer
     need("optimizer.name", opt.name in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}")
     need("optimizer.lr", math.isfinite(opt.lr) and opt.lr > 0, "a finite learning rate > 0, e.g. 1e-3")
     need("optimizer.momentum", 0 <= opt.momentum < 1, "a value in [0, 1)")
+    need("optimizer.schedule", opt.schedule in SCHEDULES, f"one of {', '.join(SCHEDULES)}")
+    need("label_smoothing", 0 <= cfg.label_smoothing < 1, "a value in [0, 1)")
+    need("early_stopping.patience", cfg.early_stopping.patience >= 1, "an integer >= 1")
 
     need("epochs", cfg.epochs >= 1, "an integer >= 1")
     need("batch_size", cfg.batch_size >= 1, "an integer >= 1")

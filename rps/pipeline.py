@@ -116,9 +116,11 @@ def train_and_evaluate(
                                     shuffle_seed=cfg.seed if name == "train" else None)
             for name, i in index.items()
         }
-    model.compile_for_training(trainee, cfg.optimizer)
-    history = train.fit(trainee, datasets["train"], datasets["val"], cfg.epochs, report.epoch)
-    report.metrics({"best_val_accuracy": max(history["val_accuracy"])})
+    steps = cfg.epochs * -(-len(index["train"]) // batch)  # optimizer steps in the whole run
+    model.compile_for_training(trainee, cfg.optimizer, steps, cfg.label_smoothing)
+    history = train.fit(trainee, datasets["train"], datasets["val"], cfg.epochs, report.epoch,
+                        train.schedule_callbacks(cfg))
+    report.metrics({"best_val_accuracy": max(history["val_accuracy"]), "epochs_trained": len(history["val_accuracy"])})
     probs, labels = train.predict(trainee, datasets["test"])
     metrics, cm = evaluate(probs, labels, class_names)
     report.metrics(metrics)

@@ -7,6 +7,7 @@ from typing import Callable
 
 import numpy as np
 import tensorflow as tf
+from omegaconf import DictConfig
 
 keras = tf.keras
 
@@ -42,16 +43,31 @@ def seed_everything(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
+def schedule_callbacks(cfg: DictConfig) -> list[keras.callbacks.Callback]:
+    """Early stopping on val_accuracy and the reduce-on-plateau schedule, as configured."""
+    callbacks: list[keras.callbacks.Callback] = []
+    if cfg.early_stopping.enabled:
+        callbacks.append(keras.callbacks.EarlyStopping(
+            monitor="val_accuracy", mode="max", patience=cfg.early_stopping.patience,
+            restore_best_weights=cfg.early_stopping.restore_best_weights))
+    if cfg.optimizer.schedule == "plateau":
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=1))
+    return callbacks
+
+
 def fit(
     model: keras.Model,
     train: tf.data.Dataset,
     val: tf.data.Dataset,
     epochs: int,
     sink: EpochSink,
+    callbacks: list[keras.callbacks.Callback] = (),
 ) -> dict[str, list[float]]:
-    """Train for ``epochs`` with validation; returns the per-epoch metric lists."""
+    """Train for ``epochs`` (fewer if early stopping ends it) with validation; returns the
+    per-epoch metric lists."""
     verbose = 1 if sys.stdout.isatty() else 2  # a progress bar in a terminal, a line per epoch in logs
-    history = model.fit(train, validation_data=val, epochs=epochs, callbacks=[EpochReporter(sink)], verbose=verbose)
+    history = model.fit(train, validation_data=val, epochs=epochs, callbacks=[EpochReporter(sink), *callbacks],
+                        verbose=verbose)
     return {EPOCH_METRICS[k]: [float(v) for v in vs] for k, vs in history.history.items() if k in EPOCH_METRICS}
 
 

@@ -51,6 +51,10 @@ def test_every_group_option_composes_and_validates(overrides):
         ("split.test_size=2.5", "split.test_size"),
         ("optimizer.name=rmsprop", "optimizer.name"),
         ("dataset.kind=csv", "dataset.kind"),
+        ("head.l2=-0.1", "head.l2"),
+        ("label_smoothing=1.0", "label_smoothing"),
+        ("optimizer.schedule=step", "optimizer.schedule"),
+        ("early_stopping.patience=0", "early_stopping.patience"),
     ],
 )
 def test_out_of_range_values_name_the_key_and_value(override, key):

@@ -139,6 +139,9 @@ def test_mlflow_ui_serves_the_sweep(basic_sweep):
         assert served_parent["info"]["status"] == "FINISHED"
         history = _api(base, f"/api/2.0/mlflow/metrics/get-history?run_id={children[0].info.run_id}&metric_key=val_accuracy")
         assert [m["step"] for m in history["metrics"]] == [1, 2]
+        board = subprocess.run([sys.executable, "-m", "rps.compare", "--tracking-uri", base, "--sweep",
+                                parent.info.run_id], cwd=cwd, capture_output=True, text=True, check=True).stdout
+        assert all(c.info.run_id in board for c in children) and base in board
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
