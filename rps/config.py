@@ -22,6 +22,7 @@ DATASET_KINDS = ("tfds", "image_folder")
 SPLIT_KINDS = ("tutorial", "official")
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("none", "cosine", "plateau")
+AUGMENTS = ("none", "basic")
 
 
 @dataclass
@@ -91,6 +92,17 @@ class HeadConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """Random changes of the training images (``kind=basic``); never applied at evaluation."""
+
+    kind: str = "none"  # "none" or "basic"
+    flip: bool = True  # horizontal flips
+    rotation: float = 0.1  # max rotation, as a fraction of a full turn
+    zoom: float = 0.1  # max zoom in/out, as a fraction of the image size
+    contrast: float = 0.1  # max contrast change factor
+
+
+@dataclass
 class OptimizerConfig:
     """Optimizer name and its hyper-parameters."""
 
@@ -142,6 +154,7 @@ class Config:
     backbone: BackboneConfig = MISSING
     head: HeadConfig = MISSING
     optimizer: OptimizerConfig = MISSING
+    augment: AugmentConfig = MISSING
     epochs: int = 2
     batch_size: int = 64
     # Seeds the split, the shuffling of training batches, weight init and dropout.
@@ -171,6 +184,7 @@ def register_configs() -> None:
     cs.store(group="backbone", name="schema", node=BackboneConfig)
     cs.store(group="head", name="schema", node=HeadConfig)
     cs.store(group="optimizer", name="schema", node=OptimizerConfig)
+    cs.store(group="augment", name="schema", node=AugmentConfig)
 
 
 def _size_problem(value: Optional[float]) -> Optional[str]:
@@ -229,6 +243,10 @@ def _problems(cfg: DictConfig) -> list[tuple[str, Any, str]]:
     need("optimizer.momentum", 0 <= opt.momentum < 1, "a value in [0, 1)")
     need("optimizer.schedule", opt.schedule in SCHEDULES, f"one of {', '.join(SCHEDULES)}")
     need("label_smoothing", 0 <= cfg.label_smoothing < 1, "a value in [0, 1)")
+    aug = cfg.augment
+    need("augment.kind", aug.kind in AUGMENTS, f"one of {', '.join(AUGMENTS)}")
+    for key in ("rotation", "zoom", "contrast"):
+        need(f"augment.{key}", 0 <= aug[key] < 1, "a fraction in [0, 1)")
     need("early_stopping.patience", cfg.early_stopping.patience >= 1, "an integer >= 1")
 
     need("epochs", cfg.epochs >= 1, "an integer >= 1")

@@ -160,14 +160,28 @@ def preprocess(image: tf.Tensor, image_size: int) -> tf.Tensor:
     return tf.image.resize(image, (image_size, image_size))
 
 
+def augmenter(cfg, seed: int) -> tf.keras.Sequential:
+    """Keras preprocessing layers for ``augment=basic`` (random in training mode only)."""
+    layers = [tf.keras.layers.RandomFlip("horizontal", seed=seed)] if cfg.flip else []
+    if cfg.rotation:
+        layers.append(tf.keras.layers.RandomRotation(cfg.rotation, fill_mode="nearest", seed=seed + 1))
+    if cfg.zoom:
+        layers.append(tf.keras.layers.RandomZoom(cfg.zoom, fill_mode="nearest", seed=seed + 2))
+    if cfg.contrast:
+        layers.append(tf.keras.layers.RandomContrast(cfg.contrast, seed=seed + 3))
+    return tf.keras.Sequential(layers, name="augment")
+
+
 def make_dataset(
     examples: Examples,
     image_size: int,
     batch_size: int,
     n_classes: int,
     shuffle_seed: int | None = None,
+    augment: tf.keras.Sequential | None = None,
 ) -> tf.data.Dataset:
-    """Batches of (image in [0, 1], one-hot label); shuffled each epoch only if a seed is given."""
+    """Batches of (image in [0, 1], one-hot label); shuffled each epoch only if a seed is given,
+    randomly augmented only if an ``augment`` model is given (training pipelines only)."""
     ds = tf.data.Dataset.from_tensor_slices((list(examples.images), examples.labels))
     if shuffle_seed is not None:
         ds = ds.shuffle(len(examples), seed=shuffle_seed, reshuffle_each_iteration=True)
@@ -177,7 +191,10 @@ def make_dataset(
             encoded = tf.io.read_file(encoded)
         return preprocess(decode(encoded), image_size), tf.one_hot(label, n_classes)
 
-    return ds.map(load, num_parallel_calls=AUTOTUNE).batch(batch_size).prefetch(AUTOTUNE)
+    ds = ds.map(load, num_parallel_calls=AUTOTUNE).batch(batch_size)
+    if augment is not None:
+        ds = ds.map(lambda x, y: (tf.clip_by_value(augment(x, training=True), 0.0, 1.0), y))
+    return ds.prefetch(AUTOTUNE)
 
 
 def make_feature_dataset(

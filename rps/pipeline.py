@@ -51,7 +51,8 @@ def load_examples(cfg: DictConfig, source: DatasetSource, report: Reporter) -> t
 def cache_decision(cfg: DictConfig) -> tuple[bool, str]:
     """Whether backbone features may be cached for this config, and why."""
     wanted = cfg.feature_cache.enabled
-    invalid = "the backbone is trainable" if cfg.backbone.trainable else None
+    invalid = ("the backbone is trainable" if cfg.backbone.trainable
+               else "training images are augmented (augment=basic)" if cfg.augment.kind != "none" else None)
     if invalid and wanted:
         raise ConfigError(f"feature_cache.enabled=true is invalid here: {invalid}. Set it to null or false.")
     if invalid:
@@ -111,9 +112,11 @@ def train_and_evaluate(
     else:
         report.tags({"feature_cache": reason})
         trainee = classifier
+        augment = data.augmenter(cfg.augment, cfg.seed) if cfg.augment.kind != "none" else None
         datasets = {
             name: data.make_dataset(pool.take(i), size, batch, n_classes,
-                                    shuffle_seed=cfg.seed if name == "train" else None)
+                                    shuffle_seed=cfg.seed if name == "train" else None,
+                                    augment=augment if name == "train" else None)
             for name, i in index.items()
         }
     steps = cfg.epochs * -(-len(index["train"]) // batch)  # optimizer steps in the whole run

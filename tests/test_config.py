@@ -28,6 +28,7 @@ def test_default_config_is_the_reference_recipe():
         ["optimizer=sgd", "optimizer.lr=0.05"],
         ["dataset=image_folder", "dataset.path=/data/hands"],
         ["head.hidden_units=128", "head.dropout=0"],
+        ["augment=basic", "augment.rotation=0.2"],
     ],
 )
 def test_every_group_option_composes_and_validates(overrides):

@@ -97,3 +97,13 @@ def test_image_folder_reports_corrupt_files_by_path(tmp_path):
     assert "dataset.skip_corrupt=true" in str(err.value)
     train, test, skipped = data.load_image_folder(source, skip_corrupt=True)
     assert skipped == 2 and len(train) == 9 and len(test) == 0
+
+
+def test_augmentation_changes_training_images_every_epoch(tiny_examples):
+    train, _, _ = tiny_examples
+    augment = data.augmenter(compose("augment=basic").augment, seed=0)
+    plain = next(data.make_dataset(train, 48, 16, 3).as_numpy_iterator())[0]
+    augmented = data.make_dataset(train, 48, 16, 3, augment=augment)
+    first, second = (next(augmented.as_numpy_iterator())[0] for _ in range(2))
+    assert first.shape == plain.shape and 0.0 <= first.min() and first.max() <= 1.0
+    assert not np.allclose(first, plain) and not np.allclose(first, second)

@@ -134,3 +134,24 @@ def test_cached_and_uncached_training_agree(tiny_setup, tmp_path):
     cached, uncached = results[True][0], results[False][0]
     assert abs(cached["test_accuracy"] - uncached["test_accuracy"]) <= 0.1
     assert cached["test_loss"] == pytest.approx(uncached["test_loss"], rel=0.05)
+
+
+def test_augmentation_turns_the_cache_off_and_never_touches_evaluation(tiny_setup, tmp_path):
+    from omegaconf import OmegaConf
+
+    from rps import data
+    from rps.errors import ConfigError
+    from rps.pipeline import cache_decision, train_and_evaluate
+    from rps.report import Reporter
+
+    cfg, source, backbone, dim = tiny_setup
+    cfg = OmegaConf.merge(cfg, compose("augment=basic"), {"feature_cache": {"dir": str(tmp_path)}},
+                          {k: cfg[k] for k in ("dataset", "split", "backbone", "epochs", "batch_size")})
+    report = Reporter()
+    out = train_and_evaluate(cfg, source, backbone, dim, report)
+    assert report.recorded["tags"]["feature_cache"] == "off: training images are augmented (augment=basic)"
+    assert not list(tmp_path.glob("*.npz"))
+    clean = np.concatenate([x for x, _ in data.make_dataset(out.test_examples, 32, 64, 3).as_numpy_iterator()])
+    np.testing.assert_allclose(out.classifier(clean, training=False).numpy(), out.probs, atol=1e-5)
+    with pytest.raises(ConfigError, match="feature_cache.enabled=true"):
+        cache_decision(OmegaConf.merge(cfg, {"feature_cache": {"enabled": True}}))
