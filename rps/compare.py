@@ -15,22 +15,19 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rps.sweep import PARENT_TAG, markdown
+from rps.sweep import PARENT_TAG, markdown, run_row
 
 COLUMNS = ("head.dropout", "optimizer.name", "optimizer.lr", "split.kind", "seed", "epochs")
 
 
-def leaderboard(client, runs: list, sort: str) -> list[dict]:
+def leaderboard(runs: list, sort: str) -> list[dict]:
+    """Rows of the runs (sweep parents left out), best ``sort`` metric first, ranked."""
     table = []
     for run in runs:
         if run.data.tags.get("sweep") == "parent":
             continue
-        row = {"rank": 0, "run_name": run.info.run_name, "status": run.info.status}
-        row |= {key: run.data.params.get(key, "") for key in COLUMNS}
-        row["best_val_accuracy"] = run.data.metrics.get("best_val_accuracy")
-        row["test_accuracy"] = run.data.metrics.get("test_accuracy")
+        row = {"rank": 0} | run_row(run, COLUMNS)
         row["sweep"] = run.data.tags.get(PARENT_TAG, "")[:8]
-        row["run_id"] = run.info.run_id
         table.append(row)
     table.sort(key=lambda r: (r[sort] is None, -(r[sort] or 0)))
     for rank, row in enumerate(table, 1):
@@ -71,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         runs = client.search_runs([experiment.experiment_id], max_results=10000)
         title = f"experiment {args.experiment}"
-    table = leaderboard(client, runs, args.sort)
+    table = leaderboard(runs, args.sort)
     print(f"{title}: {len(table)} runs, best {args.sort} first ({uri})\n")
     print(markdown(table), end="")
     return 0

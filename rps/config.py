@@ -204,10 +204,13 @@ def _problems(cfg: DictConfig) -> list[tuple[str, Any, str]]:
             out.append((key, OmegaConf.select(cfg, key), allowed))
 
     ds = cfg.dataset
-    need("dataset.kind", ds.kind in DATASET_KINDS, f"one of {', '.join(DATASET_KINDS)}")
-    if ds.kind == "tfds":
+    own_fields = {"tfds": "name", "image_folder": "path"}
+    fields = set(ds.keys())  # (`in` would skip a field whose value is still ??? / missing)
+    need("dataset.kind", ds.kind in own_fields and own_fields[ds.kind] in fields,
+         "set by choosing the group option instead: dataset=rock_paper_scissors or dataset=image_folder")
+    if ds.kind == "tfds" and "name" in fields:
         need("dataset.name", bool(ds.name), "a TFDS dataset name such as rock_paper_scissors")
-    if ds.kind == "image_folder":
+    if ds.kind == "image_folder" and "path" in fields:
         need(
             "dataset.path",
             not OmegaConf.is_missing(ds, "path") and bool(ds.path),
@@ -255,6 +258,8 @@ def _problems(cfg: DictConfig) -> list[tuple[str, Any, str]]:
     need("num_samples", cfg.num_samples >= 0, "an integer >= 0 (0 draws no sample grid)")
     need("experiment_name", bool(cfg.experiment_name), "a non-empty MLflow experiment name")
     need("feature_cache.batch_size", cfg.feature_cache.batch_size >= 1, "an integer >= 1")
+    need("feature_cache.enabled", not (cfg.feature_cache.enabled and (bb.trainable or cfg.augment.kind != "none")),
+         "null or false while the backbone is trainable or images are augmented (features change every epoch)")
     return out
 
 

@@ -59,7 +59,7 @@ def load_tfds(source: DatasetSource) -> tuple[Examples, Examples, list[str], str
 
     try:
         (train, test), info = tfds.load(
-            source.name,
+            f"{source.name}:{source.version}" if source.version else source.name,
             split=["train", "test"],
             data_dir=source.data_dir,
             download=not source.prepared,

@@ -20,6 +20,7 @@ import logging
 import os
 import time
 import zipfile
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -138,17 +139,33 @@ def cached_features(
         ) from err
     path = cache_dir / f"{key}.npz"
     labels = np.asarray(labels, dtype=np.int64)
-    with exclusive(cache_dir / f"{key}.lock"):
-        status = "built"
-        if path.exists():
-            try:
-                return CacheResult(read_entry(path, labels, feature_dim), "hit", 0.0, path)
-            except ValueError as err:
-                log.warning("Feature cache entry %s is damaged (%s): rebuilding it.", path, err)
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(exclusive(cache_dir / f"{key}.lock"))
+            writable = True
+        except OSError as err:  # e.g. a read-only shared cache: read it unlocked, never write to it
+            log.warning("Feature cache %s cannot be locked (%s): using it read-only.", cache_dir, err)
+            writable = False
+        return _hit_or_build(path, labels, feature_dim, compute, meta, writable)
+
+
+def _hit_or_build(path: Path, labels: np.ndarray, feature_dim: int, compute, meta, writable: bool) -> CacheResult:
+    status = "built"
+    if path.exists():
+        try:
+            return CacheResult(read_entry(path, labels, feature_dim), "hit", 0.0, path)
+        except ValueError as err:
+            log.warning("Feature cache entry %s is damaged (%s): rebuilding it.", path, err)
+            status = "rebuilt"
+            if writable:
                 path.unlink(missing_ok=True)
-                status = "rebuilt"
-        start = time.monotonic()
-        features = np.asarray(compute(), dtype=np.float32)
-        seconds = time.monotonic() - start
-        write_entry(path, features, labels, meta or {})
-        return CacheResult(features, status, seconds, path)
+    start = time.monotonic()
+    features = np.asarray(compute(), dtype=np.float32)
+    seconds = time.monotonic() - start
+    if writable:
+        try:
+            write_entry(path, features, labels, meta or {})
+        except OSError as err:  # a full disk loses the cache entry, not the run
+            log.warning("Could not store feature cache entry %s (%s); the run goes on without it.", path, err)
+            status = f"{status}, not stored"
+    return CacheResult(features, status, seconds, path)

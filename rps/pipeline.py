@@ -17,7 +17,6 @@ from omegaconf import DictConfig
 
 from rps import data, features, model, train
 from rps.config import split_sizes
-from rps.errors import ConfigError
 from rps.evaluate import evaluate
 from rps.report import Reporter
 from rps.resources import DatasetSource, backbone_dir
@@ -49,15 +48,13 @@ def load_examples(cfg: DictConfig, source: DatasetSource, report: Reporter) -> t
 
 
 def cache_decision(cfg: DictConfig) -> tuple[bool, str]:
-    """Whether backbone features may be cached for this config, and why."""
-    wanted = cfg.feature_cache.enabled
+    """Whether backbone features may be cached for this config, and why (``validate`` has already
+    rejected ``feature_cache.enabled=true`` where caching is invalid)."""
     invalid = ("the backbone is trainable" if cfg.backbone.trainable
                else "training images are augmented (augment=basic)" if cfg.augment.kind != "none" else None)
-    if invalid and wanted:
-        raise ConfigError(f"feature_cache.enabled=true is invalid here: {invalid}. Set it to null or false.")
     if invalid:
         return False, f"off: {invalid}"
-    if wanted is False:
+    if cfg.feature_cache.enabled is False:
         return False, "off: feature_cache.enabled=false"
     return True, "on: frozen backbone, no augmentation"
 

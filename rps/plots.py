@@ -74,6 +74,10 @@ def confusion_matrix(cm: np.ndarray, class_names: list[str]) -> Figure:
     return fig
 
 
+def close(fig: Figure) -> None:
+    plt.close(fig)
+
+
 def _number(text: str) -> float | None:
     try:
         return float(text)

@@ -38,7 +38,10 @@ class Predictor:
 def _saved_model_predictor(path: Path) -> Predictor:
     import tensorflow as tf
 
-    model = tf.saved_model.load(str(path))
+    try:
+        model = tf.saved_model.load(str(path))
+    except Exception as err:  # TF raises several types for damaged or foreign SavedModels
+        raise ResourceError(f"{path} cannot be loaded as a SavedModel: {str(err).splitlines()[0][:300]}") from err
     if not hasattr(model, "class_names"):
         raise ResourceError(f"{path} is a SavedModel but not one written by rps (no class_names inside).")
     names = [n.decode() for n in model.class_names.numpy()]
@@ -151,15 +154,24 @@ def write_output(rows: list[dict], path: Path) -> None:
         writer.writerows(rows)
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, not {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Classify image files with a trained rps model.")
     parser.add_argument("model", help="runs:/<id>/model, models:/<name>/<version>, or a SavedModel directory")
     parser.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
     parser.add_argument("--output", type=Path, help="also write the predictions to this .csv or .json file")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=_positive, default=32, help="images per model call (default 32)")
     parser.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db")
     args = parser.parse_args(argv)
     try:
+        if args.output and not args.output.parent.resolve().is_dir():
+            raise ResourceError(f"--output {args.output}: the folder {args.output.parent} does not exist.")
         files = image_files(args.inputs)
         if not files:
             raise ResourceError(f"No image files in {', '.join(args.inputs)} (looked for {', '.join(sorted(IMAGE_SUFFIXES))}).")

@@ -80,6 +80,15 @@ class MlflowSweepCallback(Callback):
         self.finished = False
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # Hydra turns a callback's exception into a warning and runs the jobs anyway: a sweep
+        # that cannot be tracked must stop here instead, with a non-zero exit.
+        try:
+            self._open_parent(config)
+        except Exception as err:
+            print(f"rps: error: cannot start the sweep's MLflow run: {err}", file=sys.stderr)
+            sys.exit(2)
+
+    def _open_parent(self, config: DictConfig) -> None:
         import mlflow
 
         from rps import tracking
@@ -114,7 +123,11 @@ class MlflowSweepCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if not self.parent_id:
             return
-        failed = summarize(self.parent_id)
+        try:
+            failed = summarize(self.parent_id)
+        except Exception as err:
+            print(f"rps: error: the sweep's summary could not be written: {err}", file=sys.stderr)
+            sys.exit(1)  # the parent run is then marked KILLED at exit
         self.finished = True
         if failed:
             print(f"rps: {failed} sweep job(s) failed; see the sweep run's summary.md.", file=sys.stderr)
@@ -136,17 +149,19 @@ def swept_keys(parent) -> list[str]:
     return [k for k in parent.data.tags.get("sweep.keys", "").split(",") if k]
 
 
+def run_row(run, keys: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """One run as a table row: name, status, the given params, accuracies, id, error."""
+    row = {"run_name": run.info.run_name, "status": run.info.status}
+    row |= {key: run.data.params.get(key, "") for key in keys}
+    row["best_val_accuracy"] = run.data.metrics.get("best_val_accuracy")
+    row["test_accuracy"] = run.data.metrics.get("test_accuracy")
+    row["run_id"] = run.info.run_id
+    row["error"] = run.data.tags.get("error", "")
+    return row
+
+
 def rows(children: list, keys: list[str]) -> list[dict[str, Any]]:
-    table = []
-    for run in children:
-        row = {"run_name": run.info.run_name, "status": run.info.status}
-        row |= {key: run.data.params.get(key, "") for key in keys}
-        row["best_val_accuracy"] = run.data.metrics.get("best_val_accuracy")
-        row["test_accuracy"] = run.data.metrics.get("test_accuracy")
-        row["run_id"] = run.info.run_id
-        row["error"] = run.data.tags.get("error", "")
-        table.append(row)
-    return table
+    return [run_row(run, keys) for run in children]
 
 
 def markdown(table: list[dict[str, Any]]) -> str:
@@ -188,6 +203,7 @@ def summarize(parent_id: str) -> int:
     client.log_text(parent_id, markdown(table), "summary/summary.md")
     fig = plots.sweep_accuracy(table, keys)
     client.log_figure(parent_id, fig, "summary/accuracy.png")
+    plots.close(fig)
     finished = [r for r in table if r["status"] == "FINISHED" and r["best_val_accuracy"] is not None]
     failed = [r for r in table if r["status"] != "FINISHED"]
     client.log_metric(parent_id, "n_children", len(table))

@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from rps.errors import ResourceError
 from rps.filelock import exclusive
 from rps.report import Reporter
+from rps.sweep import PARENT_TAG  # nests a run under a sweep's parent run in the UI
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = (
@@ -34,7 +35,6 @@ PACKAGES = (
     "numpy", "hydra-core", "mlflow", "matplotlib",
 )
 MODEL_REQUIREMENTS = ("tensorflow", "tf-keras", "tensorflow-hub")
-PARENT_TAG = "mlflow.parentRunId"  # nests a run under a sweep's parent run in the UI
 
 
 def resolve_tracking_uri(configured: Optional[str], mlruns_dir: str) -> tuple[str, Optional[Path]]:
@@ -76,6 +76,15 @@ def _check_writable(folder: Path) -> None:
         ) from err
 
 
+def _store_lock(uri: str) -> Optional[Path]:
+    """The lock file that serializes a sqlite store's first use (None for other stores)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = Path(uri[len("sqlite:///"):].split("?")[0])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    return db.with_name(db.name + ".lock")
+
+
 def setup_experiment(cfg: DictConfig) -> str:
     """Point MLflow at the store and return the experiment's id (created if needed).
 
@@ -89,8 +98,15 @@ def setup_experiment(cfg: DictConfig) -> str:
         _check_writable(artifact_root)
     mlflow.set_tracking_uri(uri)
     try:
-        with exclusive(artifact_root.parent / ".store.lock") if artifact_root else nullcontext():
+        lock = _store_lock(uri)
+        with exclusive(lock) if lock else nullcontext():
             experiment = mlflow.get_experiment_by_name(cfg.experiment_name)
+            if experiment is not None and experiment.lifecycle_stage == "deleted":
+                raise ResourceError(
+                    f"The MLflow experiment '{cfg.experiment_name}' is deleted (in the store's trash). "
+                    "Restore it (MLflow UI, or `mlflow experiments restore`), or choose another "
+                    "experiment_name=..."
+                )
             if experiment is not None:
                 return experiment.experiment_id
             try:
@@ -98,6 +114,8 @@ def setup_experiment(cfg: DictConfig) -> str:
                 return mlflow.create_experiment(cfg.experiment_name, artifact_location=location)
             except mlflow.exceptions.MlflowException:  # created meanwhile by a job on another store client
                 return mlflow.get_experiment_by_name(cfg.experiment_name).experiment_id
+    except ResourceError:
+        raise
     except Exception as err:  # MLflow and SQLAlchemy raise many types for a store they cannot use
         raise ResourceError(
             f"Cannot use the MLflow tracking store {uri}: {str(err).splitlines()[0][:300]}. Fix "

@@ -67,6 +67,14 @@ def test_out_of_range_values_name_the_key_and_value(override, key):
     assert "allowed" in str(err.value)
 
 
+def test_switching_dataset_kind_by_hand_is_explained():
+    for override in ("dataset.kind=image_folder", "dataset.kind=csv"):
+        with pytest.raises(ConfigError, match="dataset=image_folder"):
+            validate(compose(override))
+    with pytest.raises(ConfigError, match="dataset.kind"):
+        validate(compose("dataset=image_folder", "dataset.path=/x", "dataset.kind=tfds"))
+
+
 def test_image_folder_needs_a_path():
     with pytest.raises(ConfigError, match="dataset.path"):
         validate(compose("dataset=image_folder"))

@@ -285,3 +285,12 @@ def test_unwritable_feature_cache_fails_the_run_naming_the_knob(offline_env, tmp
     assert result.returncode == 2 and "feature_cache.dir" in result.stderr and "Traceback" not in result.stderr
     (run,) = all_runs(tmp_path)
     assert run.info.status == "FAILED"
+
+
+def test_deleted_experiment_is_explained_before_training(offline_env, tmp_path):
+    (tmp_path / "mlruns").mkdir()
+    client = store(tmp_path)
+    client.delete_experiment(client.create_experiment("rps"))
+    result = run_cli(*TINY_SPLIT, cwd=tmp_path, env=offline_env)
+    assert result.returncode == 2 and "is deleted" in result.stderr and "Traceback" not in result.stderr
+    assert "Epoch" not in result.stdout

@@ -141,7 +141,8 @@ def test_augmentation_turns_the_cache_off_and_never_touches_evaluation(tiny_setu
 
     from rps import data
     from rps.errors import ConfigError
-    from rps.pipeline import cache_decision, train_and_evaluate
+    from rps.config import validate
+    from rps.pipeline import train_and_evaluate
     from rps.report import Reporter
 
     cfg, source, backbone, dim = tiny_setup
@@ -153,5 +154,17 @@ def test_augmentation_turns_the_cache_off_and_never_touches_evaluation(tiny_setu
     assert not list(tmp_path.glob("*.npz"))
     clean = np.concatenate([x for x, _ in data.make_dataset(out.test_examples, 32, 64, 3).as_numpy_iterator()])
     np.testing.assert_allclose(out.classifier(clean, training=False).numpy(), out.probs, atol=1e-5)
-    with pytest.raises(ConfigError, match="feature_cache.enabled=true"):
-        cache_decision(OmegaConf.merge(cfg, {"feature_cache": {"enabled": True}}))
+    with pytest.raises(ConfigError, match="feature_cache.enabled=True"):
+        validate(OmegaConf.merge(cfg, {"feature_cache": {"enabled": True}}))  # before any run starts
+
+
+def test_unwritable_cache_costs_the_entry_not_the_run(tmp_path, monkeypatch):
+    labels = np.array([0, 1, 2, 0, 1, 2])
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(features, "write_entry", disk_full)
+    result = features.cached_features("k", labels, 4, _counting_compute(tmp_path / "calls"), tmp_path / "cache")
+    assert result.status == "built, not stored" and result.features.shape == (6, 4)
+    assert not result.path.exists()

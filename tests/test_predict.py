@@ -86,12 +86,22 @@ def test_saved_model_path_and_registry_uri_predict_the_same(exported_run, images
     assert version.run_id == run.info.run_id
 
 
-def test_unusable_model_or_inputs_exit_2(exported_run, tmp_path):
+def test_unusable_model_or_inputs_exit_2(exported_run, images, tmp_path):
     cwd, run, env = exported_run
     assert predict_cli(cwd, env, str(tmp_path), str(tmp_path)).returncode == 2  # no images
     (tmp_path / "x.png").write_bytes(b"")
     missing = predict_cli(cwd, env, "runs:/0123456789abcdef/model", str(tmp_path / "x.png"))
     assert missing.returncode == 2 and "Could not load the MLflow model" in missing.stderr
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "saved_model.pb").write_bytes(b"not a protobuf")
+    broken = predict_cli(cwd, env, str(damaged), str(images))
+    assert broken.returncode == 2 and "cannot be loaded as a SavedModel" in broken.stderr
+    assert "Traceback" not in broken.stderr
+    model = f"runs:/{run.info.run_id}/model"
+    assert predict_cli(cwd, env, model, str(images), "--batch-size", "0").returncode == 2
+    no_folder = predict_cli(cwd, env, model, str(images), "--output", str(tmp_path / "nope" / "o.csv"))
+    assert no_folder.returncode == 2 and "does not exist" in no_folder.stderr
 
 
 def test_tflite_export_matches_the_saved_model(exported_run, tmp_path):

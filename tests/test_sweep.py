@@ -169,3 +169,12 @@ def test_a_failing_child_fails_alone_and_the_summary_says_so(offline_env, tmp_pa
     assert parent.info.status == "FINISHED" and parent.data.metrics["n_failed"] == 1
     summary = store(tmp_path).download_artifacts(parent.info.run_id, "summary/summary.md", str(tmp_path))
     assert "FAILED" in open(summary).read()
+
+
+def test_a_sweep_that_cannot_be_tracked_exits_non_zero(offline_env, tmp_path):
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    result = run_cli("-m", "head.dropout=0.2,0.5", *TINY_SPLIT, f"tracking_uri={dead}", cwd=tmp_path, env=offline_env)
+    assert result.returncode == 2 and "cannot start the sweep's MLflow run" in result.stderr
+    assert "Epoch" not in result.stdout
