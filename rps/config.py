@@ -79,7 +79,13 @@ class BackboneConfig:
     name: str = "mobilenet_v2"
     handle: str = DEFAULT_HANDLE
     image_size: int = 224
+    # true: after `epochs` of head training (backbone frozen), unfreeze the top of the backbone and
+    # train `fine_tune_epochs` more at optimizer.fine_tune_lr; BatchNorm stays in inference mode.
     trainable: bool = False
+    # How much of the backbone to unfreeze, counted from its top: a fraction (< 1) of its
+    # trainable variables, or a number (>= 1) of them (a SavedModel exposes variables, not layers).
+    fine_tune_from: float = 0.3
+    fine_tune_epochs: int = 2
 
 
 @dataclass
@@ -112,6 +118,7 @@ class OptimizerConfig:
     # "none": constant lr; "cosine": cosine decay to 0 over all epochs; "plateau": halve the lr
     # when val_loss has not improved for an epoch.
     schedule: str = "none"
+    fine_tune_lr: float = 1e-5  # learning rate of the fine-tuning phase (backbone.trainable=true)
 
 
 @dataclass
@@ -234,7 +241,9 @@ def _problems(cfg: DictConfig) -> list[tuple[str, Any, str]]:
     bb = cfg.backbone
     need("backbone.handle", bool(bb.handle), "a TF Hub URL or a local SavedModel directory")
     need("backbone.image_size", 32 <= bb.image_size <= 1024, "an integer in [32, 1024] (224 for MobileNet-V2)")
-    need("backbone.trainable", not bb.trainable, "false: fine-tuning the backbone is not implemented yet")
+    problem = _size_problem(bb.fine_tune_from)
+    need("backbone.fine_tune_from", problem is None, (problem or "").replace("count", "number of variables"))
+    need("backbone.fine_tune_epochs", bb.fine_tune_epochs >= 1, "an integer >= 1")
 
     need("head.dropout", 0 <= cfg.head.dropout < 1, "a rate in [0, 1)")
     need("head.hidden_units", cfg.head.hidden_units >= 0, "0 (no hidden layer) or a positive width")
@@ -245,6 +254,7 @@ def _problems(cfg: DictConfig) -> list[tuple[str, Any, str]]:
     need("optimizer.lr", math.isfinite(opt.lr) and opt.lr > 0, "a finite learning rate > 0, e.g. 1e-3")
     need("optimizer.momentum", 0 <= opt.momentum < 1, "a value in [0, 1)")
     need("optimizer.schedule", opt.schedule in SCHEDULES, f"one of {', '.join(SCHEDULES)}")
+    need("optimizer.fine_tune_lr", math.isfinite(opt.fine_tune_lr) and opt.fine_tune_lr > 0, "a learning rate > 0, e.g. 1e-5")
     need("label_smoothing", 0 <= cfg.label_smoothing < 1, "a value in [0, 1)")
     aug = cfg.augment
     need("augment.kind", aug.kind in AUGMENTS, f"one of {', '.join(AUGMENTS)}")

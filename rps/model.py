@@ -24,13 +24,47 @@ log = logging.getLogger(__name__)
 keras = tf.keras  # tf-keras (Keras 2): TF_USE_LEGACY_KERAS=1 is set by rps/__init__.py
 
 
-def load_backbone(handle: str, image_size: int) -> tuple[hub.KerasLayer, int]:
-    """The frozen backbone layer and the length of its feature vector.
+class Backbone(hub.KerasLayer):
+    """``hub.KerasLayer`` for fine-tuning by the Keras guide's recipe.
+
+    It always runs the module in inference mode (BatchNorm keeps its moving statistics, also
+    while its weights are trained), and :meth:`unfreeze_top` makes only the top of the module's
+    trainable variables trainable (a reusable SavedModel lists them bottom to top).
+    """
+
+    def __init__(self, handle, **kwargs):
+        super().__init__(handle, **kwargs)
+        self.top_variables: int | None = None  # None: all of them, when trainable
+
+    def unfreeze_top(self, fine_tune_from: float) -> int:
+        """Make the top ``fine_tune_from`` (fraction < 1, or count) trainable; returns the count."""
+        self.trainable = True
+        total = len(super().trainable_weights)
+        count = max(1, round(fine_tune_from * total)) if fine_tune_from < 1 else min(int(fine_tune_from), total)
+        self.top_variables = count
+        return count
+
+    @property
+    def trainable_weights(self):
+        weights = super().trainable_weights
+        return weights[len(weights) - self.top_variables:] if weights and self.top_variables else weights
+
+    @property
+    def non_trainable_weights(self):
+        top = {id(w) for w in self.trainable_weights}
+        return [w for w in super().trainable_weights if id(w) not in top] + super().non_trainable_weights
+
+    def call(self, inputs, training=None):
+        return super().call(inputs, training=False)
+
+
+def load_backbone(handle: str, image_size: int) -> tuple[Backbone, int]:
+    """The backbone layer (frozen) and the length of its feature vector.
 
     One forward pass on a blank image checks that the backbone accepts ``image_size``.
     """
     try:
-        layer = hub.KerasLayer(handle, trainable=False, name="backbone")
+        layer = Backbone(handle, trainable=False, name="backbone")
     except Exception as err:  # TF Hub surfaces network, format and file errors alike
         raise ResourceError(
             f"TF Hub could not load the backbone {handle}: {err}. For a URL handle set "
@@ -68,7 +102,7 @@ def build_head(feature_dim: int, n_classes: int, cfg: DictConfig) -> keras.Model
     return keras.Sequential(layers, name="head")
 
 
-def build_classifier(backbone: hub.KerasLayer, head: keras.Model, image_size: int) -> keras.Model:
+def build_classifier(backbone: Backbone, head: keras.Model, image_size: int) -> keras.Model:
     """Images (float32 in [0, 1], ``image_size`` square) -> class probabilities."""
     return keras.Sequential(
         [keras.layers.InputLayer(input_shape=(image_size, image_size, 3)), backbone, head],
@@ -95,7 +129,7 @@ def compile_for_training(
     )
 
 
-def extract_features(backbone: hub.KerasLayer, images: tf.data.Dataset, total: int) -> np.ndarray:
+def extract_features(backbone: Backbone, images: tf.data.Dataset, total: int) -> np.ndarray:
     """Backbone features of every batch of ``images``, with a progress bar (images/s at the end)."""
     forward = tf.function(lambda x: backbone(x, training=False))
     progress = keras.utils.Progbar(total, unit_name="image", stateful_metrics=["images/s"])

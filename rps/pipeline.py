@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from rps import data, features, model, train
 from rps.config import split_sizes
@@ -78,6 +78,20 @@ def _cached_pool_features(cfg, pool: data.Examples, backbone, feature_dim: int, 
     return result.features
 
 
+def _fine_tune(cfg, classifier, backbone, datasets, n_train: int, done: int, history: dict, report: Reporter) -> dict:
+    """Phase 2: unfreeze the backbone's top and train the whole model at ``optimizer.fine_tune_lr``."""
+    unfrozen = backbone.unfreeze_top(cfg.backbone.fine_tune_from)
+    report.params({"model.fine_tuned_variables": unfrozen,
+                   "model.fine_tune_trainable_params": model.count_params(classifier)["trainable"]})
+    log.info("Fine-tuning the top %d backbone variables at lr %g", unfrozen, cfg.optimizer.fine_tune_lr)
+    steps = cfg.backbone.fine_tune_epochs * -(-n_train // cfg.batch_size)
+    fine_cfg = OmegaConf.merge(cfg.optimizer, {"lr": cfg.optimizer.fine_tune_lr})
+    model.compile_for_training(classifier, fine_cfg, steps, cfg.label_smoothing)
+    more = train.fit(classifier, datasets["train"], datasets["val"], done + cfg.backbone.fine_tune_epochs,
+                     lambda m, e: report.epoch(m | {"phase": 2}, e), train.schedule_callbacks(cfg), initial_epoch=done)
+    return {k: history[k] + more.get(k, []) for k in history}
+
+
 def train_and_evaluate(
     cfg: DictConfig, source: DatasetSource, backbone, feature_dim: int, report: Optional[Reporter] = None
 ) -> Outcome:
@@ -118,8 +132,11 @@ def train_and_evaluate(
         }
     steps = cfg.epochs * -(-len(index["train"]) // batch)  # optimizer steps in the whole run
     model.compile_for_training(trainee, cfg.optimizer, steps, cfg.label_smoothing)
-    history = train.fit(trainee, datasets["train"], datasets["val"], cfg.epochs, report.epoch,
-                        train.schedule_callbacks(cfg))
+    history = train.fit(trainee, datasets["train"], datasets["val"], cfg.epochs,
+                        lambda m, e: report.epoch(m | {"phase": 1}, e), train.schedule_callbacks(cfg))
+    if cfg.backbone.trainable:
+        history = _fine_tune(cfg, classifier, backbone, datasets, len(index["train"]), len(history["val_accuracy"]),
+                             history, report)
     report.metrics({"best_val_accuracy": max(history["val_accuracy"]), "epochs_trained": len(history["val_accuracy"])})
     probs, labels = train.predict(trainee, datasets["test"])
     metrics, cm = evaluate(probs, labels, class_names)

@@ -62,12 +62,13 @@ def fit(
     epochs: int,
     sink: EpochSink,
     callbacks: list[keras.callbacks.Callback] = (),
+    initial_epoch: int = 0,
 ) -> dict[str, list[float]]:
-    """Train for ``epochs`` (fewer if early stopping ends it) with validation; returns the
-    per-epoch metric lists."""
+    """Train up to epoch ``epochs`` (fewer if early stopping ends it), starting after
+    ``initial_epoch``, with validation; returns the per-epoch metric lists."""
     verbose = 1 if sys.stdout.isatty() else 2  # a progress bar in a terminal, a line per epoch in logs
-    history = model.fit(train, validation_data=val, epochs=epochs, callbacks=[EpochReporter(sink), *callbacks],
-                        verbose=verbose)
+    history = model.fit(train, validation_data=val, epochs=epochs, initial_epoch=initial_epoch,
+                        callbacks=[EpochReporter(sink), *callbacks], verbose=verbose)
     return {EPOCH_METRICS[k]: [float(v) for v in vs] for k, vs in history.history.items() if k in EPOCH_METRICS}
 
 

@@ -29,6 +29,7 @@ def test_default_config_is_the_reference_recipe():
         ["dataset=image_folder", "dataset.path=/data/hands"],
         ["head.hidden_units=128", "head.dropout=0"],
         ["augment=basic", "augment.rotation=0.2"],
+        ["backbone.trainable=true", "backbone.fine_tune_from=20"],
     ],
 )
 def test_every_group_option_composes_and_validates(overrides):
@@ -47,7 +48,9 @@ def test_every_group_option_composes_and_validates(overrides):
         ("batch_size=0", "batch_size"),
         ("num_samples=-1", "num_samples"),
         ("backbone.image_size=8", "backbone.image_size"),
-        ("backbone.trainable=true", "backbone.trainable"),
+        ("backbone.fine_tune_from=0", "backbone.fine_tune_from"),
+        ("backbone.fine_tune_epochs=0", "backbone.fine_tune_epochs"),
+        ("optimizer.fine_tune_lr=0", "optimizer.fine_tune_lr"),
         ("split.val_size=0", "split.val_size"),
         ("split.test_size=2.5", "split.test_size"),
         ("optimizer.name=rmsprop", "optimizer.name"),

@@ -1,0 +1,54 @@
+"""Fine-tuning: phase 2 trains only the backbone's top variables, with BatchNorm in inference mode."""
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+import rps  # noqa: F401
+from conftest import TINY_SPLIT, compose
+from rps import model, resources
+from rps.config import validate
+from rps.pipeline import train_and_evaluate
+from rps.report import Reporter
+
+
+@pytest.fixture
+def setup(tiny_tfds, tiny_backbone):
+    def make(*overrides):
+        cfg = compose(f"dataset.data_dir={tiny_tfds}", f"backbone.handle={tiny_backbone}", *TINY_SPLIT,
+                      "backbone.image_size=32", *overrides)
+        validate(cfg)
+        backbone, dim = model.load_backbone(str(tiny_backbone), 32)
+        return cfg, resources.locate_tfds(cfg.dataset), backbone, dim
+    return make
+
+
+def test_fine_tuning_changes_only_the_unfrozen_top_of_the_backbone(setup):
+    cfg, source, backbone, dim = setup("backbone.trainable=true", "backbone.fine_tune_from=0.5", "epochs=1",
+                                       "backbone.fine_tune_epochs=2", "optimizer.fine_tune_lr=0.01")
+    variables = {v.name: v for v in backbone.weights}  # the tiny module: w then b, bottom to top
+    before = {name: v.numpy().copy() for name, v in variables.items()}
+    report = Reporter()
+    out = train_and_evaluate(cfg, source, backbone, dim, report)
+    assert np.array_equal(variables["w:0"].numpy(), before["w:0"]), "below the unfrozen top: unchanged"
+    assert not np.array_equal(variables["b:0"].numpy(), before["b:0"]), "the unfrozen top variable was trained"
+    assert [(step, m["phase"]) for step, m in report.epochs] == [(1, 1), (2, 2), (3, 2)]
+    assert report.recorded["params"]["model.fine_tuned_variables"] == 1
+    assert report.recorded["tags"]["feature_cache"] == "off: the backbone is trainable"
+    assert len(out.history["val_accuracy"]) == 3
+
+
+def test_a_frozen_run_leaves_the_backbone_alone(setup):
+    cfg, source, backbone, dim = setup("epochs=2", "feature_cache.enabled=false")
+    before = [v.numpy().copy() for v in backbone.weights]
+    train_and_evaluate(cfg, source, backbone, dim, Reporter())
+    assert all(np.array_equal(a, v.numpy()) for a, v in zip(before, backbone.weights))
+
+
+def test_backbone_runs_in_inference_mode_and_counts_its_top(setup):
+    cfg, source, backbone, dim = setup()
+    assert backbone.unfreeze_top(0.5) == 1 and len(backbone.trainable_weights) == 1
+    assert len(backbone.non_trainable_weights) == 1
+    assert backbone.unfreeze_top(5) == 2 and len(backbone.trainable_weights) == 2
+    x = np.random.default_rng(0).random((2, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(backbone(x, training=True).numpy(), backbone(x, training=False).numpy())
