@@ -8,7 +8,7 @@ the benchmark one that only records.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -34,7 +34,6 @@ class Outcome:
     labels: np.ndarray
     metrics: dict[str, float]
     confusion: np.ndarray
-    timings: dict[str, float] = field(default_factory=dict)
 
 
 def load_examples(cfg: DictConfig, source: DatasetSource, report: Reporter) -> tuple[data.Examples, data.Examples, list[str]]:

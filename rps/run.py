@@ -36,6 +36,9 @@ def _on_sigterm(signum, frame):
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     signal.signal(signal.SIGTERM, _on_sigterm)
+    # Ctrl-C must end the run KILLED even when the launching shell ignored SIGINT for us (as
+    # shells do for background jobs), so Python's KeyboardInterrupt handler is installed explicitly.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     hc = HydraConfig.get()
     hydra_dir = Path(hc.runtime.output_dir) / hc.output_subdir
     multirun = hc.mode == RunMode.MULTIRUN

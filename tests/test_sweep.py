@@ -88,13 +88,16 @@ def test_compare_prints_the_store_sorted(basic_sweep):
     for args in (["--sweep", parent.info.run_id], ["--experiment", "rps"]):
         out = subprocess.run([sys.executable, "-m", "rps.compare", *args], cwd=cwd, capture_output=True,
                              text=True, check=True).stdout
-        lines = [line for line in out.splitlines() if line.startswith("| ") and "run_id" not in line]
-        assert len(lines) == 4
-        listed = [line.split("|")[-2].strip() for line in lines]
+        table = [[cell.strip() for cell in line.strip("|").split("|")] for line in out.splitlines()
+                 if line.startswith("| ")]
+        header, rows = table[0], table[1:]
+        column = {name: i for i, name in enumerate(header)}
+        assert len(rows) == 4
         expected = sorted(children, key=lambda c: -c.data.metrics["test_accuracy"])
         assert [f"{c.data.metrics['test_accuracy']:.4f}" for c in expected] == \
-               [line.split("|")[-4].strip() for line in lines]
-        assert set(listed) == {c.info.run_id for c in children}
+               [row[column["test_accuracy"]] for row in rows]
+        assert {row[column["run_id"]] for row in rows} == {c.info.run_id for c in children}
+        assert [row[column["rank"]] for row in rows] == ["1", "2", "3", "4"]
     missing = subprocess.run([sys.executable, "-m", "rps.compare", "--experiment", "nope"], cwd=cwd,
                              capture_output=True, text=True)
     assert missing.returncode == 2 and "no experiment 'nope'" in missing.stderr
