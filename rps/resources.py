@@ -190,27 +190,34 @@ def hub_cache_dir() -> Path:
     return _absolute(os.environ.get("TFHUB_CACHE_DIR") or os.path.join(tempfile.gettempdir(), "tfhub_modules"))
 
 
-def hub_cache_path(handle: str) -> Path:
+def hub_cache_path(handle: str, cache_dir: Optional[Path] = None) -> Path:
     """Where TF Hub caches ``handle``: <cache>/<sha1 of the handle string>/."""
-    return hub_cache_dir() / hashlib.sha1(handle.encode("utf8")).hexdigest()
+    return (cache_dir or hub_cache_dir()) / hashlib.sha1(handle.encode("utf8")).hexdigest()
 
 
 def _is_saved_model(folder: Path) -> bool:
     return (folder / "saved_model.pb").is_file() or (folder / "saved_model.pbtxt").is_file()
 
 
-def backbone_dir(handle: str) -> Optional[Path]:
-    """The local SavedModel directory ``handle`` loads from (None for remote file systems)."""
+def _handle_kind(handle: str) -> str:
+    """"hub" (an http(s) URL TF Hub caches), "remote" (gs://, s3://: TensorFlow's file systems)
+    or "local" (a directory path)."""
     scheme = urlparse(handle).scheme
     if scheme in ("http", "https"):
-        return hub_cache_path(handle)
-    return None if scheme and len(scheme) > 1 else _absolute(handle)
+        return "hub"
+    return "remote" if len(scheme) > 1 else "local"  # one letter: a Windows drive, a local path
+
+
+def backbone_dir(handle: str) -> Optional[Path]:
+    """The local SavedModel directory ``handle`` loads from (None for remote file systems)."""
+    kind = _handle_kind(handle)
+    return hub_cache_path(handle) if kind == "hub" else _absolute(handle) if kind == "local" else None
 
 
 def check_backbone(handle: str) -> None:
     """Make sure ``hub.KerasLayer(handle)`` can load without a network it does not have."""
-    scheme = urlparse(handle).scheme
-    if scheme in ("http", "https"):
+    kind = _handle_kind(handle)
+    if kind == "hub":
         cached = hub_cache_path(handle)
         if cached.is_dir() and any(cached.iterdir()):
             return
@@ -222,7 +229,7 @@ def check_backbone(handle: str) -> None:
                 "or set backbone.handle to a local SavedModel directory."
             )
         return
-    if scheme and len(scheme) > 1:  # gs://, s3:// ...: left to TF Hub and TensorFlow's file systems
+    if kind == "remote":  # left to TF Hub and TensorFlow's file systems
         return
     folder = _absolute(handle)
     if not folder.is_dir():

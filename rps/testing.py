@@ -14,7 +14,6 @@ few epochs: tests can check that training works, not only that it runs.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -96,7 +95,9 @@ def install_in_hub_cache(saved_model: str | Path, cache_dir: str | Path, handle:
     """Copy ``saved_model`` to where TF Hub looks for ``handle``: <cache>/<sha1(handle)>/."""
     import shutil
 
-    target = Path(cache_dir) / hashlib.sha1(handle.encode("utf8")).hexdigest()
+    from rps.resources import hub_cache_path
+
+    target = hub_cache_path(handle, Path(cache_dir))
     shutil.copytree(saved_model, target)
     return target
 
