@@ -108,8 +108,9 @@ class MlflowSweepCallback(Callback):
                 "sweep_dir": str(sweep_dir.resolve()),
             }).items()
         ])
-        client.set_tag(self.parent_id, "sweep.keys", ",".join(varying_keys(config)))
-        (sweep_dir / SWEEP_FILE).write_text(json.dumps({"parent_run_id": self.parent_id, "keys": varying_keys(config)}))
+        keys = varying_keys(config)
+        client.set_tag(self.parent_id, "sweep.keys", ",".join(keys))
+        (sweep_dir / SWEEP_FILE).write_text(json.dumps({"parent_run_id": self.parent_id, "keys": keys}))
         atexit.register(self._abandon)
         log.info("MLflow sweep run %s (children nest under it)", self.parent_id)
 
@@ -160,10 +161,6 @@ def run_row(run, keys: list[str] | tuple[str, ...]) -> dict[str, Any]:
     return row
 
 
-def rows(children: list, keys: list[str]) -> list[dict[str, Any]]:
-    return [run_row(run, keys) for run in children]
-
-
 def markdown(table: list[dict[str, Any]]) -> str:
     if not table:
         return "(no jobs)\n"
@@ -198,7 +195,7 @@ def summarize(parent_id: str) -> int:
             client.set_terminated(run.info.run_id, "KILLED")
     children = child_runs(client, parent_id)
     keys = swept_keys(client.get_run(parent_id))
-    table = rows(children, keys)
+    table = [run_row(run, keys) for run in children]
     client.log_text(parent_id, to_csv(table), "summary/summary.csv")
     client.log_text(parent_id, markdown(table), "summary/summary.md")
     fig = plots.sweep_accuracy(table, keys)
