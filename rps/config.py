@@ -126,8 +126,9 @@ class FeatureCacheConfig:
     """Backbone features computed once and reused (see rps/features.py).
 
     Valid only while the backbone is frozen and images are not augmented: then every run on the
-    same data and backbone would compute identical features. The logged model is still the full
-    image -> probabilities model.
+    same data and backbone would compute identical features. With ``backbone.trainable=true`` it
+    serves phase 1 (head training on the still-frozen backbone) only; fine-tuning runs on images.
+    The logged model is still the full image -> probabilities model.
     """
 
     enabled: Optional[bool] = None  # null: on whenever valid; false: off; true: on (error if invalid)
@@ -268,8 +269,8 @@ def _problems(cfg: DictConfig) -> list[tuple[str, Any, str]]:
     need("num_samples", cfg.num_samples >= 0, "an integer >= 0 (0 draws no sample grid)")
     need("experiment_name", bool(cfg.experiment_name), "a non-empty MLflow experiment name")
     need("feature_cache.batch_size", cfg.feature_cache.batch_size >= 1, "an integer >= 1")
-    need("feature_cache.enabled", not (cfg.feature_cache.enabled and (bb.trainable or cfg.augment.kind != "none")),
-         "null or false while the backbone is trainable or images are augmented (features change every epoch)")
+    need("feature_cache.enabled", not (cfg.feature_cache.enabled and cfg.augment.kind != "none"),
+         "null or false while images are augmented (augmented features change every epoch)")
     return out
 
 

@@ -23,6 +23,9 @@ from rps.resources import DatasetSource, backbone_dir
 
 log = logging.getLogger(__name__)
 
+# Why phase 2 never uses the feature cache (logged as the run's tag `feature_cache_fine_tune`).
+PHASE2_CACHE = "off: fine-tuning trains the backbone, so its features change every step"
+
 
 @dataclass
 class Outcome:
@@ -47,12 +50,15 @@ def load_examples(cfg: DictConfig, source: DatasetSource, report: Reporter) -> t
 
 
 def cache_decision(cfg: DictConfig) -> tuple[bool, str]:
-    """Whether backbone features may be cached for this config, and why (``validate`` has already
-    rejected ``feature_cache.enabled=true`` where caching is invalid)."""
-    invalid = ("the backbone is trainable" if cfg.backbone.trainable
-               else "training images are augmented (augment=basic)" if cfg.augment.kind != "none" else None)
-    if invalid:
-        return False, f"off: {invalid}"
+    """Whether the head trains on cached backbone features, and why (``validate`` has already
+    rejected ``feature_cache.enabled=true`` where caching is invalid).
+
+    Only phase 1 can use the cache: with ``backbone.trainable=true`` the head first trains on
+    the frozen backbone, whose features are exactly the cached ones; phase 2 (fine-tuning)
+    changes the backbone every step, so it always runs on images.
+    """
+    if cfg.augment.kind != "none":
+        return False, "off: training images are augmented (augment=basic)"
     if cfg.feature_cache.enabled is False:
         return False, "off: feature_cache.enabled=false"
     return True, "on: frozen backbone, no augmentation"
@@ -77,12 +83,24 @@ def _cached_pool_features(cfg, pool: data.Examples, backbone, feature_dim: int, 
     return result.features
 
 
+def _image_datasets(cfg, pool: data.Examples, index: dict, n_classes: int) -> dict[str, Any]:
+    augment = data.augmenter(cfg.augment, cfg.seed) if cfg.augment.kind != "none" else None
+    return {
+        name: data.make_dataset(pool.take(i), cfg.backbone.image_size, cfg.batch_size, n_classes,
+                                shuffle_seed=cfg.seed if name == "train" else None,
+                                augment=augment if name == "train" else None)
+        for name, i in index.items()
+    }
+
+
 def _fine_tune(cfg, classifier, backbone, datasets, n_train: int, done: int, history: dict, report: Reporter) -> dict:
     """Phase 2: unfreeze the backbone's top and train the whole model at ``optimizer.fine_tune_lr``."""
     unfrozen = backbone.unfreeze_top(cfg.backbone.fine_tune_from)
     report.params({"model.fine_tuned_variables": unfrozen,
                    "model.fine_tune_trainable_params": model.count_params(classifier)["trainable"]})
-    log.info("Fine-tuning the top %d backbone variables at lr %g", unfrozen, cfg.optimizer.fine_tune_lr)
+    report.tags({"feature_cache_fine_tune": PHASE2_CACHE})
+    log.info("Fine-tuning the top %d backbone variables at lr %g (feature cache %s)",
+             unfrozen, cfg.optimizer.fine_tune_lr, PHASE2_CACHE)
     steps = cfg.backbone.fine_tune_epochs * -(-n_train // cfg.batch_size)
     fine_cfg = OmegaConf.merge(cfg.optimizer, {"lr": cfg.optimizer.fine_tune_lr})
     model.compile_for_training(classifier, fine_cfg, steps, cfg.label_smoothing)
@@ -111,6 +129,7 @@ def train_and_evaluate(
 
     use_cache, reason = cache_decision(cfg)
     log.info("Feature cache %s", reason)
+    fine_tune = cfg.backbone.trainable
     if use_cache:
         pool_features = _cached_pool_features(cfg, pool, backbone, feature_dim, report)
         trainee = head  # same weights as inside `classifier`
@@ -122,18 +141,16 @@ def train_and_evaluate(
     else:
         report.tags({"feature_cache": reason})
         trainee = classifier
-        augment = data.augmenter(cfg.augment, cfg.seed) if cfg.augment.kind != "none" else None
-        datasets = {
-            name: data.make_dataset(pool.take(i), size, batch, n_classes,
-                                    shuffle_seed=cfg.seed if name == "train" else None,
-                                    augment=augment if name == "train" else None)
-            for name, i in index.items()
-        }
+        datasets = _image_datasets(cfg, pool, index, n_classes)
+    phase = {"phase": 1} if fine_tune else {}
     steps = cfg.epochs * -(-len(index["train"]) // batch)  # optimizer steps in the whole run
     model.compile_for_training(trainee, cfg.optimizer, steps, cfg.label_smoothing)
     history = train.fit(trainee, datasets["train"], datasets["val"], cfg.epochs,
-                        lambda m, e: report.epoch(m | {"phase": 1}, e), train.schedule_callbacks(cfg))
-    if cfg.backbone.trainable:
+                        lambda m, e: report.epoch(m | phase, e), train.schedule_callbacks(cfg))
+    if fine_tune:
+        if use_cache:
+            datasets = _image_datasets(cfg, pool, index, n_classes)
+        trainee = classifier
         history = _fine_tune(cfg, classifier, backbone, datasets, len(index["train"]), len(history["val_accuracy"]),
                              history, report)
     report.metrics({"best_val_accuracy": max(history["val_accuracy"]), "epochs_trained": len(history["val_accuracy"])})

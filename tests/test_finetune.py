@@ -6,9 +6,9 @@ from omegaconf import OmegaConf
 
 import rps  # noqa: F401
 from conftest import TINY_SPLIT, compose
-from rps import model, resources
+from rps import data, model, resources
 from rps.config import validate
-from rps.pipeline import train_and_evaluate
+from rps.pipeline import PHASE2_CACHE, train_and_evaluate
 from rps.report import Reporter
 
 
@@ -34,15 +34,49 @@ def test_fine_tuning_changes_only_the_unfrozen_top_of_the_backbone(setup):
     assert not np.array_equal(variables["b:0"].numpy(), before["b:0"]), "the unfrozen top variable was trained"
     assert [(step, m["phase"]) for step, m in report.epochs] == [(1, 1), (2, 2), (3, 2)]
     assert report.recorded["params"]["model.fine_tuned_variables"] == 1
-    assert report.recorded["tags"]["feature_cache"] == "off: the backbone is trainable"
+    # phase 1 trained the head on cached features of the still-frozen backbone; phase 2 on images
+    assert report.recorded["tags"]["feature_cache"] in ("built", "hit")
+    assert report.recorded["tags"]["feature_cache_fine_tune"] == PHASE2_CACHE
     assert len(out.history["val_accuracy"]) == 3
+    # the returned probabilities are the fine-tuned image model's, not phase 1's head on stale features
+    images = np.concatenate([x for x, _ in data.make_dataset(out.test_examples, 32, 64, 3).as_numpy_iterator()])
+    np.testing.assert_allclose(out.classifier(images, training=False).numpy(), out.probs, atol=1e-5)
+
+
+def test_phase_one_on_cached_features_matches_phase_one_on_images(setup):
+    """The cache only changes how phase 1 is computed: both ways fine-tune from the same head."""
+    results = {}
+    for enabled in ("null", "false"):
+        cfg, source, backbone, dim = setup("backbone.trainable=true", "epochs=2", "backbone.fine_tune_epochs=1",
+                                           f"feature_cache.enabled={enabled}")
+        report = Reporter()
+        out = train_and_evaluate(cfg, source, backbone, dim, report)
+        results[enabled] = (report, out)
+    cached, uncached = results["null"], results["false"]
+    assert uncached[0].recorded["tags"]["feature_cache"] == "off: feature_cache.enabled=false"
+    assert cached[0].recorded["tags"]["feature_cache"] in ("built", "hit")
+    for key in ("train_loss", "val_loss"):  # phase 1 (2 epochs) agrees
+        np.testing.assert_allclose(cached[1].history[key][:2], uncached[1].history[key][:2], rtol=0.02)
+    # phase 2 starts from the same head (its train loss differs only by dropout's random draws)
+    np.testing.assert_allclose(cached[1].history["val_loss"], uncached[1].history["val_loss"], rtol=0.02)
+
+
+def test_fine_tuning_with_augmentation_runs_both_phases_on_images(setup):
+    cfg, source, backbone, dim = setup("backbone.trainable=true", "epochs=1", "backbone.fine_tune_epochs=1",
+                                       "augment=basic")
+    report = Reporter()
+    train_and_evaluate(cfg, source, backbone, dim, report)
+    assert report.recorded["tags"]["feature_cache"] == "off: training images are augmented (augment=basic)"
+    assert report.recorded["tags"]["feature_cache_fine_tune"] == PHASE2_CACHE
 
 
 def test_a_frozen_run_leaves_the_backbone_alone(setup):
     cfg, source, backbone, dim = setup("epochs=2", "feature_cache.enabled=false")
     before = [v.numpy().copy() for v in backbone.weights]
-    train_and_evaluate(cfg, source, backbone, dim, Reporter())
+    report = Reporter()
+    train_and_evaluate(cfg, source, backbone, dim, report)
     assert all(np.array_equal(a, v.numpy()) for a, v in zip(before, backbone.weights))
+    assert all("phase" not in m for _, m in report.epochs), "no phases without fine-tuning"
 
 
 def test_backbone_runs_in_inference_mode_and_counts_its_top(setup):
