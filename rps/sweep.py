@@ -16,6 +16,7 @@ import io
 import json
 import logging
 import re
+import statistics
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -206,6 +207,12 @@ def summarize(parent_id: str) -> int:
     client.log_metric(parent_id, "n_children", len(table))
     client.log_metric(parent_id, "n_failed", len(failed))
     if finished:
+        # a sweep over seeds is read by its mean and spread
+        for key in ("test_accuracy", "best_val_accuracy"):
+            values = [r[key] for r in finished if r[key] is not None]
+            if values:
+                client.log_metric(parent_id, f"mean_{key}", statistics.fmean(values))
+                client.log_metric(parent_id, f"std_{key}", statistics.pstdev(values))
         # chosen on validation accuracy (test accuracy breaks ties, then the first started job)
         best = max(finished, key=lambda r: (r["best_val_accuracy"], r["test_accuracy"] or 0))
         client.log_metric(parent_id, "best_val_accuracy", best["best_val_accuracy"])

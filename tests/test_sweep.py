@@ -13,6 +13,7 @@ import sys
 import time
 import urllib.request
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -79,6 +80,9 @@ def test_summary_matches_the_children(basic_sweep, tmp_path):
     assert parent.data.metrics["best_val_accuracy"] == pytest.approx(best.data.metrics["best_val_accuracy"])
     assert parent.data.metrics["best_test_accuracy"] == pytest.approx(best.data.metrics["test_accuracy"])
     assert parent.data.metrics["n_children"] == 4 and parent.data.metrics["n_failed"] == 0
+    tests = [c.data.metrics["test_accuracy"] for c in children]  # a sweep over seeds is read by its mean
+    assert parent.data.metrics["mean_test_accuracy"] == pytest.approx(sum(tests) / len(tests))
+    assert parent.data.metrics["std_test_accuracy"] == pytest.approx(float(np.std(tests)))
     assert "dropout=0.5 lr=0.01" in open(f"{local}/summary/summary.md").read()
 
 
