@@ -106,6 +106,9 @@ class AugmentConfig:
     rotation: float = 0.1  # max rotation, as a fraction of a full turn
     zoom: float = 0.1  # max zoom in/out, as a fraction of the image size
     contrast: float = 0.1  # max contrast change factor
+    # Fine-tuning runs (backbone.trainable=true) only: false leaves phase 1 (the head on the frozen
+    # backbone) unaugmented, so it can train on cached features, and augments only phase 2.
+    head_phase: bool = True
 
 
 @dataclass
@@ -195,6 +198,11 @@ def register_configs() -> None:
     cs.store(group="augment", name="schema", node=AugmentConfig)
 
 
+def head_phase_augmented(cfg: DictConfig) -> bool:
+    """Whether the head's training phase (a frozen run's only one) sees augmented images."""
+    return cfg.augment.kind != "none" and cfg.augment.head_phase
+
+
 def _size_problem(value: Optional[float]) -> Optional[str]:
     if value is None or not math.isfinite(value) or value <= 0:
         return "must be a fraction in (0, 1) or a whole count >= 1"
@@ -261,6 +269,8 @@ def _problems(cfg: DictConfig) -> list[tuple[str, Any, str]]:
     need("augment.kind", aug.kind in AUGMENTS, f"one of {', '.join(AUGMENTS)}")
     for key in ("rotation", "zoom", "contrast"):
         need(f"augment.{key}", 0 <= aug[key] < 1, "a fraction in [0, 1)")
+    need("augment.head_phase", aug.head_phase or bb.trainable,
+         "true unless backbone.trainable=true (false augments only the fine-tuning phase)")
     need("early_stopping.patience", cfg.early_stopping.patience >= 1, "an integer >= 1")
 
     need("epochs", cfg.epochs >= 1, "an integer >= 1")
@@ -269,8 +279,9 @@ def _problems(cfg: DictConfig) -> list[tuple[str, Any, str]]:
     need("num_samples", cfg.num_samples >= 0, "an integer >= 0 (0 draws no sample grid)")
     need("experiment_name", bool(cfg.experiment_name), "a non-empty MLflow experiment name")
     need("feature_cache.batch_size", cfg.feature_cache.batch_size >= 1, "an integer >= 1")
-    need("feature_cache.enabled", not (cfg.feature_cache.enabled and cfg.augment.kind != "none"),
-         "null or false while images are augmented (augmented features change every epoch)")
+    need("feature_cache.enabled", not (cfg.feature_cache.enabled and head_phase_augmented(cfg)),
+         "null or false while the head trains on augmented images (their features change every epoch), "
+         "or set augment.head_phase=false in a fine-tuning run")
     return out
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from rps import data, features, model, train
-from rps.config import split_sizes
+from rps.config import head_phase_augmented, split_sizes
 from rps.evaluate import evaluate
 from rps.report import Reporter
 from rps.resources import DatasetSource, backbone_dir
@@ -57,7 +57,7 @@ def cache_decision(cfg: DictConfig) -> tuple[bool, str]:
     the frozen backbone, whose features are exactly the cached ones; phase 2 (fine-tuning)
     changes the backbone every step, so it always runs on images.
     """
-    if cfg.augment.kind != "none":
+    if head_phase_augmented(cfg):
         return False, "off: training images are augmented (augment=basic)"
     if cfg.feature_cache.enabled is False:
         return False, "off: feature_cache.enabled=false"
@@ -83,8 +83,8 @@ def _cached_pool_features(cfg, pool: data.Examples, backbone, feature_dim: int, 
     return result.features
 
 
-def _image_datasets(cfg, pool: data.Examples, index: dict, n_classes: int) -> dict[str, Any]:
-    augment = data.augmenter(cfg.augment, cfg.seed) if cfg.augment.kind != "none" else None
+def _image_datasets(cfg, pool: data.Examples, index: dict, n_classes: int, augmented: bool) -> dict[str, Any]:
+    augment = data.augmenter(cfg.augment, cfg.seed) if augmented else None
     return {
         name: data.make_dataset(pool.take(i), cfg.backbone.image_size, cfg.batch_size, n_classes,
                                 shuffle_seed=cfg.seed if name == "train" else None,
@@ -141,15 +141,14 @@ def train_and_evaluate(
     else:
         report.tags({"feature_cache": reason})
         trainee = classifier
-        datasets = _image_datasets(cfg, pool, index, n_classes)
+        datasets = _image_datasets(cfg, pool, index, n_classes, head_phase_augmented(cfg))
     phase = {"phase": 1} if fine_tune else {}
     steps = cfg.epochs * -(-len(index["train"]) // batch)  # optimizer steps in the whole run
     model.compile_for_training(trainee, cfg.optimizer, steps, cfg.label_smoothing)
     history = train.fit(trainee, datasets["train"], datasets["val"], cfg.epochs,
                         lambda m, e: report.epoch(m | phase, e), train.schedule_callbacks(cfg))
     if fine_tune:
-        if use_cache:
-            datasets = _image_datasets(cfg, pool, index, n_classes)
+        datasets = _image_datasets(cfg, pool, index, n_classes, cfg.augment.kind != "none")
         trainee = classifier
         history = _fine_tune(cfg, classifier, backbone, datasets, len(index["train"]), len(history["val_accuracy"]),
                              history, report)

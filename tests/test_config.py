@@ -30,6 +30,7 @@ def test_default_config_is_the_reference_recipe():
         ["head.hidden_units=128", "head.dropout=0"],
         ["augment=basic", "augment.rotation=0.2"],
         ["backbone.trainable=true", "backbone.fine_tune_from=20"],
+        ["backbone.trainable=true", "augment=basic", "augment.head_phase=false", "feature_cache.enabled=true"],
     ],
 )
 def test_every_group_option_composes_and_validates(overrides):
@@ -59,6 +60,7 @@ def test_every_group_option_composes_and_validates(overrides):
         ("label_smoothing=1.0", "label_smoothing"),
         ("optimizer.schedule=step", "optimizer.schedule"),
         ("early_stopping.patience=0", "early_stopping.patience"),
+        ("augment.head_phase=false", "augment.head_phase"),  # a frozen run has no other phase
     ],
 )
 def test_out_of_range_values_name_the_key_and_value(override, key):
@@ -122,3 +124,7 @@ def test_named_experiments_compose():
     sweep = compose("+experiment=sweep_dropout_lr", return_hydra_config=True)
     assert dict(sweep.hydra.sweeper.params) == {"head.dropout": "0.2,0.5,0.8", "optimizer.lr": "1e-2,1e-3,1e-4"}
     assert str(sweep.hydra.mode) == "RunMode.MULTIRUN"
+    best = compose("+experiment=official_best", return_hydra_config=True)
+    validate(best)
+    assert (best.split.kind, best.backbone.trainable, best.experiment_name) == ("official", True, "official_best")
+    assert dict(best.hydra.sweeper.params) == {"seed": "1,2,3"}  # quoted as the mean of 3 seeds

@@ -80,29 +80,59 @@ def test_artifacts_are_valid_images_and_config(finished_run, tmp_path):
     assert (tmp_path / "saved_model" / "rps_model.json").is_file()
 
 
-def test_logged_model_reloads_and_reproduces_the_test_accuracy(finished_run, tiny_tfds):
-    """The model in the store is the trained one: it scores the logged accuracy on the same split."""
+def logged_model_on_test_split(cwd, run, tiny_tfds):
+    """The run's logged MLflow model applied to its test split: (probabilities, labels, model)."""
     import mlflow
-    import tensorflow as tf
 
     from rps import data, resources
     from rps.config import split_sizes
 
-    cwd, run = finished_run
     store(cwd)
     model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
-    assert model.metadata.metadata["class_names"] == ["rock", "paper", "scissors"]
-    assert model.metadata.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 224, 224, 3)
     cfg = compose(f"dataset.data_dir={tiny_tfds}", *TINY_SPLIT)
     train, test, _, _ = data.load_tfds(resources.locate_tfds(cfg.dataset))
     splits = data.split_examples(train, test, "tutorial", split_sizes(cfg.split, 60, 24), cfg.seed)
     images, onehot = zip(*data.make_dataset(splits["test"], 224, 64, 3).as_numpy_iterator())
     images, labels = np.concatenate(images), np.concatenate(onehot).argmax(1)
-    probs = model.predict(images)
+    return images, model.predict(images), labels, model
+
+
+def test_logged_model_reloads_and_reproduces_the_test_accuracy(finished_run, tiny_tfds):
+    """The model in the store is the trained one: it scores the logged accuracy on the same split."""
+    import mlflow
+    import tensorflow as tf
+
+    cwd, run = finished_run
+    images, probs, labels, model = logged_model_on_test_split(cwd, run, tiny_tfds)
+    assert model.metadata.metadata["class_names"] == ["rock", "paper", "scissors"]
+    assert model.metadata.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 224, 224, 3)
     assert probs.shape == (12, 3)
     assert np.mean(probs.argmax(1) == labels) == pytest.approx(run.data.metrics["test_accuracy"])
     raw = tf.saved_model.load(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="saved_model"))
     np.testing.assert_allclose(raw(images).numpy(), probs, atol=1e-6)
+
+
+def test_fine_tuned_run_logs_its_phases_and_exports_the_fine_tuned_model(tiny_tfds, offline_env, tmp_path):
+    """Phase 1 on cached features, phase 2 on images; the logged model is the phase-2 model."""
+    from mlflow import MlflowClient
+
+    from rps.evaluate import evaluate
+
+    result = run_cli("epochs=2", *TINY_SPLIT, "backbone.trainable=true", "backbone.fine_tune_epochs=2",
+                     "optimizer.fine_tune_lr=0.01", cwd=tmp_path, env=offline_env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = all_runs(tmp_path)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["feature_cache"] in ("built", "hit")
+    assert run.data.tags["feature_cache_fine_tune"].startswith("off: fine-tuning")
+    phases = [(m.step, m.value) for m in MlflowClient().get_metric_history(run.info.run_id, "phase")]
+    assert sorted(phases) == [(1, 1), (2, 1), (3, 2), (4, 2)]
+    assert len(MlflowClient().get_metric_history(run.info.run_id, "val_accuracy")) == 4
+    _, probs, labels, _ = logged_model_on_test_split(tmp_path, run, tiny_tfds)
+    # the test loss pins the weights: a phase-1 (or untrained) model would not reproduce it
+    metrics, _ = evaluate(probs, labels, ["rock", "paper", "scissors"])
+    assert metrics["test_loss"] == pytest.approx(run.data.metrics["test_loss"], rel=1e-4)
+    assert metrics["test_accuracy"] == pytest.approx(run.data.metrics["test_accuracy"])
 
 
 def test_same_seed_gives_the_same_run(finished_run, offline_env, tmp_path):

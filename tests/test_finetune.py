@@ -70,6 +70,20 @@ def test_fine_tuning_with_augmentation_runs_both_phases_on_images(setup):
     assert report.recorded["tags"]["feature_cache_fine_tune"] == PHASE2_CACHE
 
 
+def test_augmenting_only_the_fine_tuning_phase_keeps_phase_one_on_the_cache(setup):
+    results = {}
+    for augment in ("none", "basic"):
+        cfg, source, backbone, dim = setup("backbone.trainable=true", "epochs=2", "backbone.fine_tune_epochs=1",
+                                           f"augment={augment}", "augment.head_phase=false")
+        report = Reporter()
+        out = train_and_evaluate(cfg, source, backbone, dim, report)
+        assert report.recorded["tags"]["feature_cache"] in ("built", "hit")
+        results[augment] = out.history
+    plain, augmented = results["none"], results["basic"]
+    np.testing.assert_allclose(plain["train_loss"][:2], augmented["train_loss"][:2], rtol=1e-5)  # phase 1: same
+    assert abs(plain["train_loss"][2] - augmented["train_loss"][2]) > 1e-4, "phase 2 saw augmented images"
+
+
 def test_a_frozen_run_leaves_the_backbone_alone(setup):
     cfg, source, backbone, dim = setup("epochs=2", "feature_cache.enabled=false")
     before = [v.numpy().copy() for v in backbone.weights]
