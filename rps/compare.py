@@ -7,7 +7,8 @@
 
 Reads the same store the runner writes: ``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``,
 else ``sqlite:///mlruns/mlflow.db`` under the current directory (a tracking server works too).
-Sweep parent runs are left out of experiment listings; their children are listed.
+Sweep parent runs are left out of experiment listings; their children are listed, and each
+sweep's mean test accuracy (± sample std) over its finished jobs follows the table.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rps.sweep import PARENT_TAG, markdown, run_row
+from rps.sweep import PARENT_TAG, markdown, run_row, stats_line
 
 COLUMNS = ("head.dropout", "optimizer.name", "optimizer.lr", "split.kind", "seed", "epochs")
 
@@ -71,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     table = leaderboard(runs, args.sort)
     print(f"{title}: {len(table)} runs, best {args.sort} first ({uri})\n")
     print(markdown(table), end="")
+    for sweep in sorted({row["sweep"] for row in table if row["sweep"]}):
+        line = stats_line([row for row in table if row["sweep"] == sweep]).strip()
+        if line:
+            print(f"sweep {sweep}: {line}")
     return 0
 
 

@@ -175,6 +175,30 @@ def markdown(table: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def sweep_stats(table: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean and sample standard deviation (two jobs or more) of each accuracy over the finished
+    jobs, and their number: a sweep over seeds is read by these."""
+    finished = [r for r in table if r["status"] == "FINISHED"]
+    stats: dict[str, float] = {"n_finished": len(finished)}
+    for key in ("test_accuracy", "best_val_accuracy"):
+        values = [r[key] for r in finished if r[key] is not None]
+        if values:
+            stats[f"mean_{key}"] = statistics.fmean(values)
+        if len(values) >= 2:
+            stats[f"std_{key}"] = statistics.stdev(values)
+    return stats
+
+
+def stats_line(table: list[dict[str, Any]]) -> str:
+    """``mean test_accuracy 0.9740 ± 0.0450 (sample std) over 3 finished jobs``, or nothing."""
+    stats = sweep_stats(table)
+    if "mean_test_accuracy" not in stats:
+        return ""
+    std = f" ± {stats['std_test_accuracy']:.4f} (sample std)" if "std_test_accuracy" in stats else ""
+    n = stats["n_finished"]
+    return f"\nmean test_accuracy {stats['mean_test_accuracy']:.4f}{std} over {n} finished job{'s' * (n != 1)}\n"
+
+
 def to_csv(table: list[dict[str, Any]]) -> str:
     out = io.StringIO()
     if table:
@@ -198,7 +222,7 @@ def summarize(parent_id: str) -> int:
     keys = swept_keys(client.get_run(parent_id))
     table = [run_row(run, keys) for run in children]
     client.log_text(parent_id, to_csv(table), "summary/summary.csv")
-    client.log_text(parent_id, markdown(table), "summary/summary.md")
+    client.log_text(parent_id, markdown(table) + stats_line(table), "summary/summary.md")
     fig = plots.sweep_accuracy(table, keys)
     client.log_figure(parent_id, fig, "summary/accuracy.png")
     plots.close(fig)
@@ -206,13 +230,9 @@ def summarize(parent_id: str) -> int:
     failed = [r for r in table if r["status"] != "FINISHED"]
     client.log_metric(parent_id, "n_children", len(table))
     client.log_metric(parent_id, "n_failed", len(failed))
+    for name, value in sweep_stats(table).items():
+        client.log_metric(parent_id, name, value)
     if finished:
-        # a sweep over seeds is read by its mean and spread
-        for key in ("test_accuracy", "best_val_accuracy"):
-            values = [r[key] for r in finished if r[key] is not None]
-            if values:
-                client.log_metric(parent_id, f"mean_{key}", statistics.fmean(values))
-                client.log_metric(parent_id, f"std_{key}", statistics.pstdev(values))
         # chosen on validation accuracy (test accuracy breaks ties, then the first started job)
         best = max(finished, key=lambda r: (r["best_val_accuracy"], r["test_accuracy"] or 0))
         client.log_metric(parent_id, "best_val_accuracy", best["best_val_accuracy"])
@@ -220,5 +240,5 @@ def summarize(parent_id: str) -> int:
         client.set_tag(parent_id, "best_run_id", best["run_id"])
         client.set_tag(parent_id, "best_run_name", best["run_name"])
     client.set_terminated(parent_id, "FINISHED")
-    print(f"\nSweep {parent_id}: {len(table)} jobs, {len(failed)} failed\n{markdown(table)}")
+    print(f"\nSweep {parent_id}: {len(table)} jobs, {len(failed)} failed\n{markdown(table)}{stats_line(table)}")
     return len(failed)

@@ -82,7 +82,8 @@ def test_summary_matches_the_children(basic_sweep, tmp_path):
     assert parent.data.metrics["n_children"] == 4 and parent.data.metrics["n_failed"] == 0
     tests = [c.data.metrics["test_accuracy"] for c in children]  # a sweep over seeds is read by its mean
     assert parent.data.metrics["mean_test_accuracy"] == pytest.approx(sum(tests) / len(tests))
-    assert parent.data.metrics["std_test_accuracy"] == pytest.approx(float(np.std(tests)))
+    assert parent.data.metrics["std_test_accuracy"] == pytest.approx(float(np.std(tests, ddof=1)))
+    assert "mean test_accuracy" in open(f"{local}/summary/summary.md").read()
     assert "dropout=0.5 lr=0.01" in open(f"{local}/summary/summary.md").read()
 
 
@@ -102,6 +103,8 @@ def test_compare_prints_the_store_sorted(basic_sweep):
                [row[column["test_accuracy"]] for row in rows]
         assert {row[column["run_id"]] for row in rows} == {c.info.run_id for c in children}
         assert [row[column["rank"]] for row in rows] == ["1", "2", "3", "4"]
+        mean = sum(c.data.metrics["test_accuracy"] for c in children) / 4
+        assert f"sweep {parent.info.run_id[:8]}: mean test_accuracy {mean:.4f}" in out
     missing = subprocess.run([sys.executable, "-m", "rps.compare", "--experiment", "nope"], cwd=cwd,
                              capture_output=True, text=True)
     assert missing.returncode == 2 and "no experiment 'nope'" in missing.stderr
