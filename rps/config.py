@@ -198,9 +198,10 @@ def register_configs() -> None:
     cs.store(group="augment", name="schema", node=AugmentConfig)
 
 
-def head_phase_augmented(cfg: DictConfig) -> bool:
-    """Whether the head's training phase (a frozen run's only one) sees augmented images."""
-    return cfg.augment.kind != "none" and cfg.augment.head_phase
+def augmented(cfg: DictConfig, phase: int) -> bool:
+    """Whether phase 1 (the head on the frozen backbone, a frozen run's only phase) or phase 2
+    (fine-tuning) trains on augmented images."""
+    return cfg.augment.kind != "none" and (phase == 2 or cfg.augment.head_phase)
 
 
 def _size_problem(value: Optional[float]) -> Optional[str]:
@@ -279,7 +280,7 @@ def _problems(cfg: DictConfig) -> list[tuple[str, Any, str]]:
     need("num_samples", cfg.num_samples >= 0, "an integer >= 0 (0 draws no sample grid)")
     need("experiment_name", bool(cfg.experiment_name), "a non-empty MLflow experiment name")
     need("feature_cache.batch_size", cfg.feature_cache.batch_size >= 1, "an integer >= 1")
-    need("feature_cache.enabled", not (cfg.feature_cache.enabled and head_phase_augmented(cfg)),
+    need("feature_cache.enabled", not (cfg.feature_cache.enabled and augmented(cfg, 1)),
          "null or false while the head trains on augmented images (their features change every epoch), "
          "or set augment.head_phase=false in a fine-tuning run")
     return out

@@ -16,7 +16,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from rps import data, features, model, train
-from rps.config import head_phase_augmented, split_sizes
+from rps.config import augmented, split_sizes
 from rps.evaluate import evaluate
 from rps.report import Reporter
 from rps.resources import DatasetSource, backbone_dir
@@ -57,10 +57,12 @@ def cache_decision(cfg: DictConfig) -> tuple[bool, str]:
     the frozen backbone, whose features are exactly the cached ones; phase 2 (fine-tuning)
     changes the backbone every step, so it always runs on images.
     """
-    if head_phase_augmented(cfg):
+    if augmented(cfg, 1):
         return False, "off: training images are augmented (augment=basic)"
     if cfg.feature_cache.enabled is False:
         return False, "off: feature_cache.enabled=false"
+    if cfg.backbone.trainable:
+        return True, "on for phase 1: the backbone is still frozen and the head's images are not augmented"
     return True, "on: frozen backbone, no augmentation"
 
 
@@ -141,14 +143,15 @@ def train_and_evaluate(
     else:
         report.tags({"feature_cache": reason})
         trainee = classifier
-        datasets = _image_datasets(cfg, pool, index, n_classes, head_phase_augmented(cfg))
+        datasets = _image_datasets(cfg, pool, index, n_classes, augmented(cfg, 1))
     phase = {"phase": 1} if fine_tune else {}
     steps = cfg.epochs * -(-len(index["train"]) // batch)  # optimizer steps in the whole run
     model.compile_for_training(trainee, cfg.optimizer, steps, cfg.label_smoothing)
     history = train.fit(trainee, datasets["train"], datasets["val"], cfg.epochs,
                         lambda m, e: report.epoch(m | phase, e), train.schedule_callbacks(cfg))
     if fine_tune:
-        datasets = _image_datasets(cfg, pool, index, n_classes, cfg.augment.kind != "none")
+        if use_cache or augmented(cfg, 2) != augmented(cfg, 1):  # else phase 1's pipelines continue
+            datasets = _image_datasets(cfg, pool, index, n_classes, augmented(cfg, 2))
         trainee = classifier
         history = _fine_tune(cfg, classifier, backbone, datasets, len(index["train"]), len(history["val_accuracy"]),
                              history, report)

@@ -128,3 +128,10 @@ def test_named_experiments_compose():
     validate(best)
     assert (best.split.kind, best.backbone.trainable, best.experiment_name) == ("official", True, "official_best")
     assert dict(best.hydra.sweeper.params) == {"seed": "1,2,3"}  # quoted as the mean of 3 seeds
+
+
+def test_forcing_the_cache_on_an_augmented_head_phase_is_rejected():
+    augmented_head = ["backbone.trainable=true", "augment=basic", "feature_cache.enabled=true"]
+    with pytest.raises(ConfigError, match="feature_cache.enabled"):
+        validate(compose(*augmented_head))  # augment.head_phase=true: phase 1 sees augmented images
+    validate(compose(*augmented_head, "augment.head_phase=false"))  # phase 1 clean: the cache is valid
