@@ -14,7 +14,6 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 from omegaconf import DictConfig
 
 from rps.config import split_sizes, validate
@@ -104,6 +103,7 @@ def _log_tflite(cfg: DictConfig, saved: Path, out) -> None:
     import mlflow
 
     from rps import data, export
+    from rps.evaluate import evaluate
 
     test = data.make_dataset(out.test_examples, cfg.backbone.image_size, cfg.batch_size, len(out.class_names))
     reference = out.metrics["test_accuracy"]
@@ -112,7 +112,7 @@ def _log_tflite(cfg: DictConfig, saved: Path, out) -> None:
     for filename, quantize, metric in variants:
         content = export.to_tflite(saved, quantize)
         probs = export.tflite_predict(content, (images for images, _ in test.as_numpy_iterator()))
-        accuracy = float(np.mean(probs.argmax(1) == out.labels))
+        accuracy = evaluate(probs, out.labels, out.class_names)[0]["test_accuracy"]
         gap = abs(accuracy - reference)
         mlflow.log_metrics({f"{metric}_test_accuracy": accuracy, f"{metric}_accuracy_gap": gap})
         mlflow.set_tag(f"{metric}_matches_saved_model", str(gap <= export.MAX_ACCURACY_GAP).lower())

@@ -85,14 +85,19 @@ def _cached_pool_features(cfg, pool: data.Examples, backbone, feature_dim: int, 
     return result.features
 
 
-def _image_datasets(cfg, pool: data.Examples, index: dict, n_classes: int, augmented: bool) -> dict[str, Any]:
-    augment = data.augmenter(cfg.augment, cfg.seed) if augmented else None
+def _image_datasets(cfg, pool: data.Examples, index: dict, n_classes: int, augment_train: bool) -> dict[str, Any]:
+    augment = data.augmenter(cfg.augment, cfg.seed) if augment_train else None
     return {
         name: data.make_dataset(pool.take(i), cfg.backbone.image_size, cfg.batch_size, n_classes,
                                 shuffle_seed=cfg.seed if name == "train" else None,
                                 augment=augment if name == "train" else None)
         for name, i in index.items()
     }
+
+
+def _optimizer_steps(epochs: int, n_train: int, batch_size: int) -> int:
+    """Optimizer updates in ``epochs`` over ``n_train`` examples (the cosine schedule's length)."""
+    return epochs * -(-n_train // batch_size)
 
 
 def _fine_tune(cfg, classifier, backbone, datasets, n_train: int, done: int, history: dict, report: Reporter) -> dict:
@@ -103,7 +108,7 @@ def _fine_tune(cfg, classifier, backbone, datasets, n_train: int, done: int, his
     report.tags({"feature_cache_fine_tune": PHASE2_CACHE})
     log.info("Fine-tuning the top %d backbone variables at lr %g (feature cache %s)",
              unfrozen, cfg.optimizer.fine_tune_lr, PHASE2_CACHE)
-    steps = cfg.backbone.fine_tune_epochs * -(-n_train // cfg.batch_size)
+    steps = _optimizer_steps(cfg.backbone.fine_tune_epochs, n_train, cfg.batch_size)
     fine_cfg = OmegaConf.merge(cfg.optimizer, {"lr": cfg.optimizer.fine_tune_lr})
     model.compile_for_training(classifier, fine_cfg, steps, cfg.label_smoothing)
     more = train.fit(classifier, datasets["train"], datasets["val"], done + cfg.backbone.fine_tune_epochs,
@@ -145,7 +150,7 @@ def train_and_evaluate(
         trainee = classifier
         datasets = _image_datasets(cfg, pool, index, n_classes, augmented(cfg, 1))
     phase = {"phase": 1} if fine_tune else {}
-    steps = cfg.epochs * -(-len(index["train"]) // batch)  # optimizer steps in the whole run
+    steps = _optimizer_steps(cfg.epochs, len(index["train"]), batch)
     model.compile_for_training(trainee, cfg.optimizer, steps, cfg.label_smoothing)
     history = train.fit(trainee, datasets["train"], datasets["val"], cfg.epochs,
                         lambda m, e: report.epoch(m | phase, e), train.schedule_callbacks(cfg))
