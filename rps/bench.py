@@ -78,13 +78,13 @@ def _probe_threads(intra: int, inter: int, overrides: list[str], images: int = 2
     tf.config.threading.set_intra_op_parallelism_threads(intra)
     tf.config.threading.set_inter_op_parallelism_threads(inter)
     from rps import data
-    from rps.job import preflight
-    from rps.model import extract_features, load_backbone
+    from rps.model import extract_features
+    from rps.pipeline import prepare
 
     cfg = _compose(overrides)
-    source = preflight(cfg)
-    backbone, _ = load_backbone(cfg.backbone.handle, cfg.backbone.image_size)
-    train, _, _, _ = data.load_tfds(source)
+    prepared = prepare(cfg)
+    backbone = prepared.backbone
+    train, _, _, _ = data.load_tfds(prepared.source)
     sample = train.take(np.arange(min(images, len(train))))
     batches = data.make_dataset(sample, cfg.backbone.image_size, 64, 1).map(lambda x, y: x)
     extract_features(backbone, batches.take(1), 64)  # warm-up: tracing
@@ -124,20 +124,20 @@ def main(argv: list[str] | None = None) -> None:
         overrides = ([] if real else _tiny_mirrors(tmp)) + list(args.overrides)
         from omegaconf import OmegaConf
 
-        from rps.job import preflight
-        from rps.model import load_backbone
-        from rps.pipeline import train_and_evaluate
+        from dataclasses import replace
+
+        from rps.pipeline import prepare, train_and_evaluate
         from rps.report import Reporter
 
         base = _compose(overrides)
-        source = preflight(base)
-        load_s, (backbone, dim) = _timed(lambda: load_backbone(base.backbone.handle, base.backbone.image_size))
+        load_s, prepared = _timed(lambda: prepare(base))  # checks, then loads the backbone once
+        source = prepared.source
 
         def run(cache_dir: Path | None, **changes) -> tuple[float, Reporter]:
             cfg = OmegaConf.merge(base, changes, {"feature_cache": {"enabled": cache_dir is not None,
                                                                      "dir": str(cache_dir) if cache_dir else None}})
             report = Reporter()
-            seconds, _ = _timed(lambda: train_and_evaluate(cfg, source, backbone, dim, report))
+            seconds, _ = _timed(lambda: train_and_evaluate(replace(prepared, cfg=cfg), report))
             return seconds, report
 
         grid = list(itertools.product(DROPOUTS, LRS))

@@ -1,13 +1,14 @@
 """Structured configs: every knob with its type, default and allowed values, in one place.
 
 Hydra composes ``conf/config.yaml`` from the groups ``dataset``, ``split``, ``backbone``,
-``head`` and ``optimizer``; each group's YAML files extend the schema registered here, so
+``head``, ``optimizer`` and ``augment``; each group's YAML files extend the schema registered here, so
 OmegaConf rejects unknown keys and wrong types, and :func:`validate` rejects values out of
 range, all before TensorFlow is imported.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -18,7 +19,6 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from rps.errors import ConfigError
 
 DEFAULT_HANDLE = "https://tfhub.dev/google/tf2-preview/mobilenet_v2/feature_vector/4"
-DATASET_KINDS = ("tfds", "image_folder")
 SPLIT_KINDS = ("tutorial", "official")
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("none", "cosine", "plateau")
@@ -183,25 +183,57 @@ class Config:
     export: ExportConfig = field(default_factory=ExportConfig)
     # Register the logged model under this name in the MLflow Model Registry (null: don't).
     register_model: Optional[str] = None
+    # Nest this run under that MLflow run (same experiment). A multirun sets it for every job to
+    # its sweep's parent run, so it travels with the job to whatever machine runs it.
+    parent_run_id: Optional[str] = None
 
 
 def register_configs() -> None:
-    """Register the schemas the YAML files in ``conf/`` extend (``defaults: [schema]``)."""
+    """Register the schemas the YAML files in ``conf/`` extend (``defaults: [/schema/<group>@_here_]``).
+
+    They live in their own ``schema`` group, so Hydra's "Available options" of a group lists only
+    the real options.
+    """
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
-    cs.store(group="dataset", name="tfds_schema", node=TfdsDatasetConfig)
-    cs.store(group="dataset", name="image_folder_schema", node=ImageFolderConfig)
-    cs.store(group="split", name="schema", node=SplitConfig)
-    cs.store(group="backbone", name="schema", node=BackboneConfig)
-    cs.store(group="head", name="schema", node=HeadConfig)
-    cs.store(group="optimizer", name="schema", node=OptimizerConfig)
-    cs.store(group="augment", name="schema", node=AugmentConfig)
+    for name, node in (("dataset_tfds", TfdsDatasetConfig), ("dataset_image_folder", ImageFolderConfig),
+                       ("split", SplitConfig), ("backbone", BackboneConfig), ("head", HeadConfig),
+                       ("optimizer", OptimizerConfig), ("augment", AugmentConfig)):
+        cs.store(group="schema", name=name, node=node)
 
 
 def augmented(cfg: DictConfig, phase: int) -> bool:
     """Whether phase 1 (the head on the frozen backbone, a frozen run's only phase) or phase 2
     (fine-tuning) trains on augmented images."""
     return cfg.augment.kind != "none" and (phase == 2 or cfg.augment.head_phase)
+
+
+# Why phase 2 never uses the feature cache (logged as the run's tag `feature_cache_fine_tune`).
+PHASE2_CACHE = "off: fine-tuning trains the backbone, so its features change every step"
+
+
+def _cache_blocked(cfg: DictConfig) -> Optional[str]:
+    """Why cached features would be wrong for phase 1, or None when they are exact."""
+    if augmented(cfg, 1):
+        return f"training images are augmented (augment={cfg.augment.kind})"
+    return None
+
+
+def feature_cache_plan(cfg: DictConfig) -> tuple[bool, str]:
+    """Whether phase 1 trains the head on cached backbone features, and the reason logged.
+
+    The one statement of the rule: phase 1 (a frozen run's only phase) sees the frozen backbone,
+    so its features are exactly the cached ones unless the head's images are augmented; phase 2
+    (fine-tuning) changes the backbone every step and never uses the cache (:data:`PHASE2_CACHE`).
+    """
+    blocked = _cache_blocked(cfg)
+    if blocked:
+        return False, f"off: {blocked}"
+    if cfg.feature_cache.enabled is False:
+        return False, "off: feature_cache.enabled=false"
+    if cfg.backbone.trainable:
+        return True, "on for phase 1: the backbone is still frozen and the head's images are not augmented"
+    return True, "on: frozen backbone, no augmentation"
 
 
 def _size_problem(value: Optional[float]) -> Optional[str]:
@@ -212,9 +244,27 @@ def _size_problem(value: Optional[float]) -> Optional[str]:
     return None
 
 
+def _unknown_keys(node: DictConfig, prefix: str = "") -> list[tuple[str, Any, str]]:
+    """Keys the schema does not know: Hydra's ``+key=value`` appends them even to a closed schema,
+    so a typo such as ``+head.dropuot=0.2`` would otherwise be silently ignored."""
+    schema = OmegaConf.get_type(node)
+    known = {f.name for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else None
+    out = []
+    for key in node.keys():
+        path = f"{prefix}{key}"
+        if path == "hydra":  # Hydra's own config, present in a callback's view of the config
+            continue
+        if known is not None and key not in known:
+            out.append((path, node[key], f"no such key; {prefix.rstrip('.') or 'the top level'} has "
+                                         f"{', '.join(sorted(known))}"))
+        elif isinstance(node._get_node(key), DictConfig):
+            out += _unknown_keys(node[key], f"{path}.")
+    return out
+
+
 def _problems(cfg: DictConfig) -> list[tuple[str, Any, str]]:
     """Every (key, value, what is allowed) that is wrong in ``cfg``."""
-    out: list[tuple[str, Any, str]] = []
+    out: list[tuple[str, Any, str]] = _unknown_keys(cfg)
 
     def need(key: str, ok: bool, allowed: str) -> None:
         if not ok:
@@ -280,9 +330,9 @@ def _problems(cfg: DictConfig) -> list[tuple[str, Any, str]]:
     need("num_samples", cfg.num_samples >= 0, "an integer >= 0 (0 draws no sample grid)")
     need("experiment_name", bool(cfg.experiment_name), "a non-empty MLflow experiment name")
     need("feature_cache.batch_size", cfg.feature_cache.batch_size >= 1, "an integer >= 1")
-    need("feature_cache.enabled", not (cfg.feature_cache.enabled and augmented(cfg, 1)),
-         "null or false while the head trains on augmented images (their features change every epoch), "
-         "or set augment.head_phase=false in a fine-tuning run")
+    need("feature_cache.enabled", not (cfg.feature_cache.enabled and _cache_blocked(cfg)),
+         f"null or false: {_cache_blocked(cfg)}, so their features change every epoch (in a fine-tuning "
+         "run, augment.head_phase=false keeps phase 1 unaugmented)")
     return out
 
 
@@ -297,41 +347,8 @@ def validate(cfg: DictConfig) -> None:
         )
 
 
-def resolve_size(size: float, pool: int) -> int:
-    """A split size as a count: fractions (< 1) of ``pool`` are rounded, counts kept."""
-    return max(1, round(size * pool)) if size < 1 else int(size)
-
-
-@dataclass(frozen=True)
-class SplitSizes:
-    train: int
-    val: int
-    test: int
-
-
-def split_sizes(split: DictConfig, n_train: int, n_test: int) -> SplitSizes:
-    """Sizes of the three splits for a dataset of ``n_train`` + ``n_test`` examples.
-
-    Raises :class:`ConfigError` when the requested split does not fit the data.
-    """
-    if split.kind == "tutorial":
-        pool = n_train + n_test
-        val, test = resolve_size(split.val_size, pool), resolve_size(split.test_size, pool)
-        train = pool - val - test
-        where = f"the pooled {pool} examples"
-    else:
-        if n_test == 0:
-            raise ConfigError(
-                "split=official needs the dataset's own test set, and this dataset has none "
-                "(for an image folder set dataset.test_path). Use split=tutorial instead."
-            )
-        val, test = resolve_size(split.val_size, n_train), n_test
-        train = n_train - val
-        where = f"the dataset's {n_train} training examples"
-    if train < 1:
-        raise ConfigError(
-            f"The split does not fit the data: split.val_size={split.val_size} and "
-            f"split.test_size={split.test_size} take {val + (test if split.kind == 'tutorial' else 0)} "
-            f"of {where}, leaving {train} for training. Use smaller sizes (counts or fractions < 1)."
-        )
-    return SplitSizes(train=train, val=val, test=test)
+def resolve_size(size: float, total: int) -> int:
+    """The fraction-or-count rule of split sizes and ``backbone.fine_tune_from``: a value below 1
+    is a fraction of ``total`` (rounded, at least 1), a value of 1 or more a count.
+    :func:`_size_problem` is its validation."""
+    return max(1, round(size * total)) if size < 1 else int(size)

@@ -1,10 +1,7 @@
-"""Data: load encoded images, split them once (seeded, leak-free), and build tf.data pipelines.
+"""Data: load encoded images and build tf.data pipelines (which examples go where: rps.splits).
 
 Images stay encoded (JPEG/PNG bytes, or file paths for image folders) until a pipeline
-decodes them, so the whole rock_paper_scissors dataset is ~45 MB in memory. The split is a
-fixed permutation of example indices drawn from ``seed``: every epoch sees exactly the same
-train / val / test membership (the reference tutorial reshuffled on every iteration and so
-leaked val/test images into training).
+decodes them, so the whole rock_paper_scissors dataset is ~45 MB in memory.
 """
 
 from __future__ import annotations
@@ -15,7 +12,6 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from rps.config import SplitSizes
 from rps.errors import DataError, ResourceError
 from rps.resources import DatasetSource
 
@@ -118,32 +114,6 @@ def load_image_folder(source: DatasetSource, skip_corrupt: bool) -> tuple[Exampl
     train = _file_examples([(p, y) for p, y in source.train_files if p not in bad])
     test = _file_examples([(p, y) for p, y in source.test_files if p not in bad])
     return train, test, len(bad)
-
-
-# --------------------------------------------------------------------------- splitting
-
-
-def split_indices(n_train: int, n_test: int, kind: str, sizes: SplitSizes, seed: int) -> dict[str, np.ndarray]:
-    """Disjoint ``train``/``val``/``test`` indices into the pool (train examples, then test ones).
-
-    One seeded permutation decides membership once and for all.
-    """
-    rng = np.random.default_rng(seed)
-    if kind == "tutorial":
-        order = rng.permutation(n_train + n_test)
-        val_end = sizes.val + sizes.test
-        return {"train": order[val_end:], "val": order[: sizes.val], "test": order[sizes.val : val_end]}
-    order = rng.permutation(n_train)
-    # the test order only matters for which images the sample grid shows
-    return {"train": order[sizes.val :], "val": order[: sizes.val], "test": n_train + rng.permutation(n_test)}
-
-
-def split_examples(
-    train: Examples, test: Examples, kind: str, sizes: SplitSizes, seed: int
-) -> dict[str, Examples]:
-    """The examples of each split (see :func:`split_indices`)."""
-    pool = concat(train, test)
-    return {name: pool.take(index) for name, index in split_indices(len(train), len(test), kind, sizes, seed).items()}
 
 
 # --------------------------------------------------------------------------- pipelines

@@ -1,4 +1,4 @@
-"""Test-set metrics from predicted probabilities (pure NumPy, one pass of the model)."""
+"""Metrics of a split from predicted probabilities (pure NumPy, one pass of the model)."""
 
 from __future__ import annotations
 
@@ -21,17 +21,20 @@ def metric_name(text: str) -> str:
     return re.sub(r"[^0-9A-Za-z_\-. /]", "_", text)
 
 
-def evaluate(probs: np.ndarray, labels: np.ndarray, class_names: list[str]) -> tuple[dict[str, float], np.ndarray]:
-    """Accuracy, cross-entropy loss and per-class precision/recall, plus the confusion matrix."""
+def evaluate(
+    probs: np.ndarray, labels: np.ndarray, class_names: list[str], split: str = "test"
+) -> tuple[dict[str, float], np.ndarray]:
+    """``<split>_accuracy``, ``<split>_loss`` (cross-entropy) and per-class precision/recall,
+    plus the confusion matrix."""
     predicted = probs.argmax(axis=1)
     true_prob = np.clip(probs[np.arange(len(labels)), labels], EPSILON, 1.0)
     cm = confusion_matrix(labels, predicted, len(class_names))
     metrics = {
-        "test_accuracy": float(np.mean(predicted == labels)),
-        "test_loss": float(-np.mean(np.log(true_prob))),
+        f"{split}_accuracy": float(np.mean(predicted == labels)),
+        f"{split}_loss": float(-np.mean(np.log(true_prob))),
     }
     for c, name in enumerate(class_names):
         predicted_c, actual_c = cm[:, c].sum(), cm[c, :].sum()
-        metrics[f"test_precision_{metric_name(name)}"] = float(cm[c, c] / predicted_c) if predicted_c else 0.0
-        metrics[f"test_recall_{metric_name(name)}"] = float(cm[c, c] / actual_c) if actual_c else 0.0
+        metrics[f"{split}_precision_{metric_name(name)}"] = float(cm[c, c] / predicted_c) if predicted_c else 0.0
+        metrics[f"{split}_recall_{metric_name(name)}"] = float(cm[c, c] / actual_c) if actual_c else 0.0
     return metrics, cm

@@ -1,36 +1,24 @@
-"""One Hydra job: validate, check resources, then train and evaluate inside an MLflow run.
+"""One Hydra job: check, then train and evaluate inside an MLflow run.
 
-Config values, the dataset, the backbone's availability and the tracking server are checked
-before TensorFlow is imported, so such mistakes cost seconds; the backbone is then loaded (and
-its input size checked) before the MLflow run starts. A bad value or a missing mirror leaves
-no run behind. Whatever fails inside the run ends it FAILED (KILLED on Ctrl-C / SIGTERM),
-keeping the epochs finished so far.
+Config values are checked before anything heavy is imported, the tracking store next (a server
+that is down fails in seconds), then the dataset and the backbone (``pipeline.prepare``), all
+before the MLflow run starts: a bad value or a missing mirror leaves no run behind (in a sweep, a
+FAILED child saying why). Whatever fails inside the run ends it FAILED (KILLED on Ctrl-C /
+SIGTERM), keeping the epochs finished so far.
 """
 
 from __future__ import annotations
 
 import logging
-import tempfile
 from pathlib import Path
 from typing import Optional
 
 from omegaconf import DictConfig
 
-from rps.config import split_sizes, validate
-from rps.errors import RpsError
-from rps.resources import DatasetSource, check_backbone, locate_dataset
+from rps.config import validate
+from rps.errors import ConfigError, RpsError
 
 log = logging.getLogger(__name__)
-
-
-def preflight(cfg: DictConfig) -> DatasetSource:
-    """Config values, dataset, split sizes and backbone checks; no TensorFlow, no MLflow run."""
-    validate(cfg)
-    source = locate_dataset(cfg.dataset)
-    if source.n_train is not None:  # unknown only for a dataset still to be downloaded
-        split_sizes(cfg.split, source.n_train, source.n_test)
-    check_backbone(cfg.backbone.handle)
-    return source
 
 
 def default_run_name(cfg: DictConfig) -> str:
@@ -40,85 +28,75 @@ def default_run_name(cfg: DictConfig) -> str:
     )
 
 
-def run(
-    cfg: DictConfig,
-    hydra_dir: Optional[Path] = None,
-    parent_run_id: Optional[str] = None,
-    run_name: Optional[str] = None,
-) -> float:
-    """Run the experiment ``cfg``; returns the test accuracy.
+def _parent(cfg: DictConfig, experiment_id: str):
+    """The run named by ``parent_run_id``, checked to exist in this run's experiment."""
+    import mlflow
 
-    ``parent_run_id`` nests the run under a sweep's parent run; then even a job that fails
-    before training leaves a FAILED run saying why, so the sweep's summary can list it.
+    from rps import tracking
+
+    try:
+        parent = tracking.get_run(cfg.parent_run_id)
+    except mlflow.exceptions.MlflowException as err:
+        raise ConfigError(
+            f"parent_run_id={cfg.parent_run_id} is not a run in the tracking store ({err.error_code}). "
+            "Give the id of an existing run of the same experiment, or leave parent_run_id unset."
+        ) from err
+    if parent.info.experiment_id != experiment_id:
+        raise ConfigError(
+            f"parent_run_id={cfg.parent_run_id} belongs to another experiment than "
+            f"experiment_name={cfg.experiment_name}: MLflow nests runs within one experiment. "
+            "Set experiment_name to the parent's experiment."
+        )
+    return parent
+
+
+def _run_name(cfg: DictConfig, parent, overrides: Optional[list[str]]) -> str:
+    """A sweep job is named by its swept values (the keys its parent lists); others by the config."""
+    from rps import sweep
+
+    if parent is not None and overrides is not None:
+        return sweep.child_run_name(overrides, sweep.swept_keys(parent))
+    return cfg.run_name or default_run_name(cfg)
+
+
+def _record_failure(cfg: DictConfig, experiment_id: Optional[str], overrides, err: RpsError) -> None:
+    """A job nested under a parent (a sweep's) that cannot start still leaves a FAILED run saying why."""
+    from rps import tracking
+
+    try:
+        experiment_id = experiment_id or tracking.setup_experiment(cfg)
+        tracking.record_failed_run(experiment_id, cfg, _run_name(cfg, _parent(cfg, experiment_id), overrides),
+                                   cfg.parent_run_id, err)
+    except Exception as failure:  # the store itself is unusable: nothing can be recorded
+        log.warning("Could not record the failed job in the tracking store: %s", failure)
+
+
+def run(cfg: DictConfig, hydra_dir: Optional[Path] = None, overrides: Optional[list[str]] = None) -> float:
+    """Run the experiment ``cfg``; returns its objective, the validation accuracy of the exported model.
+
+    ``overrides`` (a multirun job's own overrides) name a sweep job's run after its swept values.
     """
     from rps import tracking
 
-    name = run_name or cfg.run_name or default_run_name(cfg)
+    experiment_id = None
     try:
-        source = preflight(cfg)
+        validate(cfg)
         experiment_id = tracking.setup_experiment(cfg)  # fails fast when a tracking server is down
-        from rps.model import load_backbone  # imports TensorFlow
+        parent = _parent(cfg, experiment_id) if cfg.parent_run_id else None
+        from rps import outputs, pipeline  # imports TensorFlow
 
-        # Loaded before the run starts: a backbone that cannot load or rejects the image size
-        # is a configuration problem, not a failed experiment.
-        backbone, feature_dim = load_backbone(cfg.backbone.handle, cfg.backbone.image_size)
+        prepared = pipeline.prepare(cfg)
     except RpsError as err:
-        if parent_run_id:
-            tracking.record_failed_run(cfg, name, parent_run_id, err)
+        if cfg.parent_run_id:
+            _record_failure(cfg, experiment_id, overrides, err)
         raise
-    tags = tracking.environment_tags() | {"dataset": source.name, "backbone_handle": cfg.backbone.handle}
-    if parent_run_id:
-        tags[tracking.PARENT_TAG] = parent_run_id
-    with tracking.tracked_run(experiment_id, name, tags) as active:
+    tags = tracking.environment_tags() | {"dataset": prepared.source.name, "backbone_handle": cfg.backbone.handle}
+    if parent is not None:
+        tags[tracking.PARENT_TAG] = parent.info.run_id
+    with tracking.tracked_run(experiment_id, _run_name(cfg, parent, overrides), tags) as active:
         log.info("MLflow run %s in experiment '%s'", active.info.run_id, cfg.experiment_name)
-        with tracking.writing_artifacts("the run's config"):  # first write: a bad store fails here
-            tracking.log_config(cfg, hydra_dir)
-        return _train_and_log(cfg, source, backbone, feature_dim)
-
-
-def _train_and_log(cfg: DictConfig, source: DatasetSource, backbone, feature_dim: int) -> float:
-    from rps import data, plots, tracking
-    from rps.pipeline import train_and_evaluate
-
-    out = train_and_evaluate(cfg, source, backbone, feature_dim, tracking.MlflowReporter())
-    n = min(cfg.num_samples, len(out.labels))
-    with tracking.writing_artifacts("the plots and the trained model"):
-        if n:
-            images = data.decoded_images(out.test_examples, n)
-            tracking.log_figure(plots.sample_predictions(images, out.labels[:n], out.probs[:n], out.class_names),
-                                "plots/sample_predictions.png")
-        tracking.log_figure(plots.training_curves(out.history), "plots/training_curves.png")
-        tracking.log_figure(plots.confusion_matrix(out.confusion, out.class_names), "plots/confusion_matrix.png")
-        with tempfile.TemporaryDirectory() as tmp:
-            saved = Path(tmp) / "saved_model"
-            tracking.log_classifier(out.classifier, out.class_names, cfg.backbone.image_size, saved,
-                                    register_as=cfg.register_model)
-            if cfg.export.tflite:
-                _log_tflite(cfg, saved, out)
-    return out.metrics["test_accuracy"]
-
-
-def _log_tflite(cfg: DictConfig, saved: Path, out) -> None:
-    """TFLite model(s) as artifacts, with their test accuracy against the SavedModel's."""
-    import mlflow
-
-    from rps import data, export
-    from rps.evaluate import evaluate
-
-    test = data.make_dataset(out.test_examples, cfg.backbone.image_size, cfg.batch_size, len(out.class_names))
-    reference = out.metrics["test_accuracy"]
-    variants = [("model.tflite", False, "tflite")] + (
-        [("model_dynamic_range.tflite", True, "tflite_dynamic_range")] if cfg.export.tflite_quantize else [])
-    for filename, quantize, metric in variants:
-        content = export.to_tflite(saved, quantize)
-        probs = export.tflite_predict(content, (images for images, _ in test.as_numpy_iterator()))
-        accuracy = evaluate(probs, out.labels, out.class_names)[0]["test_accuracy"]
-        gap = abs(accuracy - reference)
-        mlflow.log_metrics({f"{metric}_test_accuracy": accuracy, f"{metric}_accuracy_gap": gap})
-        mlflow.set_tag(f"{metric}_matches_saved_model", str(gap <= export.MAX_ACCURACY_GAP).lower())
-        if gap > export.MAX_ACCURACY_GAP:
-            log.warning("%s test accuracy %.4f differs from the SavedModel's %.4f by more than %.1f points",
-                        filename, accuracy, reference, 100 * export.MAX_ACCURACY_GAP)
-        path = saved.parent / filename
-        path.write_bytes(content)
-        mlflow.log_artifact(str(path), "tflite")
+        report = tracking.MlflowReporter(active.info.run_id)
+        tracking.log_config(report, cfg, hydra_dir)  # first artifact: an unwritable store fails here
+        out = pipeline.train_and_evaluate(prepared, report)
+        outputs.report_outputs(cfg, out, report)
+    return out.metrics[pipeline.OBJECTIVE]

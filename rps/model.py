@@ -18,6 +18,7 @@ import tensorflow as tf
 import tensorflow_hub as hub
 from omegaconf import DictConfig
 
+from rps.config import resolve_size
 from rps.errors import ConfigError, ResourceError
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ class Backbone(hub.KerasLayer):
         """Make the top ``fine_tune_from`` (fraction < 1, or count) trainable; returns the count."""
         self.trainable = True
         total = len(super().trainable_weights)
-        count = max(1, round(fine_tune_from * total)) if fine_tune_from < 1 else min(int(fine_tune_from), total)
+        count = min(resolve_size(fine_tune_from, total), total)
         self.top_variables = count
         return count
 

@@ -1,8 +1,16 @@
-"""The experiment's computation, free of any tracking: data -> split -> (features) -> fit -> evaluate.
+"""The experiment's computation, free of any tracking: prepare, then data -> split -> (features)
+-> fit -> evaluate.
 
+:func:`prepare` needs only the config: it checks what can be checked before a run starts (config
+values, the dataset, whether the split fits, the backbone) and loads the backbone.
 :func:`train_and_evaluate` reports what it learns through a :class:`Reporter` as soon as it
-knows it (so a crash keeps what came before); ``rps.job`` passes one that writes to MLflow,
-the benchmark one that only records.
+knows it (so a crash keeps what came before): ``rps.job`` passes one that writes to MLflow, the
+benchmark one that only records. It never changes the prepared backbone (fine-tuning trains a
+copy of its own), so one :class:`Prepared` serves any number of runs.
+
+Model choice is on validation only: the run's objective (what a sweeper optimizes) is
+:data:`OBJECTIVE`, the exported model's validation accuracy. The test split is evaluated once,
+at the end, and only reported.
 """
 
 from __future__ import annotations
@@ -16,15 +24,26 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from rps import data, features, model, train
-from rps.config import augmented, split_sizes
+from rps.config import PHASE2_CACHE, augmented, feature_cache_plan, validate
 from rps.evaluate import evaluate
 from rps.report import Reporter
-from rps.resources import DatasetSource, backbone_dir
+from rps.resources import DatasetSource, backbone_dir, check_backbone, locate_dataset
+from rps.splits import split_indices, split_sizes
 
 log = logging.getLogger(__name__)
 
-# Why phase 2 never uses the feature cache (logged as the run's tag `feature_cache_fine_tune`).
-PHASE2_CACHE = "off: fine-tuning trains the backbone, so its features change every step"
+# The metric a run is judged by (returned to Hydra's sweeper, used to pick a sweep's best run).
+OBJECTIVE = "best_val_accuracy"
+
+
+@dataclass
+class Prepared:
+    """Everything a run needs before it starts: the checked config, the dataset, the backbone."""
+
+    cfg: DictConfig
+    source: DatasetSource
+    backbone: model.Backbone  # frozen; runs never change it
+    feature_dim: int
 
 
 @dataclass
@@ -33,10 +52,24 @@ class Outcome:
     class_names: list[str]
     test_examples: data.Examples
     history: dict[str, list[float]]
-    probs: np.ndarray
+    probs: np.ndarray  # test split
     labels: np.ndarray
-    metrics: dict[str, float]
+    metrics: dict[str, float]  # best_val_accuracy / best_val_loss (the exported model's), test_*
     confusion: np.ndarray
+
+
+def prepare(cfg: DictConfig) -> Prepared:
+    """Check the config, the dataset, the split's fit and the backbone, then load the backbone.
+
+    Raises an :class:`~rps.errors.RpsError` naming the fix for whatever is wrong.
+    """
+    validate(cfg)
+    source = locate_dataset(cfg.dataset)
+    if source.n_train is not None:  # unknown only for a dataset still to be downloaded
+        split_sizes(cfg.split, source.n_train, source.n_test)
+    check_backbone(cfg.backbone.handle)
+    backbone, feature_dim = model.load_backbone(cfg.backbone.handle, cfg.backbone.image_size)
+    return Prepared(cfg, source, backbone, feature_dim)
 
 
 def load_examples(cfg: DictConfig, source: DatasetSource, report: Reporter) -> tuple[data.Examples, data.Examples, list[str]]:
@@ -47,23 +80,6 @@ def load_examples(cfg: DictConfig, source: DatasetSource, report: Reporter) -> t
     train_ex, test_ex, skipped = data.load_image_folder(source, cfg.dataset.skip_corrupt)
     report.metrics({"skipped_corrupt_images": skipped})
     return train_ex, test_ex, source.class_names
-
-
-def cache_decision(cfg: DictConfig) -> tuple[bool, str]:
-    """Whether the head trains on cached backbone features, and why (``validate`` has already
-    rejected ``feature_cache.enabled=true`` where caching is invalid).
-
-    Only phase 1 can use the cache: with ``backbone.trainable=true`` the head first trains on
-    the frozen backbone, whose features are exactly the cached ones; phase 2 (fine-tuning)
-    changes the backbone every step, so it always runs on images.
-    """
-    if augmented(cfg, 1):
-        return False, "off: training images are augmented (augment=basic)"
-    if cfg.feature_cache.enabled is False:
-        return False, "off: feature_cache.enabled=false"
-    if cfg.backbone.trainable:
-        return True, "on for phase 1: the backbone is still frozen and the head's images are not augmented"
-    return True, "on: frozen backbone, no augmentation"
 
 
 def _cached_pool_features(cfg, pool: data.Examples, backbone, feature_dim: int, report: Reporter) -> np.ndarray:
@@ -116,29 +132,26 @@ def _fine_tune(cfg, classifier, backbone, datasets, n_train: int, done: int, his
     return {k: history[k] + more.get(k, []) for k in history}
 
 
-def train_and_evaluate(
-    cfg: DictConfig, source: DatasetSource, backbone, feature_dim: int, report: Optional[Reporter] = None
-) -> Outcome:
-    report = report or Reporter()
+def train_and_evaluate(prepared: Prepared, report: Optional[Reporter] = None) -> Outcome:
+    cfg, report = prepared.cfg, report or Reporter()
     train.seed_everything(cfg.seed)
-    train_ex, test_ex, class_names = load_examples(cfg, source, report)
+    train_ex, test_ex, class_names = load_examples(cfg, prepared.source, report)
     sizes = split_sizes(cfg.split, len(train_ex), len(test_ex))  # exact, also after skipping files
-    index = data.split_indices(len(train_ex), len(test_ex), cfg.split.kind, sizes, cfg.seed)
+    index = split_indices(len(train_ex), len(test_ex), cfg.split.kind, sizes, cfg.seed)
     pool = data.concat(train_ex, test_ex)
     report.params({f"data.n_{name}": len(i) for name, i in index.items()}
                   | {"data.class_names": ",".join(class_names)})
 
     size, n_classes, batch = cfg.backbone.image_size, len(class_names), cfg.batch_size
-    head = model.build_head(feature_dim, n_classes, cfg.head)
-    classifier = model.build_classifier(backbone, head, size)
+    head = model.build_head(prepared.feature_dim, n_classes, cfg.head)
+    classifier = model.build_classifier(prepared.backbone, head, size)
     report.params({f"model.{k}_params": v for k, v in model.count_params(classifier).items()}
-                  | {"model.feature_dim": feature_dim})
+                  | {"model.feature_dim": prepared.feature_dim})
 
-    use_cache, reason = cache_decision(cfg)
+    use_cache, reason = feature_cache_plan(cfg)
     log.info("Feature cache %s", reason)
-    fine_tune = cfg.backbone.trainable
     if use_cache:
-        pool_features = _cached_pool_features(cfg, pool, backbone, feature_dim, report)
+        pool_features = _cached_pool_features(cfg, pool, prepared.backbone, prepared.feature_dim, report)
         trainee = head  # same weights as inside `classifier`
         datasets = {
             name: data.make_feature_dataset(pool_features[i], pool.labels[i], batch, n_classes,
@@ -149,20 +162,26 @@ def train_and_evaluate(
         report.tags({"feature_cache": reason})
         trainee = classifier
         datasets = _image_datasets(cfg, pool, index, n_classes, augmented(cfg, 1))
-    phase = {"phase": 1} if fine_tune else {}
+    phase = {"phase": 1} if cfg.backbone.trainable else {}
     steps = _optimizer_steps(cfg.epochs, len(index["train"]), batch)
     model.compile_for_training(trainee, cfg.optimizer, steps, cfg.label_smoothing)
     history = train.fit(trainee, datasets["train"], datasets["val"], cfg.epochs,
                         lambda m, e: report.epoch(m | phase, e), train.schedule_callbacks(cfg))
-    if fine_tune:
+    if cfg.backbone.trainable:
+        # a backbone of its own: the prepared one stays frozen and unchanged for other runs
+        backbone, _ = model.load_backbone(cfg.backbone.handle, size)
+        classifier = trainee = model.build_classifier(backbone, head, size)
         if use_cache or augmented(cfg, 2) != augmented(cfg, 1):  # else phase 1's pipelines continue
             datasets = _image_datasets(cfg, pool, index, n_classes, augmented(cfg, 2))
-        trainee = classifier
         history = _fine_tune(cfg, classifier, backbone, datasets, len(index["train"]), len(history["val_accuracy"]),
                              history, report)
-    report.metrics({"best_val_accuracy": max(history["val_accuracy"]), "epochs_trained": len(history["val_accuracy"])})
+    val_metrics, _ = evaluate(*train.predict(trainee, datasets["val"]), class_names, split="val")
+    chosen = {OBJECTIVE: val_metrics["val_accuracy"], "best_val_loss": val_metrics["val_loss"],
+              "epochs_trained": len(history["val_accuracy"])}
+    report.metrics(chosen)
     probs, labels = train.predict(trainee, datasets["test"])
     metrics, cm = evaluate(probs, labels, class_names)
     report.metrics(metrics)
-    log.info("test accuracy %.4f, test loss %.4f", metrics["test_accuracy"], metrics["test_loss"])
-    return Outcome(classifier, class_names, pool.take(index["test"]), history, probs, labels, metrics, cm)
+    log.info("validation accuracy %.4f (chosen on), test accuracy %.4f (reported only)",
+             chosen[OBJECTIVE], metrics["test_accuracy"])
+    return Outcome(classifier, class_names, pool.take(index["test"]), history, probs, labels, chosen | metrics, cm)

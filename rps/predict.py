@@ -24,8 +24,7 @@ from typing import Callable, Optional
 
 import rps  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from rps.errors import ResourceError, RpsError
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
+from rps.resources import PREDICT_EXTENSIONS
 
 
 @dataclass
@@ -62,9 +61,9 @@ def load_predictor(model: str, tracking_uri: Optional[str] = None, mlruns_dir: s
         raise ResourceError(f"MODEL {model} is not a folder nor an MLflow model URI (runs:/<id>/model, models:/<name>/<v>).")
     import mlflow
 
-    from rps.tracking import resolve_tracking_uri
+    from rps.tracking import use_store
 
-    mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri, mlruns_dir)[0])
+    use_store(tracking_uri, mlruns_dir)
     try:
         loaded = mlflow.pyfunc.load_model(model)
     except Exception as err:  # MLflow raises several types for unknown runs/models/paths
@@ -81,7 +80,7 @@ def image_files(inputs: list[str]) -> list[Path]:
     for item in inputs:
         path = Path(item).expanduser()
         if path.is_dir():
-            out += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            out += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in PREDICT_EXTENSIONS)
         else:
             out.append(path)
     return out
@@ -174,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ResourceError(f"--output {args.output}: the folder {args.output.parent} does not exist.")
         files = image_files(args.inputs)
         if not files:
-            raise ResourceError(f"No image files in {', '.join(args.inputs)} (looked for {', '.join(sorted(IMAGE_SUFFIXES))}).")
+            raise ResourceError(f"No image files in {', '.join(args.inputs)} (looked for {', '.join(sorted(PREDICT_EXTENSIONS))}).")
         predictor = load_predictor(args.model, args.tracking_uri)
     except RpsError as err:
         print(f"rps.predict: error: {err}", file=sys.stderr)

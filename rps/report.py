@@ -1,20 +1,23 @@
-"""Where a run's results go as soon as they are known (no dependencies: TF- and MLflow-free)."""
+"""Where a run's results go as soon as they are known (TensorFlow- and MLflow-free).
+
+The pipeline reports everything it produces through a :class:`Reporter`: params, tags, metrics,
+per-epoch metrics, figures, texts, files and the trained model. This base class keeps what it
+is given in memory (the benchmark and the tests read it); ``rps.tracking.MlflowReporter`` also
+writes each piece to the run the moment it arrives, so a run that crashes keeps everything
+reported before the crash.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Any, Optional
 
 
 class Reporter:
-    """Receives what a run produces; this base class keeps it in memory.
-
-    ``rps.tracking.MlflowReporter`` also writes each piece to MLflow the moment it arrives, so a
-    run that crashes keeps everything reported before the crash.
-    """
-
     def __init__(self):
         self.recorded: dict[str, dict] = {"params": {}, "tags": {}, "metrics": {}}
         self.epochs: list[tuple[int, dict[str, float]]] = []
+        self.artifacts: list[str] = []  # artifact paths, in the order reported
 
     def params(self, values: dict[str, Any]) -> None:
         self.recorded["params"].update(values)
@@ -27,3 +30,21 @@ class Reporter:
 
     def epoch(self, values: dict[str, float], step: int) -> None:
         self.epochs.append((step, values))
+
+    def figure(self, fig, path: str) -> None:
+        """A matplotlib figure, saved as ``path`` (then closed)."""
+        from rps.plots import close
+
+        close(fig)
+        self.artifacts.append(path)
+
+    def text(self, text: str, path: str) -> None:
+        self.artifacts.append(path)
+
+    def files(self, local: Path, artifact_dir: str) -> None:
+        """A local file or folder, stored under ``artifact_dir``."""
+        self.artifacts.append(f"{artifact_dir}/{local.name}" if local.is_file() else artifact_dir)
+
+    def model(self, exported, saved_dir: Path, info: dict, register_as: Optional[str] = None) -> None:
+        """The trained classifier: the exported module, the SavedModel it was saved to, its metadata."""
+        self.artifacts.append("model")

@@ -21,7 +21,8 @@ from omegaconf import DictConfig
 
 from rps.errors import ResourceError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")  # what tf.io.decode_image reads
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")  # what tf.io.decode_image reads (datasets)
+PREDICT_EXTENSIONS = IMAGE_EXTENSIONS + (".webp", ".tif", ".tiff", ".ppm")  # and Pillow (rps.predict)
 TFDS_DOWNLOAD_URL = "https://storage.googleapis.com"  # where TFDS fetches rock_paper_scissors
 
 

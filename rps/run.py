@@ -21,7 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from rps import job, sweep
+from rps import job
 from rps.config import register_configs
 from rps.errors import RpsError, Terminated
 
@@ -35,6 +35,7 @@ def _on_sigterm(signum, frame):
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
+    """One run; returns its validation accuracy (a sweeper's objective: never the test split's)."""
     signal.signal(signal.SIGTERM, _on_sigterm)
     # Ctrl-C must end the run KILLED even when the launching shell ignored SIGINT for us (as
     # shells do for background jobs), so Python's KeyboardInterrupt handler is installed explicitly.
@@ -42,12 +43,9 @@ def main(cfg: DictConfig) -> float:
     hc = HydraConfig.get()
     hydra_dir = Path(hc.runtime.output_dir) / hc.output_subdir
     multirun = hc.mode == RunMode.MULTIRUN
-    parent, run_name = None, None
-    if multirun:
-        parent, keys = sweep.sweep_context(hc.sweep.dir)
-        run_name = sweep.child_run_name(list(hc.overrides.task), keys)
     try:
-        return job.run(cfg, hydra_dir, parent, run_name)
+        # the job's own overrides name a sweep job's run; its value goes back to the sweeper
+        return job.run(cfg, hydra_dir, list(hc.overrides.task) if multirun else None)
     except RpsError as err:
         print(f"rps: error: {err}", file=sys.stderr)
         if multirun:  # this job fails alone (its run says why); the sweep goes on
@@ -59,7 +57,7 @@ def main(cfg: DictConfig) -> float:
     except Exception:
         if not multirun:
             raise
-        log.exception("Sweep job %s failed (its MLflow run is marked FAILED)", run_name)
+        log.exception("Sweep job %s failed (its MLflow run is marked FAILED)", " ".join(hc.overrides.task))
         return float("nan")
 
 

@@ -1,33 +1,31 @@
 """Hydra multirun sweeps as one MLflow parent run with every job as a nested child run.
 
 ``MlflowSweepCallback`` (registered in ``conf/config.yaml``) opens the parent run when a
-multirun starts and writes its id into the sweep directory, where every job finds it, whichever
-launcher runs the jobs (in-process, or joblib worker processes). When the sweep ends it marks
-children that died RUNNING as KILLED, writes the summary (CSV + markdown table, an accuracy plot,
-``best_*`` metrics chosen by validation accuracy, the best child's run id as a tag) and closes
-the parent. A failed child fails alone; the summary lists it and the sweep exits non-zero.
+multirun starts and adds ``parent_run_id=<its id>`` to the overrides every job is composed with,
+so the id travels inside each job's config to whatever process or machine runs it (basic,
+joblib, submitit or Ray launchers). When the sweep ends it marks children that died RUNNING as
+KILLED, writes the summary (CSV + markdown table, an accuracy plot, the best job chosen on
+validation accuracy, mean and spread over the finished jobs) and closes the parent. A failed
+child fails alone; the summary lists it and the sweep exits non-zero.
 """
 
 from __future__ import annotations
 
 import atexit
-import csv
-import io
-import json
 import logging
 import re
-import statistics
 import sys
 from pathlib import Path
 from typing import Any, Optional
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, read_write
+
+from rps import summary
 
 log = logging.getLogger(__name__)
 
-SWEEP_FILE = "mlflow_sweep.json"  # in the sweep dir: the parent run id and the swept keys
-PARENT_TAG = "mlflow.parentRunId"
+PARENT_KEY = "parent_run_id"  # the config key that nests a job under its sweep's parent run
 SWEEP_VALUE = re.compile(r"^(range|choice|interval|glob)\(|,")
 
 
@@ -59,18 +57,9 @@ def child_run_name(job_overrides: list[str], keys: list[str]) -> str:
     for item in job_overrides:
         key, _, value = item.partition("=")
         key = key.lstrip("+~")
-        if key in keys or not keys:
+        if key != PARENT_KEY and (key in keys or not keys):
             parts.append(f"{key.split('.')[-1]}={value}")
     return " ".join(parts) or "default"
-
-
-def sweep_context(sweep_dir: str | Path) -> tuple[Optional[str], list[str]]:
-    """(parent run id, swept keys) that the sweep's callback left for its jobs."""
-    path = Path(sweep_dir) / SWEEP_FILE
-    if not path.is_file():
-        return None, []
-    info = json.loads(path.read_text())
-    return info["parent_run_id"], info["keys"]
 
 
 class MlflowSweepCallback(Callback):
@@ -78,6 +67,7 @@ class MlflowSweepCallback(Callback):
 
     def __init__(self) -> None:
         self.parent_id: Optional[str] = None
+        self.heartbeat = None
         self.finished = False
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -90,37 +80,47 @@ class MlflowSweepCallback(Callback):
             sys.exit(2)
 
     def _open_parent(self, config: DictConfig) -> None:
-        import mlflow
-
         from rps import tracking
+        from rps.tracking.runs import Heartbeat
 
         sweep_dir = Path(config.hydra.sweep.dir)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
         experiment_id = tracking.setup_experiment(config)
-        overrides = list(config.hydra.overrides.task)
-        client = mlflow.MlflowClient()
-        name = config.get("run_name") or f"sweep {sweep_dir.name}"
-        run = client.create_run(experiment_id, run_name=name, tags=tracking.environment_tags() | {"sweep": "parent"})
-        self.parent_id = run.info.run_id
-        client.log_batch(self.parent_id, params=[
-            mlflow.entities.Param(k, str(v)) for k, v in (sweep_params(overrides) | {
+        overrides = [o for o in config.hydra.overrides.task if not o.startswith(f"{PARENT_KEY}=")]
+        keys = varying_keys(config)
+        tags = {"sweep": "parent", "sweep.keys": ",".join(keys)}
+        if config.get(PARENT_KEY):  # the sweep itself nests under the run the user named
+            tags[tracking.PARENT_TAG] = config[PARENT_KEY]
+        self.parent_id = tracking.open_parent_run(
+            experiment_id, config.get("run_name") or f"sweep {sweep_dir.name}", tags,
+            sweep_params(overrides) | {
                 "sweeper": config.hydra.sweeper.get("_target_", "?"),
                 "launcher": config.hydra.launcher.get("_target_", "?"),
                 "sweep_dir": str(sweep_dir.resolve()),
-            }).items()
-        ])
-        keys = varying_keys(config)
-        client.set_tag(self.parent_id, "sweep.keys", ",".join(keys))
-        (sweep_dir / SWEEP_FILE).write_text(json.dumps({"parent_run_id": self.parent_id, "keys": keys}))
+            })
+        self.heartbeat = Heartbeat(self.parent_id).__enter__()
         atexit.register(self._abandon)
+        # Every job's config carries the parent's id (the sweeper reads these overrides after this
+        # callback), so jobs nest under it whichever launcher runs them, on whatever machine.
+        with read_write(config.hydra.overrides):
+            config.hydra.overrides.task = overrides + [f"{PARENT_KEY}={self.parent_id}"]
         log.info("MLflow sweep run %s (children nest under it)", self.parent_id)
+
+    def __getstate__(self) -> dict:
+        """Launchers that pickle Hydra's context (joblib) get the callback without its thread."""
+        return self.__dict__ | {"heartbeat": None}
+
+    def _end(self, status: str) -> None:
+        from rps import tracking
+
+        if self.heartbeat is not None:
+            self.heartbeat.__exit__(None, None, None)
+        tracking.end_run(self.parent_id, status)
+        self.finished = True
 
     def _abandon(self) -> None:
         """At exit without a summary (Ctrl-C, a crash): the parent must not stay RUNNING."""
         if self.parent_id and not self.finished:
-            import mlflow
-
-            mlflow.MlflowClient().set_terminated(self.parent_id, "KILLED")
+            self._end("KILLED")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if not self.parent_id:
@@ -130,7 +130,7 @@ class MlflowSweepCallback(Callback):
         except Exception as err:
             print(f"rps: error: the sweep's summary could not be written: {err}", file=sys.stderr)
             sys.exit(1)  # the parent run is then marked KILLED at exit
-        self.finished = True
+        self._end("FINISHED")
         if failed:
             print(f"rps: {failed} sweep job(s) failed; see the sweep run's summary.md.", file=sys.stderr)
             sys.exit(1)
@@ -139,106 +139,37 @@ class MlflowSweepCallback(Callback):
 # --------------------------------------------------------------------------- summary
 
 
-def child_runs(client, parent_id: str) -> list:
-    parent = client.get_run(parent_id)
-    return client.search_runs(
-        [parent.info.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'",
-        order_by=["attributes.start_time ASC"], max_results=10000,
-    )
-
-
 def swept_keys(parent) -> list[str]:
     return [k for k in parent.data.tags.get("sweep.keys", "").split(",") if k]
 
 
-def run_row(run, keys: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """One run as a table row: name, status, the given params, accuracies, id, error."""
-    row = {"run_name": run.info.run_name, "status": run.info.status}
-    row |= {key: run.data.params.get(key, "") for key in keys}
-    row["best_val_accuracy"] = run.data.metrics.get("best_val_accuracy")
-    row["test_accuracy"] = run.data.metrics.get("test_accuracy")
-    row["run_id"] = run.info.run_id
-    row["error"] = run.data.tags.get("error", "")
-    return row
-
-
-def markdown(table: list[dict[str, Any]]) -> str:
-    if not table:
-        return "(no jobs)\n"
-    header = list(table[0])
-
-    def cell(value: Any) -> str:
-        return f"{value:.4f}" if isinstance(value, float) else str("" if value is None else value).replace("|", "/")
-
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell(row[h]) for h in header) + " |" for row in table]
-    return "\n".join(lines) + "\n"
-
-
-def sweep_stats(table: list[dict[str, Any]]) -> dict[str, float]:
-    """Mean and sample standard deviation (two jobs or more) of each accuracy over the finished
-    jobs, and their number: a sweep over seeds is read by these."""
-    finished = [r for r in table if r["status"] == "FINISHED"]
-    stats: dict[str, float] = {"n_finished": len(finished)}
-    for key in ("test_accuracy", "best_val_accuracy"):
-        values = [r[key] for r in finished if r[key] is not None]
-        if values:
-            stats[f"mean_{key}"] = statistics.fmean(values)
-        if len(values) >= 2:
-            stats[f"std_{key}"] = statistics.stdev(values)
-    return stats
-
-
-def stats_line(table: list[dict[str, Any]]) -> str:
-    """``mean test_accuracy 0.9740 ± 0.0450 (sample std) over 3 finished jobs``, or nothing."""
-    stats = sweep_stats(table)
-    if "mean_test_accuracy" not in stats:
-        return ""
-    std = f" ± {stats['std_test_accuracy']:.4f} (sample std)" if "std_test_accuracy" in stats else ""
-    n = stats["n_finished"]
-    return f"\nmean test_accuracy {stats['mean_test_accuracy']:.4f}{std} over {n} finished job{'s' * (n != 1)}\n"
-
-
-def to_csv(table: list[dict[str, Any]]) -> str:
-    out = io.StringIO()
-    if table:
-        writer = csv.DictWriter(out, fieldnames=list(table[0]))
-        writer.writeheader()
-        writer.writerows(table)
-    return out.getvalue()
-
-
 def summarize(parent_id: str) -> int:
-    """Write the sweep summary into the parent run and close it; returns the number of failures."""
+    """Write the sweep summary into the parent run; returns the number of failed jobs.
+
+    The best job is chosen on validation only (:func:`rps.summary.choose_best`); its test
+    accuracy is logged beside it, reported and never compared.
+    """
     import mlflow
 
-    from rps import plots
+    from rps import plots, tracking
 
     client = mlflow.MlflowClient()
-    for run in child_runs(client, parent_id):
-        if run.info.status == "RUNNING":  # its process died without closing it
-            client.set_terminated(run.info.run_id, "KILLED")
-    children = child_runs(client, parent_id)
-    keys = swept_keys(client.get_run(parent_id))
-    table = [run_row(run, keys) for run in children]
-    client.log_text(parent_id, to_csv(table), "summary/summary.csv")
-    client.log_text(parent_id, markdown(table) + stats_line(table), "summary/summary.md")
-    fig = plots.sweep_accuracy(table, keys)
-    client.log_figure(parent_id, fig, "summary/accuracy.png")
-    plots.close(fig)
-    finished = [r for r in table if r["status"] == "FINISHED" and r["best_val_accuracy"] is not None]
+    for run in tracking.child_runs(parent_id, client):
+        if run.info.status == "RUNNING":  # the launcher returned, so its process is gone
+            tracking.end_run(run.info.run_id, "KILLED")
+    keys = swept_keys(tracking.get_run(parent_id))
+    table = [summary.run_row(run, keys) for run in tracking.child_runs(parent_id, client)]
+    report = tracking.MlflowReporter(parent_id)
+    report.text(summary.to_csv(table), "summary/summary.csv")
+    report.text(summary.markdown(table) + summary.stats_line(table), "summary/summary.md")
+    report.figure(plots.sweep_accuracy(table, keys), "summary/accuracy.png")
     failed = [r for r in table if r["status"] != "FINISHED"]
-    client.log_metric(parent_id, "n_children", len(table))
-    client.log_metric(parent_id, "n_failed", len(failed))
-    for name, value in sweep_stats(table).items():
-        client.log_metric(parent_id, name, value)
-    if finished:
-        # chosen on validation accuracy (test accuracy breaks ties, then the first started job)
-        best = max(finished, key=lambda r: (r["best_val_accuracy"], r["test_accuracy"] or 0))
-        client.log_metric(parent_id, "best_val_accuracy", best["best_val_accuracy"])
-        client.log_metric(parent_id, "best_test_accuracy", best["test_accuracy"])
-        client.set_tag(parent_id, "best_run_id", best["run_id"])
-        client.set_tag(parent_id, "best_run_name", best["run_name"])
-    client.set_terminated(parent_id, "FINISHED")
-    print(f"\nSweep {parent_id}: {len(table)} jobs, {len(failed)} failed\n{markdown(table)}{stats_line(table)}")
+    report.metrics({"n_children": len(table), "n_failed": len(failed)} | summary.sweep_stats(table))
+    best = summary.choose_best(table)
+    if best is not None:
+        report.metrics({"best_val_accuracy": best["best_val_accuracy"], "best_test_accuracy": best["test_accuracy"]})
+        report.tags({"best_run_id": best["run_id"], "best_run_name": best["run_name"],
+                     "best_chosen_by": summary.CHOSEN_BY})
+    print(f"\nSweep {parent_id}: {len(table)} jobs, {len(failed)} failed\n"
+          f"{summary.markdown(table)}{summary.stats_line(table)}")
     return len(failed)

@@ -30,8 +30,14 @@ def tiny_image(label: int, rng: np.random.Generator, size: int = 48) -> np.ndarr
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
-def prepare_tiny_tfds(data_dir: str | Path, n_train: int = 60, n_test: int = 24, seed: int = 0) -> Path:
-    """A prepared ``rock_paper_scissors/3.0.0`` under ``data_dir``; returns its version folder."""
+def prepare_tiny_tfds(
+    data_dir: str | Path, n_train: int = 60, n_test: int = 24, seed: int = 0, test_label_shift: int = 0
+) -> Path:
+    """A prepared ``rock_paper_scissors/3.0.0`` under ``data_dir``; returns its version folder.
+
+    ``test_label_shift`` relabels the test split's images (class ``c`` labelled ``c + shift``),
+    leaving the images and the train split as they are.
+    """
     import tensorflow_datasets as tfds
 
     class TinyRockPaperScissors(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -48,13 +54,14 @@ def prepare_tiny_tfds(data_dir: str | Path, n_train: int = 60, n_test: int = 24,
             )
 
         def _split_generators(self, dl_manager):
-            return {"train": self._generate_examples(n_train, seed), "test": self._generate_examples(n_test, seed + 1)}
+            return {"train": self._generate_examples(n_train, seed, 0),
+                    "test": self._generate_examples(n_test, seed + 1, test_label_shift)}
 
-        def _generate_examples(self, n, split_seed):
+        def _generate_examples(self, n, split_seed, shift):
             rng = np.random.default_rng(split_seed)
             for i in range(n):
                 label = i % 3
-                yield f"{split_seed}-{i}", {"image": tiny_image(label, rng), "label": label}
+                yield f"{split_seed}-{i}", {"image": tiny_image(label, rng), "label": (label + shift) % 3}
 
     builder = TinyRockPaperScissors(data_dir=str(data_dir))
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))

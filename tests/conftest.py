@@ -88,6 +88,25 @@ def run_cli(*overrides: str, cwd: Path, env: dict[str, str], timeout: float = 60
     return CliResult(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - start)
 
 
+def prepared_run(cfg, **changes):
+    """A :class:`rps.pipeline.Prepared` for ``cfg`` (with ``changes`` merged in), as a run sees it."""
+    from omegaconf import OmegaConf
+
+    from rps.pipeline import prepare
+
+    return prepare(OmegaConf.merge(cfg, changes) if changes else cfg)
+
+
+def split_examples(train, test, split_cfg, seed: int) -> dict:
+    """The examples of each split, exactly as a run with this split config and seed takes them."""
+    from rps import data
+    from rps.splits import split_indices, split_sizes
+
+    sizes = split_sizes(split_cfg, len(train), len(test))
+    pool = data.concat(train, test)
+    return {name: pool.take(i) for name, i in split_indices(len(train), len(test), split_cfg.kind, sizes, seed).items()}
+
+
 def store(cwd: Path):
     """An MlflowClient on the default store a run launched from ``cwd`` writes."""
     import mlflow

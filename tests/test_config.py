@@ -4,9 +4,12 @@ import pytest
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
+from hydra.errors import ConfigCompositionException
+
 from conftest import compose
-from rps.config import SplitSizes, split_sizes, validate
+from rps.config import validate
 from rps.errors import ConfigError
+from rps.splits import SplitSizes, split_sizes
 
 
 def test_default_config_is_the_reference_recipe():
@@ -85,14 +88,29 @@ def test_image_folder_needs_a_path():
         validate(compose("dataset=image_folder"))
 
 
-def test_wrong_types_are_rejected_by_the_schema():
-    with pytest.raises(Exception, match="epochs"):
+def test_wrong_types_and_unknown_keys_are_rejected_by_the_schema():
+    with pytest.raises(ConfigCompositionException, match="epochs=two"):
         compose("epochs=two")
     cfg = compose()
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError, match="head.dropout"):
         cfg.head.dropout = "high"
-    with pytest.raises(Exception, match="not_a_knob"):
+    with pytest.raises(ConfigCompositionException, match="not_a_knob"):
         compose("head.not_a_knob=1")
+    with pytest.raises(ConfigError, match=r"head.not_a_knob=1 \(allowed: no such key; head has dropout, "):
+        validate(compose("+head.not_a_knob=1"))  # Hydra appends it: validate refuses it
+    with pytest.raises(ConfigError, match="bogus=3"):
+        validate(compose("+bogus=3"))
+
+
+def test_group_options_list_only_real_options():
+    """The schemas live in their own group, so they are not offered as options."""
+    with pytest.raises(ConfigCompositionException) as err:
+        compose("optimizer=rmsprop")
+    options = str(err.value).split("Available options in 'optimizer':")[1].split("Config search path")[0].split()
+    assert options == ["adam", "sgd"]
+    with pytest.raises(ConfigCompositionException) as err:
+        compose("dataset=csv")
+    assert "schema" not in str(err.value).split("Config search path")[0]
 
 
 def test_tutorial_split_sizes_and_fractions():

@@ -8,8 +8,8 @@ import pytest
 import rps  # noqa: F401
 from conftest import compose
 from rps import data, resources
-from rps.config import SplitSizes, split_sizes
 from rps.errors import DataError
+from rps.splits import SplitSizes, split_indices, split_sizes
 
 
 @pytest.fixture(scope="module")
@@ -17,6 +17,11 @@ def tiny_examples(tiny_tfds):
     source = resources.locate_tfds(compose(f"dataset.data_dir={tiny_tfds}").dataset)
     train, test, names, version = data.load_tfds(source)
     return train, test, names
+
+
+def split_examples(train, test, kind, sizes, seed):
+    pool = data.concat(train, test)
+    return {name: pool.take(i) for name, i in split_indices(len(train), len(test), kind, sizes, seed).items()}
 
 
 def digests(ds) -> list[str]:
@@ -34,7 +39,7 @@ def test_tfds_loading_keeps_every_example(tiny_examples):
 def test_tutorial_split_is_disjoint_and_complete(tiny_examples):
     train, test, _ = tiny_examples
     sizes = SplitSizes(train=60, val=12, test=12)
-    splits = data.split_examples(train, test, "tutorial", sizes, seed=3)
+    splits = split_examples(train, test, "tutorial", sizes, seed=3)
     assert {k: len(v) for k, v in splits.items()} == {"train": 60, "val": 12, "test": 12}
     keys = {k: {bytes(b) for b in v.images} for k, v in splits.items()}
     assert not keys["train"] & keys["val"] and not keys["train"] & keys["test"] and not keys["val"] & keys["test"]
@@ -45,7 +50,7 @@ def test_no_image_crosses_splits_across_two_epochs(tiny_examples):
     """The reference tutorial reshuffled on every pass; here membership never changes."""
     train, test, _ = tiny_examples
     sizes = split_sizes(compose("split.val_size=12", "split.test_size=12").split, 60, 24)
-    splits = data.split_examples(train, test, "tutorial", sizes, seed=0)
+    splits = split_examples(train, test, "tutorial", sizes, seed=0)
     ds = {k: data.make_dataset(v, 32, 16, 3, shuffle_seed=0 if k == "train" else None) for k, v in splits.items()}
     epochs = [{k: digests(d) for k, d in ds.items()} for _ in range(2)]
     for split in ("val", "test"):
@@ -60,7 +65,7 @@ def test_no_image_crosses_splits_across_two_epochs(tiny_examples):
 def test_same_seed_same_split_other_seed_other_split(tiny_examples):
     train, test, _ = tiny_examples
     sizes = SplitSizes(train=60, val=12, test=12)
-    a, b, c = (data.split_examples(train, test, "tutorial", sizes, seed=s) for s in (7, 7, 8))
+    a, b, c = (split_examples(train, test, "tutorial", sizes, seed=s) for s in (7, 7, 8))
     for k in ("train", "val", "test"):
         assert list(a[k].images) == list(b[k].images)
         assert np.array_equal(a[k].labels, b[k].labels)
@@ -69,7 +74,7 @@ def test_same_seed_same_split_other_seed_other_split(tiny_examples):
 
 def test_official_split_keeps_the_dataset_test_set(tiny_examples):
     train, test, _ = tiny_examples
-    splits = data.split_examples(train, test, "official", SplitSizes(train=54, val=6, test=24), seed=0)
+    splits = split_examples(train, test, "official", SplitSizes(train=54, val=6, test=24), seed=0)
     assert sorted(map(bytes, splits["test"].images)) == sorted(map(bytes, test.images))
     assert len(splits["train"]) == 54 and len(splits["val"]) == 6
     assert not {bytes(b) for b in splits["train"].images} & {bytes(b) for b in splits["val"].images}

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TINY_SPLIT, all_runs, compose, run_cli, store
+from conftest import ROOT, TINY_SPLIT, all_runs, compose, run_cli, split_examples, store
 
 pytestmark = pytest.mark.slow
 EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
@@ -21,19 +21,21 @@ EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
 
 @pytest.fixture(scope="module")
 def finished_run(tiny_tfds, hub_cache, tmp_path_factory):
-    """One 2-epoch run on the tiny data, launched from an empty directory."""
+    """One 2-epoch run on the tiny data, launched from an empty directory, with a feature cache
+    of its own (so it builds the entry whatever other tests ran before)."""
     cwd = tmp_path_factory.mktemp("launch")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TFDS_", "TFHUB_"))}
-    env.update(TFDS_DATA_DIR=str(tiny_tfds), TFHUB_CACHE_DIR=str(hub_cache))
+    env.update(TFDS_DATA_DIR=str(tiny_tfds), TFHUB_CACHE_DIR=str(hub_cache),
+               XDG_CACHE_HOME=str(tmp_path_factory.mktemp("own_cache")))
     result = run_cli("epochs=2", *TINY_SPLIT, cwd=cwd, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     runs = all_runs(cwd)
     assert len(runs) == 1
-    return cwd, runs[0]
+    return cwd, runs[0], env
 
 
 def test_run_finishes_with_params_tags_and_epoch_metrics(finished_run):
-    cwd, run = finished_run
+    cwd, run, _ = finished_run
     assert run.info.status == "FINISHED"
     params = run.data.params
     for key, value in {"head.dropout": "0.5", "optimizer.lr": "0.001", "optimizer.name": "adam",
@@ -46,18 +48,23 @@ def test_run_finishes_with_params_tags_and_epoch_metrics(finished_run):
     assert tags["backbone_handle"].startswith("https://tfhub.dev/")
     assert tags["version.tensorflow"].startswith("2.") and tags["version.mlflow"].startswith("3.")
     assert len(tags["git_commit"]) == 40
+    assert tags["command"] == f"{os.path.basename(sys.executable)} -m rps.run epochs=2 " + " ".join(TINY_SPLIT)
+    assert tags["rps.pid"].isdigit() and tags["rps.host"] == os.uname().nodename  # who owned it (liveness)
     client = store(cwd)
     for name in EPOCH_METRICS:
         history = client.get_metric_history(run.info.run_id, name)
         assert sorted(m.step for m in history) == [1, 2], name
     metrics = run.data.metrics
+    # chosen on: the exported model's validation accuracy; without early stopping, the last epoch's
+    last = max(client.get_metric_history(run.info.run_id, "val_accuracy"), key=lambda m: m.step)
+    assert metrics["best_val_accuracy"] == pytest.approx(last.value) and metrics["epochs_trained"] == 2
     assert 0 <= metrics["test_accuracy"] <= 1 and metrics["test_loss"] > 0
     for cls in ("rock", "paper", "scissors"):
         assert f"test_precision_{cls}" in metrics and f"test_recall_{cls}" in metrics
 
 
 def test_store_stays_in_the_launch_directory(finished_run):
-    cwd, run = finished_run
+    cwd, run, _ = finished_run
     assert sorted(p.name for p in cwd.iterdir()) == ["mlruns"]
     assert (cwd / "mlruns" / "mlflow.db").is_file()
     assert run.info.artifact_uri.startswith((cwd / "mlruns").as_uri())
@@ -66,7 +73,7 @@ def test_store_stays_in_the_launch_directory(finished_run):
 def test_artifacts_are_valid_images_and_config(finished_run, tmp_path):
     import mlflow
 
-    cwd, run = finished_run
+    cwd, run, _ = finished_run
     store(cwd)
     local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, dst_path=str(tmp_path))
     for name in ("sample_predictions", "training_curves", "confusion_matrix"):
@@ -85,13 +92,12 @@ def logged_model_on_test_split(cwd, run, tiny_tfds):
     import mlflow
 
     from rps import data, resources
-    from rps.config import split_sizes
 
     store(cwd)
     model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
     cfg = compose(f"dataset.data_dir={tiny_tfds}", *TINY_SPLIT)
     train, test, _, _ = data.load_tfds(resources.locate_tfds(cfg.dataset))
-    splits = data.split_examples(train, test, "tutorial", split_sizes(cfg.split, 60, 24), cfg.seed)
+    splits = split_examples(train, test, cfg.split, cfg.seed)
     images, onehot = zip(*data.make_dataset(splits["test"], 224, 64, 3).as_numpy_iterator())
     images, labels = np.concatenate(images), np.concatenate(onehot).argmax(1)
     return images, model.predict(images), labels, model
@@ -102,7 +108,7 @@ def test_logged_model_reloads_and_reproduces_the_test_accuracy(finished_run, tin
     import mlflow
     import tensorflow as tf
 
-    cwd, run = finished_run
+    cwd, run, _ = finished_run
     images, probs, labels, model = logged_model_on_test_split(cwd, run, tiny_tfds)
     assert model.metadata.metadata["class_names"] == ["rock", "paper", "scissors"]
     assert model.metadata.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 224, 224, 3)
@@ -135,9 +141,9 @@ def test_fine_tuned_run_logs_its_phases_and_exports_the_fine_tuned_model(tiny_tf
     assert metrics["test_accuracy"] == pytest.approx(run.data.metrics["test_accuracy"])
 
 
-def test_same_seed_gives_the_same_run(finished_run, offline_env, tmp_path):
-    _, first = finished_run
-    result = run_cli("epochs=2", *TINY_SPLIT, cwd=tmp_path, env=offline_env)
+def test_same_seed_gives_the_same_run(finished_run, tmp_path):
+    _, first, env = finished_run
+    result = run_cli("epochs=2", *TINY_SPLIT, cwd=tmp_path, env=env)  # the same feature cache
     assert result.returncode == 0, result.stderr[-3000:]
     (second,) = all_runs(tmp_path)
     assert (first.data.tags["feature_cache"], second.data.tags["feature_cache"]) == ("built", "hit")
@@ -187,24 +193,25 @@ def test_bad_config_fails_in_seconds_without_a_run(offline_env, tmp_path):
     assert unknown.returncode != 0 and "Available options" in unknown.stderr and "sgd" in unknown.stderr
     too_big = run_cli(cwd=tmp_path, env=offline_env)  # 600 val + 400 test > 84 tiny examples
     assert too_big.returncode == 2 and "does not fit" in too_big.stderr
-    assert not (tmp_path / "mlruns" / "mlflow.db").exists()
+    assert all_runs(tmp_path) == []
 
 
 def test_offline_without_mirrors_fails_fast_naming_the_knobs(offline_env, tmp_path):
-    from rps.resources import TFDS_DOWNLOAD_URL, can_reach
-
-    if can_reach(TFDS_DOWNLOAD_URL):
-        pytest.fail("this test needs a machine without internet access (as CI is)")
+    """On a machine without network (simulated for the run's process, whatever this machine has)."""
+    no_network = offline_env | {"PYTHONPATH": str(ROOT / "tests" / "support" / "no_network")}
+    probe = subprocess.run([sys.executable, "-c", "import urllib.request; urllib.request.urlopen('https://tfhub.dev', timeout=5)"],
+                           env=no_network, capture_output=True, text=True, timeout=60)
+    assert probe.returncode != 0 and "no network" in probe.stderr, "the simulation must cut the network"
     empty = tmp_path / "empty"
     empty.mkdir()
-    no_data = run_cli(*TINY_SPLIT, cwd=tmp_path, env=offline_env | {"TFDS_DATA_DIR": str(empty)})
-    assert no_data.returncode == 2 and no_data.seconds < 30
+    no_data = run_cli(*TINY_SPLIT, cwd=tmp_path, env=no_network | {"TFDS_DATA_DIR": str(empty)})
+    assert no_data.returncode == 2 and no_data.seconds < 30, no_data.stderr[-2000:]
     assert "TFDS_DATA_DIR" in no_data.stderr and "Traceback" not in no_data.stderr
-    no_hub = run_cli(*TINY_SPLIT, cwd=tmp_path, env=offline_env | {"TFHUB_CACHE_DIR": str(empty)})
-    assert no_hub.returncode == 2 and no_hub.seconds < 30
+    no_hub = run_cli(*TINY_SPLIT, cwd=tmp_path, env=no_network | {"TFHUB_CACHE_DIR": str(empty)})
+    assert no_hub.returncode == 2 and no_hub.seconds < 30, no_hub.stderr[-2000:]
     assert "TFHUB_CACHE_DIR" in no_hub.stderr and "Traceback" not in no_hub.stderr
-    assert list(empty.iterdir()) == []
-    assert all(r.info.status != "RUNNING" for r in all_runs(tmp_path)) if (tmp_path / "mlruns").exists() else True
+    assert list(empty.iterdir()) == [], "no partial downloads left behind"
+    assert all_runs(tmp_path) == [], "no MLflow run is created"
 
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
@@ -282,7 +289,7 @@ def test_artifact_write_failure_fails_the_run_with_a_clear_error(offline_env, tm
     (tmp_path / "blocker").write_text("a file, so nothing can be created below it")
     store(tmp_path).create_experiment("rps", artifact_location=(tmp_path / "blocker" / "artifacts").as_uri())
     result = run_cli(*TINY_SPLIT, cwd=tmp_path, env=offline_env)
-    assert result.returncode == 2 and "Could not write the run's config" in result.stderr
+    assert result.returncode == 2 and "Could not write config/config.yaml" in result.stderr
     assert "Traceback" not in result.stderr and "Epoch" not in result.stdout
     (run,) = all_runs(tmp_path)
     assert run.info.status == "FAILED" and "Could not write" in run.data.tags["error"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import rps  # noqa: F401
-from conftest import TINY_SPLIT, compose
+from conftest import TINY_SPLIT, compose, prepared_run
 from rps import features
 
 
@@ -86,49 +86,37 @@ def test_parallel_builders_compute_once_and_agree(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_setup(tiny_tfds, tiny_backbone):
-    from rps import model, resources
-
-    cfg = compose(f"dataset.data_dir={tiny_tfds}", f"backbone.handle={tiny_backbone}", *TINY_SPLIT,
-                  "epochs=3", "backbone.image_size=32")
-    source = resources.locate_tfds(cfg.dataset)
-    backbone, dim = model.load_backbone(str(tiny_backbone), 32)
-    return cfg, source, backbone, dim
+def tiny_cfg(tiny_tfds, tiny_backbone):
+    return compose(f"dataset.data_dir={tiny_tfds}", f"backbone.handle={tiny_backbone}", *TINY_SPLIT,
+                   "epochs=3", "backbone.image_size=32")
 
 
-def test_full_model_equals_head_on_cached_features(tiny_setup, tmp_path):
-    from omegaconf import OmegaConf
-
+def test_full_model_equals_head_on_cached_features(tiny_cfg, tmp_path):
     from rps import data
     from rps.pipeline import train_and_evaluate
     from rps.report import Reporter
 
-    cfg, source, backbone, dim = tiny_setup
-    cfg = OmegaConf.merge(cfg, {"feature_cache": {"dir": str(tmp_path)}})
+    prepared = prepared_run(tiny_cfg, feature_cache={"dir": str(tmp_path)})
     report = Reporter()
-    out = train_and_evaluate(cfg, source, backbone, dim, report)
+    out = train_and_evaluate(prepared, report)
     assert report.recorded["tags"]["feature_cache"] == "built"
     images = np.concatenate([x for x, _ in data.make_dataset(out.test_examples, 32, 64, 3).as_numpy_iterator()])
     full = out.classifier(images, training=False).numpy()
     np.testing.assert_allclose(full, out.probs, atol=1e-5)
     again = Reporter()
-    train_and_evaluate(cfg, source, backbone, dim, again)
+    train_and_evaluate(prepared, again)
     assert again.recorded["tags"]["feature_cache"] == "hit"
     assert again.recorded["metrics"]["feature_extraction_seconds"] == 0.0
 
 
-def test_cached_and_uncached_training_agree(tiny_setup, tmp_path):
-    from omegaconf import OmegaConf
-
+def test_cached_and_uncached_training_agree(tiny_cfg, tmp_path):
     from rps.pipeline import train_and_evaluate
     from rps.report import Reporter
 
-    cfg, source, backbone, dim = tiny_setup
     results = {}
     for enabled in (True, False):
-        run_cfg = OmegaConf.merge(cfg, {"feature_cache": {"dir": str(tmp_path), "enabled": enabled}})
         report = Reporter()
-        out = train_and_evaluate(run_cfg, source, backbone, dim, report)
+        out = train_and_evaluate(prepared_run(tiny_cfg, feature_cache={"dir": str(tmp_path), "enabled": enabled}), report)
         results[enabled] = (out.metrics, report)
     assert results[False][1].recorded["tags"]["feature_cache"] == "off: feature_cache.enabled=false"
     cached, uncached = results[True][0], results[False][0]
@@ -136,7 +124,7 @@ def test_cached_and_uncached_training_agree(tiny_setup, tmp_path):
     assert cached["test_loss"] == pytest.approx(uncached["test_loss"], rel=0.05)
 
 
-def test_augmentation_turns_the_cache_off_and_never_touches_evaluation(tiny_setup, tmp_path):
+def test_augmentation_turns_the_cache_off_and_never_touches_evaluation(tiny_cfg, tmp_path):
     from omegaconf import OmegaConf
 
     from rps import data
@@ -145,11 +133,9 @@ def test_augmentation_turns_the_cache_off_and_never_touches_evaluation(tiny_setu
     from rps.pipeline import train_and_evaluate
     from rps.report import Reporter
 
-    cfg, source, backbone, dim = tiny_setup
-    cfg = OmegaConf.merge(cfg, compose("augment=basic"), {"feature_cache": {"dir": str(tmp_path)}},
-                          {k: cfg[k] for k in ("dataset", "split", "backbone", "epochs", "batch_size")})
+    cfg = OmegaConf.merge(tiny_cfg, {"augment": compose("augment=basic").augment}, {"feature_cache": {"dir": str(tmp_path)}})
     report = Reporter()
-    out = train_and_evaluate(cfg, source, backbone, dim, report)
+    out = train_and_evaluate(prepared_run(cfg), report)
     assert report.recorded["tags"]["feature_cache"] == "off: training images are augmented (augment=basic)"
     assert not list(tmp_path.glob("*.npz"))
     clean = np.concatenate([x for x, _ in data.make_dataset(out.test_examples, 32, 64, 3).as_numpy_iterator()])

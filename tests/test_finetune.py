@@ -2,36 +2,34 @@
 
 import numpy as np
 import pytest
-from omegaconf import OmegaConf
 
 import rps  # noqa: F401
 from conftest import TINY_SPLIT, compose
-from rps import data, model, resources
-from rps.config import validate
-from rps.pipeline import PHASE2_CACHE, train_and_evaluate
+from rps import data, model
+from rps.config import PHASE2_CACHE
+from rps.pipeline import prepare, train_and_evaluate
 from rps.report import Reporter
 
 
 @pytest.fixture
 def setup(tiny_tfds, tiny_backbone):
     def make(*overrides):
-        cfg = compose(f"dataset.data_dir={tiny_tfds}", f"backbone.handle={tiny_backbone}", *TINY_SPLIT,
-                      "backbone.image_size=32", *overrides)
-        validate(cfg)
-        backbone, dim = model.load_backbone(str(tiny_backbone), 32)
-        return cfg, resources.locate_tfds(cfg.dataset), backbone, dim
+        return prepare(compose(f"dataset.data_dir={tiny_tfds}", f"backbone.handle={tiny_backbone}", *TINY_SPLIT,
+                               "backbone.image_size=32", *overrides))
     return make
 
 
 def test_fine_tuning_changes_only_the_unfrozen_top_of_the_backbone(setup):
-    cfg, source, backbone, dim = setup("backbone.trainable=true", "backbone.fine_tune_from=0.5", "epochs=1",
-                                       "backbone.fine_tune_epochs=2", "optimizer.fine_tune_lr=0.01")
-    variables = {v.name: v for v in backbone.weights}  # the tiny module: w then b, bottom to top
-    before = {name: v.numpy().copy() for name, v in variables.items()}
+    prepared = setup("backbone.trainable=true", "backbone.fine_tune_from=0.5", "epochs=1",
+                     "backbone.fine_tune_epochs=2", "optimizer.fine_tune_lr=0.01")
+    before = {v.name: v.numpy().copy() for v in prepared.backbone.weights}  # the tiny module: w then b
     report = Reporter()
-    out = train_and_evaluate(cfg, source, backbone, dim, report)
-    assert np.array_equal(variables["w:0"].numpy(), before["w:0"]), "below the unfrozen top: unchanged"
-    assert not np.array_equal(variables["b:0"].numpy(), before["b:0"]), "the unfrozen top variable was trained"
+    out = train_and_evaluate(prepared, report)
+    tuned = {v.name: v.numpy() for v in out.classifier.layers[0].weights}  # the run's own backbone
+    assert np.array_equal(tuned["w:0"], before["w:0"]), "below the unfrozen top: unchanged"
+    assert not np.array_equal(tuned["b:0"], before["b:0"]), "the unfrozen top variable was trained"
+    for v in prepared.backbone.weights:  # the prepared backbone serves other runs: never changed
+        assert np.array_equal(v.numpy(), before[v.name]), v.name
     assert [(step, m["phase"]) for step, m in report.epochs] == [(1, 1), (2, 2), (3, 2)]
     assert report.recorded["params"]["model.fine_tuned_variables"] == 1
     # phase 1 trained the head on cached features of the still-frozen backbone; phase 2 on images
@@ -47,10 +45,9 @@ def test_phase_one_on_cached_features_matches_phase_one_on_images(setup):
     """The cache only changes how phase 1 is computed: both ways fine-tune from the same head."""
     results = {}
     for enabled in ("null", "false"):
-        cfg, source, backbone, dim = setup("backbone.trainable=true", "epochs=2", "backbone.fine_tune_epochs=1",
-                                           f"feature_cache.enabled={enabled}")
         report = Reporter()
-        out = train_and_evaluate(cfg, source, backbone, dim, report)
+        out = train_and_evaluate(setup("backbone.trainable=true", "epochs=2", "backbone.fine_tune_epochs=1",
+                                       f"feature_cache.enabled={enabled}"), report)
         results[enabled] = (report, out)
     cached, uncached = results["null"], results["false"]
     assert uncached[0].recorded["tags"]["feature_cache"] == "off: feature_cache.enabled=false"
@@ -62,10 +59,8 @@ def test_phase_one_on_cached_features_matches_phase_one_on_images(setup):
 
 
 def test_fine_tuning_with_augmentation_runs_both_phases_on_images(setup):
-    cfg, source, backbone, dim = setup("backbone.trainable=true", "epochs=1", "backbone.fine_tune_epochs=1",
-                                       "augment=basic")
     report = Reporter()
-    train_and_evaluate(cfg, source, backbone, dim, report)
+    train_and_evaluate(setup("backbone.trainable=true", "epochs=1", "backbone.fine_tune_epochs=1", "augment=basic"), report)
     assert report.recorded["tags"]["feature_cache"] == "off: training images are augmented (augment=basic)"
     assert report.recorded["tags"]["feature_cache_fine_tune"] == PHASE2_CACHE
 
@@ -73,10 +68,9 @@ def test_fine_tuning_with_augmentation_runs_both_phases_on_images(setup):
 def test_augmenting_only_the_fine_tuning_phase_keeps_phase_one_on_the_cache(setup):
     results = {}
     for augment in ("none", "basic"):
-        cfg, source, backbone, dim = setup("backbone.trainable=true", "epochs=2", "backbone.fine_tune_epochs=1",
-                                           f"augment={augment}", "augment.head_phase=false")
         report = Reporter()
-        out = train_and_evaluate(cfg, source, backbone, dim, report)
+        out = train_and_evaluate(setup("backbone.trainable=true", "epochs=2", "backbone.fine_tune_epochs=1",
+                                       f"augment={augment}", "augment.head_phase=false"), report)
         assert report.recorded["tags"]["feature_cache"] in ("built", "hit")
         results[augment] = out.history
     plain, augmented = results["none"], results["basic"]
@@ -85,16 +79,16 @@ def test_augmenting_only_the_fine_tuning_phase_keeps_phase_one_on_the_cache(setu
 
 
 def test_a_frozen_run_leaves_the_backbone_alone(setup):
-    cfg, source, backbone, dim = setup("epochs=2", "feature_cache.enabled=false")
-    before = [v.numpy().copy() for v in backbone.weights]
+    prepared = setup("epochs=2", "feature_cache.enabled=false")
+    before = [v.numpy().copy() for v in prepared.backbone.weights]
     report = Reporter()
-    train_and_evaluate(cfg, source, backbone, dim, report)
-    assert all(np.array_equal(a, v.numpy()) for a, v in zip(before, backbone.weights))
+    train_and_evaluate(prepared, report)
+    assert all(np.array_equal(a, v.numpy()) for a, v in zip(before, prepared.backbone.weights))
     assert all("phase" not in m for _, m in report.epochs), "no phases without fine-tuning"
 
 
-def test_backbone_runs_in_inference_mode_and_counts_its_top(setup):
-    cfg, source, backbone, dim = setup()
+def test_backbone_runs_in_inference_mode_and_counts_its_top(tiny_backbone):
+    backbone = model.load_backbone(str(tiny_backbone), 32)[0]
     assert backbone.unfreeze_top(0.5) == 1 and len(backbone.trainable_weights) == 1
     assert len(backbone.non_trainable_weights) == 1
     assert backbone.unfreeze_top(5) == 2 and len(backbone.trainable_weights) == 2

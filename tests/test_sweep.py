@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TINY_SPLIT, all_runs, compose, run_cli, store
+from conftest import TINY_SPLIT, all_runs, run_cli, store
 
 pytestmark = pytest.mark.slow
 GRID = ["head.dropout=0.2,0.5", "optimizer.lr=0.01,0.001"]
@@ -53,6 +53,7 @@ def test_sweep_is_one_parent_with_named_nested_children(basic_sweep):
     assert names == ["dropout=0.2 lr=0.001", "dropout=0.2 lr=0.01", "dropout=0.5 lr=0.001", "dropout=0.5 lr=0.01"]
     for child in children:
         assert child.info.status == "FINISHED"
+        assert child.data.params["parent_run_id"] == parent.info.run_id  # it came with the job's config
         dropout, lr = (part.split("=")[1] for part in child.info.run_name.split())
         assert child.data.params["head.dropout"] == dropout and float(child.data.params["optimizer.lr"]) == float(lr)
         assert child.data.params["epochs"] == "2"
@@ -74,8 +75,9 @@ def test_summary_matches_the_children(basic_sweep, tmp_path):
         assert row["head.dropout"] == child.data.params["head.dropout"] and row["status"] == "FINISHED"
     with Image.open(f"{local}/summary/accuracy.png") as image:
         image.verify()
-    in_start_order = sorted(children, key=lambda c: c.info.start_time)  # ties go to the first started
-    best = max(in_start_order, key=lambda c: (c.data.metrics["best_val_accuracy"], c.data.metrics["test_accuracy"]))
+    in_start_order = sorted(children, key=lambda c: c.info.start_time)  # last tie-break: the first started
+    best = min(in_start_order, key=lambda c: (-c.data.metrics["best_val_accuracy"], c.data.metrics["best_val_loss"],
+                                              c.data.metrics["epochs_trained"]))  # validation only
     assert parent.data.tags["best_run_id"] == best.info.run_id
     assert parent.data.metrics["best_val_accuracy"] == pytest.approx(best.data.metrics["best_val_accuracy"])
     assert parent.data.metrics["best_test_accuracy"] == pytest.approx(best.data.metrics["test_accuracy"])
@@ -83,28 +85,37 @@ def test_summary_matches_the_children(basic_sweep, tmp_path):
     tests = [c.data.metrics["test_accuracy"] for c in children]  # a sweep over seeds is read by its mean
     assert parent.data.metrics["mean_test_accuracy"] == pytest.approx(sum(tests) / len(tests))
     assert parent.data.metrics["std_test_accuracy"] == pytest.approx(float(np.std(tests, ddof=1)))
-    assert "mean test_accuracy" in open(f"{local}/summary/summary.md").read()
+    vals = [c.data.metrics["best_val_accuracy"] for c in children]
+    assert parent.data.metrics["mean_best_val_accuracy"] == pytest.approx(sum(vals) / len(vals))
+    assert "mean best_val_accuracy" in open(f"{local}/summary/summary.md").read()
     assert "dropout=0.5 lr=0.01" in open(f"{local}/summary/summary.md").read()
 
 
-def test_compare_prints_the_store_sorted(basic_sweep):
+def _board(out: str) -> tuple[dict[str, int], list[list[str]]]:
+    table = [[cell.strip() for cell in line.strip("|").split("|")] for line in out.splitlines() if line.startswith("| ")]
+    return {name: i for i, name in enumerate(table[0])}, table[1:]
+
+
+def test_compare_ranks_on_validation_and_reports_test_on_request(basic_sweep):
     cwd, _ = basic_sweep
     parent, children = sweep_runs(cwd)
-    for args in (["--sweep", parent.info.run_id], ["--experiment", "rps"]):
+    by_validation = sorted(sorted(children, key=lambda c: c.info.start_time), key=lambda c: (
+        -c.data.metrics["best_val_accuracy"], c.data.metrics["best_val_loss"], c.data.metrics["epochs_trained"]))
+    by_test = sorted(children, key=lambda c: -c.data.metrics["test_accuracy"])
+    for args, expected in ((["--sweep", parent.info.run_id], by_validation), (["--experiment", "rps"], by_validation),
+                           (["--sort", "test_accuracy"], by_test)):
         out = subprocess.run([sys.executable, "-m", "rps.compare", *args], cwd=cwd, capture_output=True,
                              text=True, check=True).stdout
-        table = [[cell.strip() for cell in line.strip("|").split("|")] for line in out.splitlines()
-                 if line.startswith("| ")]
-        header, rows = table[0], table[1:]
-        column = {name: i for i, name in enumerate(header)}
+        column, rows = _board(out)
         assert len(rows) == 4
-        expected = sorted(children, key=lambda c: -c.data.metrics["test_accuracy"])
-        assert [f"{c.data.metrics['test_accuracy']:.4f}" for c in expected] == \
-               [row[column["test_accuracy"]] for row in rows]
-        assert {row[column["run_id"]] for row in rows} == {c.info.run_id for c in children}
+        key = "best_val_accuracy" if expected is by_validation else "test_accuracy"
+        assert [f"{c.data.metrics[key]:.4f}" for c in expected] == [row[column[key]] for row in rows]
+        if expected is by_validation:
+            assert [row[column["run_id"]] for row in rows] == [c.info.run_id for c in expected]
         assert [row[column["rank"]] for row in rows] == ["1", "2", "3", "4"]
+        assert ("reporting only" in out) == (expected is by_test)
         mean = sum(c.data.metrics["test_accuracy"] for c in children) / 4
-        assert f"sweep {parent.info.run_id[:8]}: mean test_accuracy {mean:.4f}" in out
+        assert f"test_accuracy {mean:.4f}" in out and f"sweep {parent.info.run_id[:8]}: mean best_val_accuracy" in out
     missing = subprocess.run([sys.executable, "-m", "rps.compare", "--experiment", "nope"], cwd=cwd,
                              capture_output=True, text=True)
     assert missing.returncode == 2 and "no experiment 'nope'" in missing.stderr
@@ -155,7 +166,6 @@ def test_mlflow_ui_serves_the_sweep(basic_sweep):
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
-    assert server.returncode is not None
 
 
 def test_joblib_launcher_with_two_workers_loses_no_run(offline_env, tmp_path):

@@ -1,0 +1,73 @@
+"""What a finished run leaves behind: plots, the trained model (saved once), TFLite variants.
+
+Everything goes through the run's :class:`~rps.report.Reporter`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from rps import data, export, plots
+from rps.evaluate import evaluate
+from rps.model import ExportedClassifier
+from rps.pipeline import Outcome
+from rps.report import Reporter
+
+log = logging.getLogger(__name__)
+
+
+def model_info(class_names: list[str], image_size: int) -> dict:
+    """The exported model's metadata (in its MLflow metadata and in ``rps_model.json``)."""
+    return {
+        "class_names": list(class_names),
+        "image_size": image_size,
+        "input": f"float32 RGB in [0, 1], shape [batch, {image_size}, {image_size}, 3]",
+        "output": "float32 class probabilities, shape [batch, n_classes], in class_names order",
+    }
+
+
+def report_outputs(cfg: DictConfig, out: Outcome, report: Reporter) -> None:
+    """The sample-prediction grid, training curves, confusion matrix and the trained model."""
+    n = min(cfg.num_samples, len(out.labels))
+    if n:
+        images = data.decoded_images(out.test_examples, n)
+        report.figure(plots.sample_predictions(images, out.labels[:n], out.probs[:n], out.class_names),
+                      "plots/sample_predictions.png")
+    report.figure(plots.training_curves(out.history), "plots/training_curves.png")
+    report.figure(plots.confusion_matrix(out.confusion, out.class_names), "plots/confusion_matrix.png")
+    size = cfg.backbone.image_size
+    info = model_info(out.class_names, size)
+    with tempfile.TemporaryDirectory() as tmp:
+        saved = Path(tmp) / "saved_model"
+        exported = ExportedClassifier(out.classifier, out.class_names, size)
+        exported.save(str(saved))
+        (saved / "rps_model.json").write_text(json.dumps(info, indent=2))
+        report.model(exported, saved, info, cfg.register_model)
+        if cfg.export.tflite:
+            _report_tflite(cfg, saved, out, report)
+
+
+def _report_tflite(cfg: DictConfig, saved: Path, out: Outcome, report: Reporter) -> None:
+    """TFLite model(s), with their test accuracy against the SavedModel's (a conversion check)."""
+    test = data.make_dataset(out.test_examples, cfg.backbone.image_size, cfg.batch_size, len(out.class_names))
+    reference = out.metrics["test_accuracy"]
+    variants = [("model.tflite", False, "tflite")] + (
+        [("model_dynamic_range.tflite", True, "tflite_dynamic_range")] if cfg.export.tflite_quantize else [])
+    for filename, quantize, metric in variants:
+        content = export.to_tflite(saved, quantize)
+        probs = export.tflite_predict(content, (images for images, _ in test.as_numpy_iterator()))
+        accuracy = evaluate(probs, out.labels, out.class_names)[0]["test_accuracy"]
+        gap = abs(accuracy - reference)
+        report.metrics({f"{metric}_test_accuracy": accuracy, f"{metric}_accuracy_gap": gap})
+        report.tags({f"{metric}_matches_saved_model": str(gap <= export.MAX_ACCURACY_GAP).lower()})
+        if gap > export.MAX_ACCURACY_GAP:
+            log.warning("%s test accuracy %.4f differs from the SavedModel's %.4f by more than %.1f points",
+                        filename, accuracy, reference, 100 * export.MAX_ACCURACY_GAP)
+        path = saved.parent / filename
+        path.write_bytes(content)
+        report.files(path, "tflite")

@@ -1,0 +1,96 @@
+"""Runs whose process died are found and marked FAILED; live runs, here or elsewhere, are left alone."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import TINY_SPLIT, all_runs, store
+from rps.tracking import runs as liveness
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_the_owner_rule():
+    mine = liveness.owner_tags()
+    assert liveness.owner_gone(mine) is None, "this process is alive"
+    gone = liveness.owner_gone(mine | {liveness.PID: str(_dead_pid())})
+    assert gone and "is gone" in gone
+    reused = liveness.owner_gone(mine | {liveness.PROCESS_START: "1"})  # same pid, another process's start time
+    assert reused and "another process" in reused
+    assert "restarted" in liveness.owner_gone(mine | {liveness.BOOT_ID: "an-earlier-boot"})
+    elsewhere = mine | {liveness.HOST: "node-17.cluster"}
+    assert liveness.owner_gone(elsewhere) is None, "another host with a fresh heartbeat: may be alive"
+    old = time.time() - liveness.STALE_AFTER_SECONDS - 60
+    stale = liveness.owner_gone(elsewhere | {liveness.HEARTBEAT: str(int(old))})
+    assert stale and "no heartbeat" in stale and "node-17.cluster" in stale
+
+
+def test_reaping_marks_only_dead_runs_failed(tmp_path):
+    client = store(tmp_path)
+    experiment = client.create_experiment("rps")
+    old = str(int(time.time() - liveness.STALE_AFTER_SECONDS - 60))
+    cases = {
+        "alive here": liveness.owner_tags(),
+        "dead here": liveness.owner_tags() | {liveness.PID: str(_dead_pid())},
+        "alive elsewhere": liveness.owner_tags() | {liveness.HOST: "node-17"},
+        "silent elsewhere": liveness.owner_tags() | {liveness.HOST: "node-17", liveness.HEARTBEAT: old},
+        "not an rps run": {},
+    }
+    ids = {name: client.create_run(experiment, run_name=name, tags=tags).info.run_id for name, tags in cases.items()}
+    reaped = liveness.reap_stale_runs([experiment], client)
+    assert sorted(reaped) == sorted([ids["dead here"], ids["silent elsewhere"]])
+    for name, run_id in ids.items():
+        run = client.get_run(run_id)
+        assert run.info.status == ("FAILED" if run_id in reaped else "RUNNING"), name
+        if run_id in reaped:
+            assert run.data.tags[liveness.REAPED] in run.data.tags["error"]
+
+
+def test_heartbeat_renews_its_tag(tmp_path):
+    client = store(tmp_path)
+    run = client.create_run(client.create_experiment("rps"), tags={liveness.HEARTBEAT: "0"})
+    with liveness.Heartbeat(run.info.run_id, interval=0.2):
+        time.sleep(1.0)
+    beat = float(client.get_run(run.info.run_id).data.tags[liveness.HEARTBEAT])
+    assert time.time() - 5 < beat <= time.time()
+
+
+@pytest.mark.slow
+def test_a_killed_run_is_reaped_by_the_next_command_and_a_live_one_is_not(offline_env, tmp_path):
+    (tmp_path / "mlruns").mkdir()
+    store(tmp_path).search_experiments()  # create the tables first: this test polls the store meanwhile
+    proc = subprocess.Popen([sys.executable, "-m", "rps.run", "epochs=100000", *TINY_SPLIT], cwd=tmp_path,
+                            env=offline_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while not (all_runs(tmp_path) and store(tmp_path).get_metric_history(all_runs(tmp_path)[0].info.run_id,
+                                                                             "val_accuracy")):
+            assert time.monotonic() < deadline and proc.poll() is None, "training never started"
+            time.sleep(1)
+
+        def compare():
+            out = subprocess.run([sys.executable, "-m", "rps.compare"], cwd=tmp_path, env=offline_env,
+                                 capture_output=True, text=True, timeout=120)
+            assert out.returncode == 0, out.stderr[-2000:]
+            (run,) = all_runs(tmp_path)
+            return run
+
+        assert compare().info.status == "RUNNING", "a live run is never touched"
+        proc.send_signal(signal.SIGKILL)  # no handler runs: the run stays RUNNING in the store
+        proc.wait(timeout=30)
+        assert all_runs(tmp_path)[0].info.status == "RUNNING"
+        run = compare()
+    finally:
+        proc.kill()
+    assert run.info.status == "FAILED"
+    assert f"its process {proc.pid} on {os.uname().nodename} is gone" in run.data.tags[liveness.REAPED]
