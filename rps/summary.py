@@ -21,6 +21,8 @@ def run_row(run, keys: list[str] | tuple[str, ...]) -> dict[str, Any]:
     row = {"run_name": run.info.run_name, "status": run.info.status}
     row |= {key: run.data.params.get(key, "") for key in keys}
     row |= {name: metrics.get(name) for name in ("best_val_accuracy", "best_val_loss", "epochs_trained", "test_accuracy")}
+    if row["epochs_trained"] is not None:  # MLflow stores every metric as a float
+        row["epochs_trained"] = int(row["epochs_trained"])
     row["run_id"] = run.info.run_id
     row["error"] = run.data.tags.get("error", "")
     return row
