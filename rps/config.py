@@ -23,6 +23,7 @@ SPLIT_KINDS = ("tutorial", "official")
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("none", "cosine", "plateau")
 AUGMENTS = ("none", "basic")
+FEATURE_ENGINES = ("xnnpack", "tf")
 
 
 @dataclass
@@ -136,7 +137,11 @@ class FeatureCacheConfig:
 
     enabled: Optional[bool] = None  # null: on whenever valid; false: off; true: on (error if invalid)
     dir: Optional[str] = None  # null: $XDG_CACHE_HOME/rps/features, else ~/.cache/rps/features
-    batch_size: int = 64  # images per backbone call while extracting
+    batch_size: int = 64  # images read and preprocessed per step while extracting
+    # "xnnpack": a TFLite conversion of the backbone on the XNNPACK delegate (several times
+    # faster on CPUs; falls back to tf, logging why, if the backbone does not convert);
+    # "tf": TensorFlow itself. The engine is part of the cache key and logged as `feature_engine`.
+    engine: str = "xnnpack"
 
 
 @dataclass
@@ -330,6 +335,7 @@ def _problems(cfg: DictConfig) -> list[tuple[str, Any, str]]:
     need("num_samples", cfg.num_samples >= 0, "an integer >= 0 (0 draws no sample grid)")
     need("experiment_name", bool(cfg.experiment_name), "a non-empty MLflow experiment name")
     need("feature_cache.batch_size", cfg.feature_cache.batch_size >= 1, "an integer >= 1")
+    need("feature_cache.engine", cfg.feature_cache.engine in FEATURE_ENGINES, f"one of {', '.join(FEATURE_ENGINES)}")
     need("feature_cache.enabled", not (cfg.feature_cache.enabled and _cache_blocked(cfg)),
          f"null or false: {_cache_blocked(cfg)}, so their features change every epoch (in a fine-tuning "
          "run, augment.head_phase=false keeps phase 1 unaugmented)")

@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from rps.errors import DataError, ResourceError
+from rps.images import decode, preprocess
 from rps.resources import DatasetSource
 
 log = logging.getLogger(__name__)
@@ -43,10 +44,11 @@ def concat(a: Examples, b: Examples) -> Examples:
 
 def _tfds_examples(ds: tf.data.Dataset) -> Examples:
     images, labels = [], []
-    for image, label in ds.as_numpy_iterator():
-        images.append(image)
+    for image, label in ds.batch(512).as_numpy_iterator():  # batches: ~10x faster than one by one
+        images.extend(image)
         labels.append(label)
-    return Examples(np.array(images, dtype=object), np.array(labels, dtype=np.int64))
+    return Examples(np.array(images, dtype=object), np.concatenate(labels).astype(np.int64) if labels else
+                    np.zeros(0, np.int64))
 
 
 def load_tfds(source: DatasetSource) -> tuple[Examples, Examples, list[str], str]:
@@ -117,17 +119,6 @@ def load_image_folder(source: DatasetSource, skip_corrupt: bool) -> tuple[Exampl
 
 
 # --------------------------------------------------------------------------- pipelines
-
-
-def decode(encoded: tf.Tensor) -> tf.Tensor:
-    """JPEG/PNG/BMP/GIF bytes -> uint8 [H, W, 3] (grey and RGBA images become RGB)."""
-    return tf.io.decode_image(encoded, channels=3, expand_animations=False)
-
-
-def preprocess(image: tf.Tensor, image_size: int) -> tf.Tensor:
-    """uint8 image(s) -> float32 in [0, 1], resized to the backbone's input size."""
-    image = tf.image.convert_image_dtype(image, tf.float32)
-    return tf.image.resize(image, (image_size, image_size))
 
 
 def augmenter(cfg, seed: int) -> tf.keras.Sequential:

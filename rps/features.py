@@ -4,8 +4,9 @@ With a frozen backbone and no augmentation, every epoch of every run would push 
 images through MobileNet-V2 again. Instead, the features of the whole example pool (train +
 test, in source order) are computed once and stored under a key that hashes exactly what
 determines them: the encoded images and labels, every file of the backbone SavedModel, the
-image size and the preprocessing. Splits, seeds, heads and optimizers do not enter the key,
-so sweeps over them all share one entry.
+image size, the preprocessing and the engine computing them (XNNPACK or TensorFlow, see
+rps.lite). Splits, seeds, heads and optimizers do not enter the key, so sweeps over them all
+share one entry.
 
 Entries are written atomically (temporary file + rename) under an exclusive lock, so parallel
 jobs neither corrupt an entry nor compute it twice; each read is verified (zip CRCs, shapes and
@@ -28,18 +29,16 @@ from typing import Optional
 import numpy as np
 
 from rps.errors import ResourceError
-from rps.filelock import exclusive
+from rps.files import atomic_write, cache_dir, exclusive
+from rps.images import PREPROCESSING
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
-# Bump when rps.data.decode / rps.data.preprocess change what the backbone sees.
-PREPROCESSING = "decode_image(channels=3) -> convert_image_dtype(float32) -> resize(bilinear)"
+FORMAT = 2
 
 
 def default_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "rps" / "features"
+    return cache_dir("features")
 
 
 def _digest_examples(h, images: np.ndarray, labels: np.ndarray, from_files: bool) -> None:
@@ -60,20 +59,25 @@ def _digest_dir(h, folder: Path) -> None:
                 h.update(block)
 
 
-def cache_key(
-    images: np.ndarray, labels: np.ndarray, from_files: bool, handle: str, backbone_dir: Optional[Path], image_size: int
-) -> str:
-    """SHA-256 of the examples, the backbone's files, the image size and the preprocessing.
-
-    The backbone is identified by the content of its SavedModel directory when it is local (a
-    cached hub module, a local path), else by its handle.
-    """
-    h = hashlib.sha256(f"rps-features/{FORMAT}/{PREPROCESSING}/{image_size}\0".encode())
-    _digest_examples(h, images, labels, from_files)
+def backbone_digest(handle: str, backbone_dir: Optional[Path]) -> str:
+    """SHA-256 of every file of the backbone's SavedModel when it is local (a cached hub module,
+    a local path), else of its handle (a remote ``gs://``/``s3://`` path)."""
+    h = hashlib.sha256()
     if backbone_dir is not None and backbone_dir.is_dir():
         _digest_dir(h, backbone_dir)
     else:
         h.update(handle.encode())
+    return h.hexdigest()
+
+
+def cache_key(
+    images: np.ndarray, labels: np.ndarray, from_files: bool, backbone: str, image_size: int, engine: str
+) -> str:
+    """SHA-256 of the examples, the backbone (:func:`backbone_digest`), the image size, the
+    preprocessing and the engine that computes the features (``xnnpack`` or ``tf``: their
+    features agree to ~1e-5, not bit for bit)."""
+    h = hashlib.sha256(f"rps-features/{FORMAT}/{PREPROCESSING}/{image_size}/{engine}/{backbone}\0".encode())
+    _digest_examples(h, images, labels, from_files)
     return h.hexdigest()[:40]
 
 
@@ -108,16 +112,9 @@ def read_entry(path: Path, labels: np.ndarray, feature_dim: int) -> np.ndarray:
 
 def write_entry(path: Path, features: np.ndarray, labels: np.ndarray, meta: dict) -> None:
     """Write atomically: a complete entry appears under ``path`` or nothing does."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, features=features, labels=labels, checksum=np.array(_checksum(features, labels)),
-                     meta=np.array(json.dumps(meta)))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_write(path) as f:
+        np.savez(f, features=features, labels=labels, checksum=np.array(_checksum(features, labels)),
+                 meta=np.array(json.dumps(meta)))
 
 
 def cached_features(

@@ -10,6 +10,8 @@ SIGTERM), keeping the epochs finished so far.
 from __future__ import annotations
 
 import logging
+import os
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -93,9 +95,11 @@ def run(cfg: DictConfig, hydra_dir: Optional[Path] = None, overrides: Optional[l
     tags = tracking.environment_tags() | {"dataset": prepared.source.name, "backbone_handle": cfg.backbone.handle}
     if parent is not None:
         tags[tracking.PARENT_TAG] = parent.info.run_id
-    with tracking.tracked_run(experiment_id, _run_name(cfg, parent, overrides), tags) as active:
-        log.info("MLflow run %s in experiment '%s'", active.info.run_id, cfg.experiment_name)
-        report = tracking.MlflowReporter(active.info.run_id)
+    name = _run_name(cfg, parent, overrides)
+    about = {"experiment_name": cfg.experiment_name, "run_name": name, "parent_run_id": cfg.parent_run_id}
+    staging = Path(cfg.mlruns_dir).expanduser().resolve() / "unsent" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    with tracking.tracked_run(experiment_id, name, tags, staging, about) as report:
+        log.info("MLflow run %s in experiment '%s'", report.run_id, cfg.experiment_name)
         tracking.log_config(report, cfg, hydra_dir)  # first artifact: an unwritable store fails here
         out = pipeline.train_and_evaluate(prepared, report)
         outputs.report_outputs(cfg, out, report)

@@ -10,13 +10,16 @@ import logging
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 from omegaconf import DictConfig
 
-from rps import data, export, plots
+from rps import data, lite, plots
 from rps.evaluate import evaluate
 from rps.model import ExportedClassifier
 from rps.pipeline import Outcome
 from rps.report import Reporter
+from rps.serving import INFO_FILE
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +47,9 @@ def report_outputs(cfg: DictConfig, out: Outcome, report: Reporter) -> None:
     info = model_info(out.class_names, size)
     with tempfile.TemporaryDirectory() as tmp:
         saved = Path(tmp) / "saved_model"
-        exported = ExportedClassifier(out.classifier, out.class_names, size)
-        exported.save(str(saved))
-        (saved / "rps_model.json").write_text(json.dumps(info, indent=2))
-        report.model(exported, saved, info, cfg.register_model)
+        ExportedClassifier(out.classifier, out.class_names, size).save(str(saved))  # the one save
+        (saved / INFO_FILE).write_text(json.dumps(info, indent=2))
+        report.model(saved, info, cfg.register_model)
         if cfg.export.tflite:
             _report_tflite(cfg, saved, out, report)
 
@@ -59,15 +61,15 @@ def _report_tflite(cfg: DictConfig, saved: Path, out: Outcome, report: Reporter)
     variants = [("model.tflite", False, "tflite")] + (
         [("model_dynamic_range.tflite", True, "tflite_dynamic_range")] if cfg.export.tflite_quantize else [])
     for filename, quantize, metric in variants:
-        content = export.to_tflite(saved, quantize)
-        probs = export.tflite_predict(content, (images for images, _ in test.as_numpy_iterator()))
+        content = lite.from_saved_model(saved, quantize)
+        probs = lite.LiteModel(content)(np.concatenate([images for images, _ in test.as_numpy_iterator()]))
         accuracy = evaluate(probs, out.labels, out.class_names)[0]["test_accuracy"]
         gap = abs(accuracy - reference)
         report.metrics({f"{metric}_test_accuracy": accuracy, f"{metric}_accuracy_gap": gap})
-        report.tags({f"{metric}_matches_saved_model": str(gap <= export.MAX_ACCURACY_GAP).lower()})
-        if gap > export.MAX_ACCURACY_GAP:
+        report.tags({f"{metric}_matches_saved_model": str(gap <= lite.MAX_ACCURACY_GAP).lower()})
+        if gap > lite.MAX_ACCURACY_GAP:
             log.warning("%s test accuracy %.4f differs from the SavedModel's %.4f by more than %.1f points",
-                        filename, accuracy, reference, 100 * export.MAX_ACCURACY_GAP)
+                        filename, accuracy, reference, 100 * lite.MAX_ACCURACY_GAP)
         path = saved.parent / filename
         path.write_bytes(content)
         report.files(path, "tflite")

@@ -18,12 +18,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from rps import data, features, model, train
+from rps import data, features, lite, model, train
 from rps.config import PHASE2_CACHE, augmented, feature_cache_plan, validate
 from rps.evaluate import evaluate
 from rps.report import Reporter
@@ -82,21 +82,41 @@ def load_examples(cfg: DictConfig, source: DatasetSource, report: Reporter) -> t
     return train_ex, test_ex, source.class_names
 
 
+def _feature_forward(cfg, backbone, digest: str, cache_dir: Optional[Path]) -> tuple[Callable, str, str]:
+    """The frozen backbone as a function of a batch: (forward, engine key, engine description).
+
+    XNNPACK (a cached TFLite conversion run by LiteRT) unless ``feature_cache.engine=tf`` or the
+    conversion fails, say for an unusual local backbone: then TensorFlow, saying why.
+    """
+    if cfg.feature_cache.engine == "tf":
+        return model.tf_forward(backbone), "tf", "tf (feature_cache.engine=tf)"
+    size = cfg.backbone.image_size
+    try:
+        key = lite.conversion_key("backbone", digest, str(size))
+        content = lite.cached_conversion(key, lambda: lite.from_layer(backbone, size), cache_dir)
+        return lite.LiteModel(content), "xnnpack", lite.engine_name()
+    except Exception as err:  # converter and interpreter raise many types
+        reason = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+        log.warning("XNNPACK unavailable for backbone %s (%s); computing features with TensorFlow.",
+                    cfg.backbone.handle, reason)
+        return model.tf_forward(backbone), "tf", f"tf (XNNPACK unavailable: {reason})"
+
+
 def _cached_pool_features(cfg, pool: data.Examples, backbone, feature_dim: int, report: Reporter) -> np.ndarray:
     size = cfg.backbone.image_size
-    key = features.cache_key(
-        pool.images, pool.labels, pool.from_files, cfg.backbone.handle, backbone_dir(cfg.backbone.handle), size
-    )
+    cache_dir = Path(cfg.feature_cache.dir).expanduser() if cfg.feature_cache.dir else None
+    digest = features.backbone_digest(cfg.backbone.handle, backbone_dir(cfg.backbone.handle))
+    forward, engine, engine_name = _feature_forward(cfg, backbone, digest, cache_dir)
+    key = features.cache_key(pool.images, pool.labels, pool.from_files, digest, size, engine)
 
     def compute() -> np.ndarray:
         images = data.make_dataset(pool, size, cfg.feature_cache.batch_size, 1).map(lambda x, y: x)
-        return model.extract_features(backbone, images, len(pool))
+        return model.extract_features(forward, images, len(pool))
 
-    cache_dir = Path(cfg.feature_cache.dir).expanduser() if cfg.feature_cache.dir else None
-    meta = {"handle": cfg.backbone.handle, "image_size": size, "examples": len(pool)}
+    meta = {"handle": cfg.backbone.handle, "image_size": size, "examples": len(pool), "engine": engine_name}
     result = features.cached_features(key, pool.labels, feature_dim, compute, cache_dir, meta)
-    log.info("Feature cache %s: %s", result.status, result.path)
-    report.tags({"feature_cache": result.status, "feature_cache_key": key})
+    log.info("Feature cache %s: %s (features by %s)", result.status, result.path, engine_name)
+    report.tags({"feature_cache": result.status, "feature_cache_key": key, "feature_engine": engine_name})
     report.metrics({"feature_extraction_seconds": result.seconds})
     return result.features
 
@@ -128,7 +148,8 @@ def _fine_tune(cfg, classifier, backbone, datasets, n_train: int, done: int, his
     fine_cfg = OmegaConf.merge(cfg.optimizer, {"lr": cfg.optimizer.fine_tune_lr})
     model.compile_for_training(classifier, fine_cfg, steps, cfg.label_smoothing)
     more = train.fit(classifier, datasets["train"], datasets["val"], done + cfg.backbone.fine_tune_epochs,
-                     lambda m, e: report.epoch(m | {"phase": 2}, e), train.schedule_callbacks(cfg), initial_epoch=done)
+                     lambda m, e: report.epoch(m | {"phase": 2}, e), train.schedule_callbacks(cfg), initial_epoch=done,
+                     stop=lambda: report.stop_reason)
     return {k: history[k] + more.get(k, []) for k in history}
 
 
@@ -166,8 +187,11 @@ def train_and_evaluate(prepared: Prepared, report: Optional[Reporter] = None) ->
     steps = _optimizer_steps(cfg.epochs, len(index["train"]), batch)
     model.compile_for_training(trainee, cfg.optimizer, steps, cfg.label_smoothing)
     history = train.fit(trainee, datasets["train"], datasets["val"], cfg.epochs,
-                        lambda m, e: report.epoch(m | phase, e), train.schedule_callbacks(cfg))
-    if cfg.backbone.trainable:
+                        lambda m, e: report.epoch(m | phase, e), train.schedule_callbacks(cfg),
+                        stop=lambda: report.stop_reason)
+    if report.stop_reason:
+        log.warning("Training stopped after epoch %d: %s", len(history["val_accuracy"]), report.stop_reason)
+    if cfg.backbone.trainable and not report.stop_reason:
         # a backbone of its own: the prepared one stays frozen and unchanged for other runs
         backbone, _ = model.load_backbone(cfg.backbone.handle, size)
         classifier = trainee = model.build_classifier(backbone, head, size)

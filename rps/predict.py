@@ -2,11 +2,12 @@
 
     python -m rps.predict runs:/<run id>/model photos/ hand.jpg
     python -m rps.predict models:/rps-classifier/1 photos/ --output predictions.csv
-    python -m rps.predict mlruns/artifacts/<run id>/artifacts/saved_model photos/ --output out.json
+    python -m rps.predict <downloaded model>/artifacts/saved_model photos/ --output out.json
 
 MODEL is an MLflow model URI (``runs:/...``, ``models:/...``; the store is ``--tracking-uri``,
-else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlruns/mlflow.db``) or a SavedModel directory
-written by a run (``saved_model/``). Class names and the input size come from the model itself.
+else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlruns/mlflow.db``), a downloaded MLflow model
+folder, or the SavedModel inside one (``artifacts/saved_model``). Class names and the input size
+come from the model itself; it runs on XNNPACK when it can (rps.serving.Classifier).
 Images of any size and of any format TensorFlow or Pillow decodes are resized exactly as in
 training. A file that cannot be decoded is reported and skipped; the exit code is 1 when any
 file failed, 2 when the model or the inputs cannot be used at all, 0 otherwise.
@@ -18,41 +19,34 @@ import argparse
 import csv
 import json
 import sys
-from dataclasses import dataclass
+import time
+from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import rps  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from rps.errors import ResourceError, RpsError
 from rps.resources import PREDICT_EXTENSIONS
 
 
-@dataclass
-class Predictor:
-    class_names: list[str]
-    image_size: int
-    predict: Callable  # float32 [n, size, size, 3] in [0, 1] -> probabilities [n, classes]
+def _saved_model(path: Path):
+    from rps.serving import INFO_FILE, Classifier
 
-
-def _saved_model_predictor(path: Path) -> Predictor:
-    import tensorflow as tf
-
+    if not (path / INFO_FILE).is_file():
+        raise ResourceError(f"{path} is a SavedModel but not one written by rps (no {INFO_FILE} beside it).")
     try:
-        model = tf.saved_model.load(str(path))
+        return Classifier(path)
     except Exception as err:  # TF raises several types for damaged or foreign SavedModels
         raise ResourceError(f"{path} cannot be loaded as a SavedModel: {str(err).splitlines()[0][:300]}") from err
-    if not hasattr(model, "class_names"):
-        raise ResourceError(f"{path} is a SavedModel but not one written by rps (no class_names inside).")
-    names = [n.decode() for n in model.class_names.numpy()]
-    return Predictor(names, int(model.image_size.numpy()), lambda x: model(x).numpy())
 
 
-def load_predictor(model: str, tracking_uri: Optional[str] = None, mlruns_dir: str = "mlruns") -> Predictor:
-    """A predictor for an MLflow model URI or a SavedModel directory."""
+def load_predictor(model: str, tracking_uri: Optional[str] = None, mlruns_dir: str = "mlruns"):
+    """The :class:`rps.serving.Classifier` of an MLflow model URI, an MLflow model folder or a
+    SavedModel directory written by a run."""
     path = Path(model).expanduser()
     if path.is_dir():
         if (path / "saved_model.pb").is_file():
-            return _saved_model_predictor(path)
+            return _saved_model(path)
         if (path / "MLmodel").is_file():
             model = str(path.resolve())
         else:
@@ -68,10 +62,13 @@ def load_predictor(model: str, tracking_uri: Optional[str] = None, mlruns_dir: s
         loaded = mlflow.pyfunc.load_model(model)
     except Exception as err:  # MLflow raises several types for unknown runs/models/paths
         raise ResourceError(f"Could not load the MLflow model {model}: {str(err).splitlines()[0]}") from err
-    info = loaded.metadata.metadata or {}
-    if "class_names" not in info:
-        raise ResourceError(f"The MLflow model {model} has no class_names in its metadata (not written by rps).")
-    return Predictor(list(info["class_names"]), int(info["image_size"]), loaded.predict)
+    try:
+        classifier = loaded.unwrap_python_model().classifier
+    except (AttributeError, mlflow.exceptions.MlflowException):  # another flavor, or another class
+        classifier = None
+    if classifier is None:
+        raise ResourceError(f"The MLflow model {model} was not logged by this version of rps (no rps classifier inside).")
+    return classifier
 
 
 def image_files(inputs: list[str]) -> list[Path]:
@@ -86,46 +83,71 @@ def image_files(inputs: list[str]) -> list[Path]:
     return out
 
 
+@lru_cache(maxsize=None)
+def _tf_loader(image_size: int):
+    """A file path -> model input, in one TensorFlow graph (no per-op Python: ~3x faster than eager)."""
+    import tensorflow as tf
+
+    from rps.images import decode, preprocess
+
+    return tf.function(lambda path: preprocess(decode(tf.io.read_file(path)), image_size),
+                       input_signature=[tf.TensorSpec([], tf.string)])
+
+
 def load_image(path: Path, image_size: int):
     """The image as the model's input: decoded to RGB, scaled to [0, 1], resized as in training."""
     import numpy as np
     import tensorflow as tf
 
-    from rps.data import decode, preprocess
+    from rps.images import preprocess
 
     try:
-        image = decode(tf.io.read_file(str(path)))
+        return _tf_loader(image_size)(str(path)).numpy()
     except (tf.errors.OpError, ValueError):  # not a format TF decodes: try Pillow (WebP, TIFF, ...)
         from PIL import Image
 
         with Image.open(path) as opened:
-            image = tf.constant(np.asarray(opened.convert("RGB")))
-    return preprocess(image, image_size).numpy()
+            return preprocess(np.asarray(opened.convert("RGB")), image_size).numpy()
 
 
-def predict_files(predictor: Predictor, files: list[Path], batch_size: int = 32, progress: bool = True):
-    """Rows of (file, label, confidence, probabilities) and a list of (file, error)."""
+def _loaded(path: Path, image_size: int):
+    """(path, image or None, error or None): a failure is data, so one bad file skips only itself."""
+    try:
+        return path, load_image(path, image_size), None
+    except Exception as err:  # unreadable, truncated, not an image
+        return path, None, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+
+
+def predict_files(predictor, files: list[Path], batch_size: int = 32, progress: bool = True):
+    """Rows of (file, label, confidence, probabilities) and a list of (file, error).
+
+    Two threads read and decode the next images while the model works on the current batch.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     import numpy as np
     import tensorflow as tf
 
     rows, failed = [], []
     bar = tf.keras.utils.Progbar(len(files), unit_name="image") if progress and len(files) > batch_size else None
-    for start in range(0, len(files), batch_size):
-        batch, names = [], []
-        for path in files[start : start + batch_size]:
-            try:
-                batch.append(load_image(path, predictor.image_size))
-                names.append(path)
-            except Exception as err:  # unreadable, truncated, not an image
-                failed.append((path, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"))
-        if batch:
-            probs = np.asarray(predictor.predict(np.stack(batch).astype(np.float32)))
-            for path, p in zip(names, probs):
-                best = int(np.argmax(p))
-                rows.append({"file": str(path), "label": predictor.class_names[best], "confidence": float(p[best]),
-                             **{f"p_{name}": float(v) for name, v in zip(predictor.class_names, p)}})
-        if bar:
-            bar.update(min(start + batch_size, len(files)))
+    with ThreadPoolExecutor(2) as pool:
+        loaded = pool.map(lambda path: _loaded(path, predictor.image_size), files)
+        for start in range(0, len(files), batch_size):
+            batch, names = [], []
+            for path, image, error in (next(loaded) for _ in files[start : start + batch_size]):
+                if error is None:
+                    batch.append(image)
+                    names.append(path)
+                else:
+                    failed.append((path, error))
+            if batch:
+                probs = np.asarray(predictor(np.stack(batch).astype(np.float32)))
+                for path, p in zip(names, probs):
+                    best = int(np.argmax(p))
+                    rows.append({"file": str(path), "label": predictor.class_names[best], "confidence": float(p[best]),
+                                 **{f"p_{name}": float(v) for name, v in zip(predictor.class_names, p)}})
+            if bar:
+                bar.update(min(start + batch_size, len(files)))
     return rows, failed
 
 
@@ -162,7 +184,8 @@ def _positive(text: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Classify image files with a trained rps model.")
-    parser.add_argument("model", help="runs:/<id>/model, models:/<name>/<version>, or a SavedModel directory")
+    parser.add_argument("model", help="runs:/<id>/model, models:/<name>/<version>, an MLflow model folder, "
+                                      "or a run's exported SavedModel directory")
     parser.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
     parser.add_argument("--output", type=Path, help="also write the predictions to this .csv or .json file")
     parser.add_argument("--batch-size", type=_positive, default=32, help="images per model call (default 32)")
@@ -178,8 +201,12 @@ def main(argv: list[str] | None = None) -> int:
     except RpsError as err:
         print(f"rps.predict: error: {err}", file=sys.stderr)
         return 2
+    start = time.monotonic()
     rows, failed = predict_files(predictor, files, args.batch_size, progress=sys.stdout.isatty())
+    seconds = time.monotonic() - start
     print(_table(rows))
+    print(f"rps.predict: {len(rows)} images in {seconds:.2f} s after loading the model "
+          f"({len(rows) / max(seconds, 1e-9):.0f} images/s, reading included; engine: {predictor.engine})", file=sys.stderr)
     for path, reason in failed:
         print(f"rps.predict: skipped {path}: cannot decode it as an image ({reason})", file=sys.stderr)
     if args.output:
@@ -191,4 +218,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from rps.quiet import quiet_tensorflow_startup
+
+    quiet_tensorflow_startup()
     sys.exit(main())

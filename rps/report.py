@@ -18,6 +18,9 @@ class Reporter:
         self.recorded: dict[str, dict] = {"params": {}, "tags": {}, "metrics": {}}
         self.epochs: list[tuple[int, dict[str, float]]] = []
         self.artifacts: list[str] = []  # artifact paths, in the order reported
+        # Set to a reason when training should end after the current epoch (a lost tracking
+        # server, a pruned search trial); the pipeline then evaluates and exports what it has.
+        self.stop_reason: Optional[str] = None
 
     def params(self, values: dict[str, Any]) -> None:
         self.recorded["params"].update(values)
@@ -45,6 +48,6 @@ class Reporter:
         """A local file or folder, stored under ``artifact_dir``."""
         self.artifacts.append(f"{artifact_dir}/{local.name}" if local.is_file() else artifact_dir)
 
-    def model(self, exported, saved_dir: Path, info: dict, register_as: Optional[str] = None) -> None:
-        """The trained classifier: the exported module, the SavedModel it was saved to, its metadata."""
+    def model(self, saved_dir: Path, info: dict, register_as: Optional[str] = None) -> None:
+        """The trained classifier: the SavedModel it was exported to (rps_model.json inside), its metadata."""
         self.artifacts.append("model")

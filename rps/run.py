@@ -24,6 +24,7 @@ from omegaconf import DictConfig
 from rps import job
 from rps.config import register_configs
 from rps.errors import RpsError, Terminated
+from rps.quiet import quiet_tensorflow_startup
 
 log = logging.getLogger(__name__)
 register_configs()
@@ -62,4 +63,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    quiet_tensorflow_startup()
     main()

@@ -68,10 +68,14 @@ def prepare_tiny_tfds(
     return Path(data_dir) / "rock_paper_scissors" / "3.0.0"
 
 
-def save_tiny_backbone(path: str | Path, feature_dim: int = 16, seed: int = 0, input_size: int | None = None) -> Path:
+def save_tiny_backbone(
+    path: str | Path, feature_dim: int = 16, seed: int = 0, input_size: int | None = None, tflite_ops: bool = True
+) -> Path:
     """A small reusable SavedModel: resize to 8x8, flatten, dense + relu -> ``feature_dim``.
 
     It takes images of any size, or only ``input_size`` squares when that is given.
+    ``tflite_ops=False`` adds an op TFLite lacks (``bessel_i0e``, multiplied by 0): the same
+    features, but a backbone the TFLite converter refuses.
     """
     import tensorflow as tf
 
@@ -84,6 +88,8 @@ def save_tiny_backbone(path: str | Path, feature_dim: int = 16, seed: int = 0, i
         del training  # no dropout or batch norm inside
         small = tf.image.resize(images, (8, 8))
         flat = tf.reshape(small, (-1, 8 * 8 * 3))
+        if not tflite_ops:
+            flat += 0.0 * tf.math.bessel_i0e(flat)
         return tf.nn.relu(tf.matmul(flat - 0.3, weights) + bias)
 
     spec = tf.TensorSpec([None, input_size, input_size, 3], tf.float32)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -27,14 +27,18 @@ def epoch_metrics(logs: dict) -> dict[str, float]:
 
 
 class EpochReporter(keras.callbacks.Callback):
-    """Hands each finished epoch's metrics to ``sink(metrics, epoch)`` (epochs count from 1)."""
+    """Hands each finished epoch's metrics to ``sink(metrics, epoch)`` (epochs count from 1), then
+    ends training when ``stop()`` gives a reason (the run's reporter asks: a lost tracking server,
+    a pruned trial)."""
 
-    def __init__(self, sink: EpochSink):
+    def __init__(self, sink: EpochSink, stop: Callable[[], Optional[str]] = lambda: None):
         super().__init__()
-        self.sink = sink
+        self.sink, self.stop = sink, stop
 
     def on_epoch_end(self, epoch, logs=None):
         self.sink(epoch_metrics(logs or {}), epoch + 1)
+        if self.stop():
+            self.model.stop_training = True
 
 
 def seed_everything(seed: int) -> None:
@@ -63,12 +67,13 @@ def fit(
     sink: EpochSink,
     callbacks: list[keras.callbacks.Callback] = (),
     initial_epoch: int = 0,
+    stop: Callable[[], Optional[str]] = lambda: None,
 ) -> dict[str, list[float]]:
-    """Train up to epoch ``epochs`` (fewer if early stopping ends it), starting after
+    """Train up to epoch ``epochs`` (fewer if early stopping or ``stop()`` ends it), starting after
     ``initial_epoch``, with validation; returns the per-epoch metric lists."""
     verbose = 1 if sys.stdout.isatty() else 2  # a progress bar in a terminal, a line per epoch in logs
     history = model.fit(train, validation_data=val, epochs=epochs, initial_epoch=initial_epoch,
-                        callbacks=[EpochReporter(sink), *callbacks], verbose=verbose)
+                        callbacks=[EpochReporter(sink, stop), *callbacks], verbose=verbose)
     return {EPOCH_METRICS[k]: [float(v) for v in vs] for k, vs in history.history.items() if k in EPOCH_METRICS}
 
 

@@ -19,15 +19,19 @@ def test_benchmark_reports_every_variant_and_thread_setting(tmp_path):
     text = out.stdout
     assert "tiny generated data" in text
     seconds = {}
-    for label in ("(a) uncached run", "(b) cached run, cold", "(c) cached run, warm (hit)",
-                  "(d) 3-point sweep, cached", "(e) 2-point sweep, uncached"):
+    for label in ("(a) uncached run", "(b) cached run, cold (XNNPACK)", "(b') cached run, cold (TensorFlow)",
+                  "(c) cached run, warm (hit)", "(d) 3-point sweep, cached", "(e) 2-point sweep, uncached"):
         match = re.search(re.escape(label) + r"\s+([\d.]+) s\s+([\d.]+)x \(a\)", text)
         assert match, f"missing: {label}\n{text}"
-        seconds[label[:3]] = s = float(match.group(1))
+        seconds[label.split()[0]] = s = float(match.group(1))
         a = seconds["(a)"]  # printed to 0.1 s: the ratio must lie within what that rounding allows
         assert (s - 0.05) / (a + 0.05) - 0.005 <= float(match.group(2)) <= (s + 0.05) / (a - 0.05) + 0.005
     assert re.search(r"peak memory \(whole benchmark process\): [\d.]+ GB", text)
-    assert re.search(r"backbone images/s: [\d.]+ inside fit\+evaluate \(a\); [\d.]+ in feature extraction", text)
+    rates = re.search(r"feature extraction ([\d.]+) XNNPACK \(b\) vs ([\d.]+) TensorFlow \(b'\): ([\d.]+)x", text)
+    assert rates, text
+    lite, tf_rate, ratio = map(float, rates.groups())
+    assert abs(lite / tf_rate - ratio) <= 0.01 * ratio + 0.005  # the printed ratio is of the printed rates
+    assert re.search(r"rps.predict on the 40 test images: [\d.]+ images/s after loading the model \(xnnpack", text)
     rates = re.findall(r"intra_op=(\d) inter_op=(\d): ([\d.]+|failed)", text)
     assert len(rates) == 5 and all(rate != "failed" for *_, rate in rates), text
     assert not list(tmp_path.iterdir()), "the benchmark cleans up its temporary data and cache"

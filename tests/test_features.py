@@ -12,11 +12,12 @@ from conftest import TINY_SPLIT, compose, prepared_run
 from rps import features
 
 
-def _key(images, labels, backbone, size=224):
-    return features.cache_key(np.array(images, dtype=object), np.array(labels), False, "h", backbone, size)
+def _key(images, labels, backbone, size=224, engine="xnnpack"):
+    digest = features.backbone_digest("https://example.org/h", backbone)
+    return features.cache_key(np.array(images, dtype=object), np.array(labels), False, digest, size, engine)
 
 
-def test_key_depends_on_images_labels_backbone_files_and_size(tmp_path):
+def test_key_depends_on_images_labels_backbone_files_size_and_engine(tmp_path):
     backbone = tmp_path / "bb"
     backbone.mkdir()
     (backbone / "saved_model.pb").write_bytes(b"graph")
@@ -25,8 +26,30 @@ def test_key_depends_on_images_labels_backbone_files_and_size(tmp_path):
     assert base != _key([b"a", b"c"], [0, 1], backbone)
     assert base != _key([b"a", b"b"], [1, 0], backbone)
     assert base != _key([b"a", b"b"], [0, 1], backbone, size=160)
+    assert base != _key([b"a", b"b"], [0, 1], backbone, engine="tf")
     (backbone / "saved_model.pb").write_bytes(b"other weights")
     assert base != _key([b"a", b"b"], [0, 1], backbone)
+    remote = features.backbone_digest("gs://bucket/model", None)  # not local: keyed by the handle
+    assert remote == features.backbone_digest("gs://bucket/model", tmp_path / "absent")
+    assert remote != features.backbone_digest("gs://bucket/other", None)
+
+
+def test_image_folder_examples_are_keyed_by_path_size_and_mtime(tmp_path):
+    import os
+
+    image = tmp_path / "a.png"
+    image.write_bytes(b"png bytes")
+
+    def key():
+        return features.cache_key(np.array([str(image)], dtype=object), np.array([0]), True, "bb", 224, "tf")
+
+    before = key()
+    os.utime(image, ns=(0, 10**9))
+    assert key() != before, "a touched file is another example"
+    same_mtime = key()
+    image.write_bytes(b"png bytes")  # same size ...
+    os.utime(image, ns=(0, 10**9))  # ... and mtime: the key cannot tell (documented)
+    assert key() == same_mtime
 
 
 def _counting_compute(counter: Path, n=6, dim=4, delay=0.0):

@@ -57,6 +57,7 @@ def test_cli_matches_the_model_in_process_and_skips_the_corrupt_file(exported_ru
     result = predict_cli(cwd, env, f"runs:/{run.info.run_id}/model", str(images), "--output", str(out))
     assert result.returncode == 1, result.stderr[-2000:]  # one file failed
     assert "skipped" in result.stderr and "broken.jpg" in result.stderr and "Traceback" not in result.stderr
+    assert "6 images in" in result.stderr and "images/s" in result.stderr and "engine: xnnpack" in result.stderr
     rows = json.loads(out.read_text())
     assert sorted(os.path.basename(r["file"]) for r in rows) == [f"img{i}.{f}" for i, f in
                                                                  enumerate(["png", "jpg", "webp", "bmp", "tiff", "png"])]
@@ -74,14 +75,15 @@ def test_saved_model_path_and_registry_uri_predict_the_same(exported_run, images
     import mlflow
 
     cwd, run, env = exported_run
-    saved = store(cwd).download_artifacts(run.info.run_id, "saved_model", str(tmp_path))
+    store(cwd)
+    downloaded = mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/model", dst_path=str(tmp_path / "m"))
     outputs = []
-    for model in (f"runs:/{run.info.run_id}/model", saved, "models:/rps-tiny/1"):
+    for model in (f"runs:/{run.info.run_id}/model", downloaded, f"{downloaded}/artifacts/saved_model", "models:/rps-tiny/1"):
         out = tmp_path / f"{len(outputs)}.csv"
         result = predict_cli(cwd, env, model, str(images / "img0.png"), str(images / "nested"), "--output", str(out))
         assert result.returncode == 0, result.stderr[-2000:]
         outputs.append(out.read_text().splitlines())
-    assert outputs[0] == outputs[1] == outputs[2] and len(outputs[0]) == 3
+    assert outputs[0] == outputs[1] == outputs[2] == outputs[3] and len(outputs[0]) == 3
     version = mlflow.MlflowClient().get_model_version("rps-tiny", "1")
     assert version.run_id == run.info.run_id
 
@@ -95,6 +97,7 @@ def test_unusable_model_or_inputs_exit_2(exported_run, images, tmp_path):
     damaged = tmp_path / "damaged"
     damaged.mkdir()
     (damaged / "saved_model.pb").write_bytes(b"not a protobuf")
+    (damaged / "rps_model.json").write_text('{"class_names": ["a", "b"], "image_size": 224}')
     broken = predict_cli(cwd, env, str(damaged), str(images))
     assert broken.returncode == 2 and "cannot be loaded as a SavedModel" in broken.stderr
     assert "Traceback" not in broken.stderr
@@ -105,9 +108,10 @@ def test_unusable_model_or_inputs_exit_2(exported_run, images, tmp_path):
 
 
 def test_tflite_export_matches_the_saved_model(exported_run, tmp_path):
+    import mlflow
     import tensorflow as tf
 
-    from rps.export import tflite_predict
+    from rps.lite import LiteModel
 
     cwd, run, env = exported_run
     metrics, tags = run.data.metrics, run.data.tags
@@ -116,8 +120,51 @@ def test_tflite_export_matches_the_saved_model(exported_run, tmp_path):
         assert tags[f"{name}_matches_saved_model"] == "true"
     client = store(cwd)
     tflite = client.download_artifacts(run.info.run_id, "tflite/model.tflite", str(tmp_path))
-    saved = tf.saved_model.load(client.download_artifacts(run.info.run_id, "saved_model", str(tmp_path)))
+    model = mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/model", dst_path=str(tmp_path / "m"))
+    saved = tf.saved_model.load(f"{model}/artifacts/saved_model")
     x = np.random.default_rng(0).random((6, 224, 224, 3)).astype(np.float32)
-    lite = tflite_predict(open(tflite, "rb").read(), [x[:3], x[3:]])
+    lite = LiteModel(open(tflite, "rb").read())(x)
     np.testing.assert_allclose(lite, saved(x).numpy(), atol=1e-5)
     assert np.array_equal(lite.argmax(1), saved(x).numpy().argmax(1))
+
+
+def test_served_model_answers_a_posted_photo_like_the_predict_cli(exported_run, images, tmp_path):
+    """`mlflow models serve` on the logged model: a PNG and a JPEG posted as base64 get the
+    probabilities rps.predict gives for the same files."""
+    import base64
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    cwd, run, env = exported_run
+    files = [images / "img0.png", images / "img1.jpg"]
+    out = tmp_path / "cli.json"
+    assert predict_cli(cwd, env, f"runs:/{run.info.run_id}/model", *map(str, files), "--output", str(out)).returncode == 0
+    expected = [[row[f"p_{name}"] for name in ("rock", "paper", "scissors")] for row in json.loads(out.read_text())]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    serve_env = env | {"MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlruns' / 'mlflow.db'}"}
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", f"runs:/{run.info.run_id}/model",
+                               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)], cwd=cwd, env=serve_env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None, "the model server did not come up"
+                time.sleep(1)
+        body = {"dataframe_split": {"columns": ["image"],
+                                    "data": [[base64.b64encode(f.read_bytes()).decode()] for f in files]}}
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=120) as response:
+            served = json.loads(response.read())["predictions"]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    np.testing.assert_allclose(served, expected, atol=1e-5)

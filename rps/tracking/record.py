@@ -1,8 +1,4 @@
-"""What a run records, and the reporter that writes it to MLflow as soon as it is known.
-
-Every write rps makes to MLflow goes through :class:`MlflowReporter` (the runs' lifecycle in
-``runs.py`` aside), addressed by run id, so the same class records a job and a sweep's parent.
-"""
+"""What a run records: its environment, its config (credentials redacted) and its model."""
 
 from __future__ import annotations
 
@@ -11,24 +7,20 @@ import platform
 import re
 import subprocess
 import sys
-from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
-import mlflow
-from mlflow.entities import Metric, Param, RunTag
 from omegaconf import DictConfig, OmegaConf
 
-from rps.errors import ResourceError
 from rps.report import Reporter
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = (
-    "tensorflow", "tf-keras", "tensorflow-hub", "tensorflow-datasets",
+    "tensorflow", "tf-keras", "tensorflow-hub", "tensorflow-datasets", "ai-edge-litert",
     "numpy", "hydra-core", "mlflow", "matplotlib",
 )
-MODEL_REQUIREMENTS = ("tensorflow", "tf-keras", "tensorflow-hub")
+MODEL_REQUIREMENTS = ("tensorflow", "ai-edge-litert", "numpy")
 _USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
 
 
@@ -85,71 +77,6 @@ def environment_tags() -> dict[str, str]:
     return tags
 
 
-class MlflowReporter(Reporter):
-    """Writes each param, tag, metric and artifact to the run ``run_id`` as soon as it is reported."""
-
-    def __init__(self, run_id: str):
-        super().__init__()
-        self.run_id = run_id
-        self.client = mlflow.MlflowClient()
-
-    @contextmanager
-    def _writing(self, what: str) -> Iterator[None]:
-        """Turn a failure to write artifacts (disk full, unwritable store) into a clear error."""
-        try:
-            yield
-        except OSError as err:
-            uri = self.client.get_run(self.run_id).info.artifact_uri
-            raise ResourceError(
-                f"Could not write {what} to {uri}: {err}. Free disk space or fix that location "
-                "(mlruns_dir, or the experiment's artifact location); this run is marked FAILED."
-            ) from err
-
-    def params(self, values: dict[str, Any]) -> None:
-        super().params(values)
-        self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in values.items()])
-
-    def tags(self, values: dict[str, str]) -> None:
-        super().tags(values)
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in values.items()])
-
-    def metrics(self, values: dict[str, float]) -> None:
-        super().metrics(values)
-        self._log_metrics(values, 0)
-
-    def epoch(self, values: dict[str, float], step: int) -> None:
-        super().epoch(values, step)
-        self._log_metrics(values, step)
-
-    def _log_metrics(self, values: dict[str, float], step: int) -> None:
-        now = mlflow.utils.time.get_current_time_millis()
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
-
-    def figure(self, fig, path: str) -> None:
-        with self._writing(path):
-            self.client.log_figure(self.run_id, fig, path)
-        super().figure(fig, path)
-
-    def text(self, text: str, path: str) -> None:
-        with self._writing(path):
-            self.client.log_text(self.run_id, text, path)
-        super().text(text, path)
-
-    def files(self, local: Path, artifact_dir: str) -> None:
-        with self._writing(artifact_dir):
-            if local.is_dir():
-                self.client.log_artifacts(self.run_id, str(local), artifact_dir)
-            else:
-                self.client.log_artifact(self.run_id, str(local), artifact_dir)
-        super().files(local, artifact_dir)
-
-    def model(self, exported, saved_dir: Path, info: dict, register_as: Optional[str] = None) -> None:
-        with self._writing("the trained model"):
-            _log_classifier(exported, info, register_as)
-            self.client.log_artifacts(self.run_id, str(saved_dir), "saved_model")
-        super().model(exported, saved_dir, info, register_as)
-
-
 def log_config(report: Reporter, cfg: DictConfig, hydra_dir: Optional[Path]) -> None:
     """The flattened resolved config as params; the YAML (and Hydra's record) as artifacts."""
     report.params(config_params(cfg))
@@ -158,29 +85,33 @@ def log_config(report: Reporter, cfg: DictConfig, hydra_dir: Optional[Path]) -> 
         report.files(hydra_dir, "config/hydra")
 
 
-def _log_classifier(exported, info: dict, register_as: Optional[str]) -> None:
-    """The exported image -> probabilities module as an MLflow model of the active run.
+def log_classifier(saved_dir: Path, info: dict, register_as: Optional[str]) -> None:
+    """The exported SavedModel (saved once, copied as is) as the active run's MLflow model ``model``.
 
-    ``mlflow.pyfunc.load_model("runs:/<id>/model")`` reloads it and ``predict`` returns class
-    probabilities. ``register_as`` also registers it under that name.
+    It is an MLflow pyfunc model (rps.serving.RpsModel, with this package inside it):
+    ``mlflow.pyfunc.load_model("runs:/<id>/model").predict(images)`` returns class probabilities
+    for float arrays in [0, 1], uint8 arrays of any size or encoded photos, and so does
+    ``mlflow models serve``. ``register_as`` also registers it under that name.
     """
-    import mlflow.tensorflow
+    import warnings
+
+    import mlflow.pyfunc
     import numpy as np
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
-    size = info["image_size"]
-    signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, size, size, 3))]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(info["class_names"])), "probabilities")]),
-    )
-    mlflow.tensorflow.log_model(
-        exported,
-        name="model",
-        signature=signature,
-        metadata=info,
-        saved_model_kwargs={"signatures": {"serving_default": exported.__call__}},
-        # stated, so MLflow does not reload the model to infer them
-        pip_requirements=[f"{name}=={package_version(name)}" for name in MODEL_REQUIREMENTS],
-        registered_model_name=register_as,
-    )
+    outputs = Schema([TensorSpec(np.dtype(np.float32), (-1, len(info["class_names"])), "probabilities")])
+    with warnings.catch_warnings():  # no input example on purpose: it would load the model at log time
+        warnings.filterwarnings("ignore", message=".*input example was not provided.*")
+        mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(PROJECT_ROOT / "rps" / "mlflow_model.py"),  # models from code: no pickle
+            artifacts={"saved_model": str(saved_dir)},
+            code_paths=[str(PROJECT_ROOT / "rps")],
+            # no input schema: inputs come in several forms (rps.serving.as_batch checks them)
+            signature=ModelSignature(inputs=None, outputs=outputs),
+            metadata=info,
+            # stated, so MLflow does not reload the model to infer them
+            pip_requirements=[f"{name}=={package_version(name)}" for name in MODEL_REQUIREMENTS],
+            registered_model_name=register_as,
+        )

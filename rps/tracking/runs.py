@@ -30,7 +30,10 @@ import mlflow
 from mlflow.entities import Param, RunStatus
 from omegaconf import DictConfig
 
+from rps.errors import ResourceError
+from rps.tracking.access import access_error
 from rps.tracking.record import config_params, environment_tags
+from rps.tracking.reporter import MlflowReporter
 
 log = logging.getLogger(__name__)
 
@@ -142,22 +145,66 @@ class Heartbeat:
 
 
 @contextmanager
-def tracked_run(experiment_id: str, run_name: str, tags: dict[str, str]) -> Iterator[mlflow.ActiveRun]:
-    """An MLflow run that ends FINISHED, FAILED (exception) or KILLED (Ctrl-C / SIGTERM)."""
-    run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags | owner_tags())
+def tracked_run(experiment_id: str, run_name: str, tags: dict[str, str], staging: Optional[Path] = None,
+                about: Optional[dict] = None) -> Iterator[MlflowReporter]:
+    """An MLflow run, written through the :class:`MlflowReporter` it yields, that ends FINISHED,
+    FAILED (exception) or KILLED (Ctrl-C / SIGTERM).
+
+    If the tracking server stops answering meanwhile, the run's record (``about`` it, and what it
+    reported) is kept in ``staging`` and :class:`TrackingLost` says where; otherwise ``staging``
+    (a local copy of the artifacts) is removed at the end.
+    """
+    try:
+        run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags | owner_tags())
+    except Exception as err:  # e.g. a user who may read the experiment but not write to it
+        denied = access_error(err, mlflow.get_tracking_uri(), (about or {}).get("experiment_name", experiment_id))
+        if denied:
+            raise denied from None
+        raise
+    report = MlflowReporter(run.info.run_id, staging)
+    about = (about or {}) | {"run_name": run_name, "start_tags": tags}
     status = RunStatus.FAILED
     try:
         with Heartbeat(run.info.run_id):
-            yield run
+            yield report
+        if report.offline:
+            raise TrackingLost(report.keep(about), report.offline)
         status = RunStatus.FINISHED
     except KeyboardInterrupt:
         status = RunStatus.KILLED
         raise
     except Exception as err:
-        mlflow.set_tag("error", f"{type(err).__name__}: {err}"[:4000])
+        if report.offline is None:
+            message = f"{type(err).__name__}: {err}"[:4000]
+            _quietly("record the error", lambda: mlflow.set_tag("error", message))
+        elif not isinstance(err, TrackingLost):
+            report.keep(about)
         raise
     finally:
-        mlflow.end_run(RunStatus.to_string(status))
+        if report.offline is None:
+            report.discard()
+        else:  # the server is gone: one quick attempt to close the run, not MLflow's retry budget
+            os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="5")
+        _quietly("close the run", lambda: mlflow.end_run(RunStatus.to_string(status)))
+
+
+def _quietly(what: str, call) -> None:
+    try:
+        call()
+    except Exception as err:  # the run's own outcome matters more than this bookkeeping
+        log.warning("Could not %s in the tracking store: %s", what, str(err).splitlines()[0] if str(err) else err)
+
+
+class TrackingLost(ResourceError):
+    """The tracking server stopped answering during a run; what the run produced is kept locally."""
+
+    def __init__(self, folder: Path, reason: str):
+        super().__init__(
+            f"The run could not be tracked to the end: {reason}. Training stopped after the epoch in "
+            f"progress; its params, metrics, plots and trained model are kept in {folder}. When the "
+            f"tracking server is back, log them with: python -m rps.recover {folder}"
+        )
+        self.folder = folder
 
 
 def record_failed_run(experiment_id: str, cfg: DictConfig, name: str, parent_run_id: str, err: Exception) -> None:

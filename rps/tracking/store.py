@@ -17,8 +17,10 @@ from urllib.parse import urlparse
 import mlflow
 from omegaconf import DictConfig
 
-from rps.errors import ResourceError
-from rps.filelock import exclusive
+from rps.errors import ConfigError, ResourceError
+from rps.files import exclusive
+from rps.tracking.access import access_error
+from rps.tracking.record import redact
 from rps.tracking.runs import reap_stale_runs
 
 
@@ -30,6 +32,12 @@ def resolve_tracking_uri(configured: Optional[str], mlruns_dir: str) -> tuple[st
     (MLflow sets sqlite's busy timeout to 20 s per session, so concurrent writers queue.)
     """
     uri = configured or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri and redact(uri) != uri:
+        raise ConfigError(
+            f"The tracking URI {redact(uri)} carries credentials, which would be printed and logged "
+            "with every run. Give the server's address without them (http://host:port) and put them "
+            "in MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD."
+        )
     if not uri:
         uri = f"sqlite:///{Path(mlruns_dir).expanduser().resolve() / 'mlflow.db'}"
     db = _sqlite_file(uri)
@@ -57,7 +65,7 @@ def check_tracking_server(uri: str, timeout: float = 5.0) -> None:
         requests.get(f"{uri.rstrip('/')}/health", timeout=timeout).raise_for_status()
     except requests.RequestException as err:
         raise ResourceError(
-            f"The MLflow tracking server {uri} does not answer ({type(err).__name__}). Start it, "
+            f"The MLflow tracking server {redact(uri)} does not answer ({type(err).__name__}). Start it, "
             "fix MLFLOW_TRACKING_URI / tracking_uri, or unset both to use the local store under mlruns/."
         ) from err
 
@@ -102,8 +110,11 @@ def setup_experiment(cfg: DictConfig) -> str:
     except ResourceError:
         raise
     except Exception as err:  # MLflow and SQLAlchemy raise many types for a store they cannot use
+        denied = access_error(err, uri, cfg.experiment_name)
+        if denied:
+            raise denied from None
         raise ResourceError(
-            f"Cannot use the MLflow tracking store {uri}: {str(err).splitlines()[0][:300]}. Fix "
+            f"Cannot use the MLflow tracking store {redact(uri)}: {str(err).splitlines()[0][:300]}. Fix "
             "MLFLOW_TRACKING_URI / tracking_uri (e.g. sqlite:///<existing folder>/mlflow.db or a "
             "running server's http:// address), or unset both to use the local store under mlruns/."
         ) from err

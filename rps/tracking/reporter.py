@@ -1,0 +1,154 @@
+"""MlflowReporter: every write rps makes to a run, with a local copy that survives a lost server.
+
+Each param, tag, metric and artifact goes to the run as soon as it is reported. With a staging
+folder, artifacts are also written there first, so when the tracking server stops answering in
+the middle of a run nothing is lost: the reporter stops writing to the server, asks training to
+end after the current epoch (``stop_reason``), and :meth:`keep` leaves the run's params, tags,
+metrics, plots and trained model in that folder for ``python -m rps.recover``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import mlflow
+from mlflow.entities import Metric, Param, RunTag
+
+from rps.errors import ResourceError
+from rps.report import Reporter
+from rps.tracking.record import log_classifier
+
+log = logging.getLogger(__name__)
+RECORD_FILE = "record.json"  # in the staging folder: what the run reported, for rps.recover
+# What MLflow's HTTP client says when the server cannot be reached (it wraps requests' errors).
+_UNREACHABLE = ("Connection refused", "Max retries exceeded", "timed out", "Connection aborted",
+                "RemoteDisconnected", "Failed to establish", "Temporary failure in name resolution")
+
+
+def unreachable(err: BaseException) -> bool:
+    """Whether ``err`` means the tracking server did not answer (not that it refused the request)."""
+    import requests
+
+    if isinstance(err, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
+        return True
+    return isinstance(err, mlflow.exceptions.MlflowException) and any(s in str(err) for s in _UNREACHABLE)
+
+
+class MlflowReporter(Reporter):
+    def __init__(self, run_id: str, staging: Optional[Path] = None):
+        super().__init__()
+        self.run_id, self.staging = run_id, staging
+        self.client = mlflow.MlflowClient()
+        self.offline: Optional[str] = None  # why the server is no longer written to
+        self.model_meta: Optional[dict] = None
+
+    @contextmanager
+    def _sending(self, what: str) -> Iterator[None]:
+        """Server unreachable: go offline (keep staging). Artifacts unwritable: a clear error."""
+        try:
+            yield
+        except Exception as err:
+            if unreachable(err):
+                first = str(err).splitlines()[0][:200] if str(err) else ""
+                self.offline = self.stop_reason = f"the tracking server stopped answering ({type(err).__name__}: {first})"
+                log.error("Writing %s failed: %s. Training stops after this epoch; everything the run "
+                          "produces is kept in %s.", what, self.offline, self.staging)
+            elif isinstance(err, OSError):
+                uri = self.client.get_run(self.run_id).info.artifact_uri
+                raise ResourceError(
+                    f"Could not write {what} to {uri}: {err}. Free disk space or fix that location "
+                    "(mlruns_dir, or the experiment's artifact location); this run is marked FAILED."
+                ) from err
+            else:
+                raise
+
+    def _send(self, what: str, call: Callable[[], Any]) -> None:
+        if self.offline is None:
+            with self._sending(what):
+                call()
+
+    def _local(self, path: str) -> Optional[Path]:
+        if self.staging is None:
+            return None
+        local = self.staging / "artifacts" / path
+        local.parent.mkdir(parents=True, exist_ok=True)
+        return local
+
+    def params(self, values: dict[str, Any]) -> None:
+        super().params(values)
+        self._send("params", lambda: self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in values.items()]))
+
+    def tags(self, values: dict[str, str]) -> None:
+        super().tags(values)
+        self._send("tags", lambda: self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in values.items()]))
+
+    def metrics(self, values: dict[str, float]) -> None:
+        super().metrics(values)
+        self._log_metrics(values, 0)
+
+    def epoch(self, values: dict[str, float], step: int) -> None:
+        super().epoch(values, step)
+        self._log_metrics(values, step)
+
+    def _log_metrics(self, values: dict[str, float], step: int) -> None:
+        now = mlflow.utils.time.get_current_time_millis()
+        metrics = [Metric(k, float(v), now, step) for k, v in values.items()]
+        self._send("metrics", lambda: self.client.log_batch(self.run_id, metrics=metrics))
+
+    def figure(self, fig, path: str) -> None:
+        local = self._local(path)
+        if local is None:
+            self._send(path, lambda: self.client.log_figure(self.run_id, fig, path))
+        else:
+            fig.savefig(local)
+            self._send(path, lambda: self.client.log_artifact(self.run_id, str(local), str(Path(path).parent)))
+        super().figure(fig, path)
+
+    def text(self, text: str, path: str) -> None:
+        local = self._local(path)
+        if local is None:
+            self._send(path, lambda: self.client.log_text(self.run_id, text, path))
+        else:
+            local.write_text(text)
+            self._send(path, lambda: self.client.log_artifact(self.run_id, str(local), str(Path(path).parent)))
+        super().text(text, path)
+
+    def files(self, local: Path, artifact_dir: str) -> None:
+        copy = self._local(f"{artifact_dir}/{local.name}")
+        if copy is not None:
+            shutil.copytree(local, copy) if local.is_dir() else shutil.copy2(local, copy)
+        if local.is_dir():
+            self._send(artifact_dir, lambda: self.client.log_artifacts(self.run_id, str(local), artifact_dir))
+        else:
+            self._send(artifact_dir, lambda: self.client.log_artifact(self.run_id, str(local), artifact_dir))
+        super().files(local, artifact_dir)
+
+    def model(self, saved_dir: Path, info: dict, register_as: Optional[str] = None) -> None:
+        if self.staging is not None:
+            shutil.copytree(saved_dir, self.staging / "model" / saved_dir.name)
+        self.model_meta = {"info": info, "register_as": register_as, "saved_model": f"model/{saved_dir.name}"}
+        self._send("the trained model", lambda: log_classifier(saved_dir, info, register_as))
+        super().model(saved_dir, info, register_as)
+
+    def keep(self, about: dict[str, Any]) -> Path:
+        """Write what the run reported (and ``about`` it) beside its staged artifacts; returns the folder."""
+        assert self.staging is not None
+        self.staging.mkdir(parents=True, exist_ok=True)
+        record = {"run_id": self.run_id, **about, **self.recorded,
+                  "epochs": [{"step": step, "metrics": values} for step, values in self.epochs],
+                  "model": self.model_meta}
+        (self.staging / RECORD_FILE).write_text(json.dumps(record, indent=2, default=str))
+        return self.staging
+
+    def discard(self) -> None:
+        if self.staging is not None:
+            shutil.rmtree(self.staging, ignore_errors=True)
+            try:
+                self.staging.parent.rmdir()  # mlruns/unsent/, when nothing else is kept there
+            except OSError:
+                pass

@@ -1,0 +1,111 @@
+"""XNNPACK (TFLite via LiteRT) for frozen backbones, prediction and the served model (tiny data)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import numpy as np
+import pytest
+
+from conftest import TINY_SPLIT, compose, prepared_run
+
+
+@pytest.fixture(scope="module")
+def backbone_and_images(tiny_backbone):
+    from rps import model
+
+    backbone, _ = model.load_backbone(str(tiny_backbone), 32)
+    images = np.random.default_rng(0).random((20, 32, 32, 3)).astype(np.float32)
+    return backbone, images
+
+
+def test_xnnpack_features_match_tensorflows(backbone_and_images, tmp_path):
+    from rps import lite, model
+
+    backbone, images = backbone_and_images
+    content = lite.cached_conversion("k", lambda: lite.from_layer(backbone, 32), tmp_path)
+    assert (tmp_path / "k.tflite").read_bytes() == content, "the conversion is cached"
+    assert lite.cached_conversion("k", lambda: pytest.fail("converted twice"), tmp_path) == content
+    xnnpack = lite.LiteModel(content)(images)  # batches of 8: 8, 8 and 4
+    np.testing.assert_allclose(xnnpack, model.tf_forward(backbone)(images), atol=1e-4)
+    assert lite.LiteModel(content)(images[:0]).shape == (0, 16)
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_a_run_gives_the_same_results_with_either_engine(tiny_tfds, tiny_backbone, tmp_path, cache):
+    from rps.pipeline import train_and_evaluate
+    from rps.report import Reporter
+
+    results = {}
+    for engine in ("xnnpack", "tf"):
+        cfg = compose(f"dataset.data_dir={tiny_tfds}", f"backbone.handle={tiny_backbone}", *TINY_SPLIT,
+                      "backbone.image_size=32", "epochs=3", f"feature_cache.engine={engine}",
+                      f"feature_cache.dir={tmp_path / 'cache'}", f"feature_cache.enabled={str(cache).lower()}")
+        report = Reporter()
+        out = train_and_evaluate(prepared_run(cfg), report)
+        results[engine] = (out, report.recorded["tags"])
+    (lite_out, lite_tags), (tf_out, tf_tags) = results["xnnpack"], results["tf"]
+    if cache:
+        assert lite_tags["feature_engine"].startswith("xnnpack (LiteRT ") and tf_tags["feature_engine"].startswith("tf")
+        assert lite_tags["feature_cache_key"] != tf_tags["feature_cache_key"], "the engine is part of the key"
+    for key in ("best_val_accuracy", "best_val_loss", "test_accuracy", "test_loss"):
+        assert round(lite_out.metrics[key], 3) == round(tf_out.metrics[key], 3), key
+    assert np.array_equal(lite_out.probs.argmax(1), tf_out.probs.argmax(1))
+
+
+def test_a_backbone_that_does_not_convert_falls_back_to_tensorflow_and_says_why(tiny_tfds, tmp_path, caplog):
+    from rps.pipeline import train_and_evaluate
+    from rps.report import Reporter
+    from rps.testing import save_tiny_backbone
+
+    odd = save_tiny_backbone(tmp_path / "odd", tflite_ops=False)
+    cfg = compose(f"dataset.data_dir={tiny_tfds}", f"backbone.handle={odd}", *TINY_SPLIT, "backbone.image_size=32",
+                  "epochs=1", f"feature_cache.dir={tmp_path / 'cache'}")
+    report = Reporter()
+    out = train_and_evaluate(prepared_run(cfg), report)
+    engine = report.recorded["tags"]["feature_engine"]
+    assert engine.startswith("tf (XNNPACK unavailable: ConverterError") and "XNNPACK unavailable" in caplog.text
+    assert report.recorded["tags"]["feature_cache"] == "built" and 0 <= out.metrics["test_accuracy"] <= 1
+
+
+@pytest.fixture(scope="module")
+def exported(backbone_and_images, tmp_path_factory):
+    """An exported classifier (tiny backbone + untrained head) as a run writes it."""
+    from rps import model
+    from rps.outputs import model_info
+    from rps.serving import INFO_FILE
+
+    backbone, _ = backbone_and_images
+    clf = model.build_classifier(backbone, model.build_head(16, 3, compose().head), 32)
+    saved = tmp_path_factory.mktemp("export") / "saved_model"
+    model.ExportedClassifier(clf, ["rock", "paper", "scissors"], 32).save(str(saved))
+    (saved / INFO_FILE).write_text(json.dumps(model_info(["rock", "paper", "scissors"], 32)))
+    return saved, clf
+
+
+def test_the_classifier_takes_photos_in_every_form_and_agrees_with_training(exported):
+    import pandas as pd
+    from PIL import Image
+
+    from rps.images import preprocess
+    from rps.serving import Classifier
+    from rps.testing import tiny_image
+
+    saved, clf = exported
+    photo = tiny_image(2, np.random.default_rng(3), 75)  # uint8, not the model's size
+    png = io.BytesIO()
+    Image.fromarray(photo).save(png, "PNG")
+    as_trained = preprocess(photo, 32).numpy()[None]
+    expected = clf(as_trained, training=False).numpy()
+    xnnpack, tf_engine = Classifier(saved), Classifier(saved, engine="tf")
+    assert xnnpack.engine.startswith("xnnpack") and tf_engine.engine == "tf"
+    forms = {"float batch": as_trained, "uint8 image": photo, "uint8 batch": photo[None], "list of arrays": [photo],
+             "png bytes": png.getvalue(), "base64 text": base64.b64encode(png.getvalue()).decode(),
+             "dataframe column": pd.DataFrame({"image": [base64.b64encode(png.getvalue()).decode()]})}
+    for name, data in forms.items():
+        for classifier in (xnnpack, tf_engine):
+            np.testing.assert_allclose(classifier(data), expected, atol=1e-4, err_msg=name)
+    with pytest.raises(ValueError, match="base64"):
+        xnnpack("not an image")
