@@ -62,6 +62,28 @@ def child_run_name(job_overrides: list[str], keys: list[str]) -> str:
     return " ".join(parts) or "default"
 
 
+def _quoted(value: str) -> str:
+    """A value as a Hydra override understands it, whatever characters a path holds."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def expected_jobs(config: DictConfig, overrides: list[str]) -> Optional[int]:
+    """How many jobs Hydra's basic sweeper will launch (None for other sweepers or open intervals)."""
+    if not str(config.hydra.sweeper.get("_target_", "")).endswith("BasicSweeper"):
+        return None
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = [f"{key}={value}" for key, value in (config.hydra.sweeper.get("params") or {}).items()]
+    count = 1
+    try:
+        for override in OverridesParser.create().parse_overrides(overrides + params):
+            if override.is_sweep_override():
+                count *= len(list(override.sweep_string_iterator()))
+    except Exception:  # interval sweeps and other forms a basic sweeper cannot enumerate
+        return None
+    return count
+
+
 class MlflowSweepCallback(Callback):
     """Parent run per multirun; summary at its end. Does nothing for single runs."""
 
@@ -85,9 +107,15 @@ class MlflowSweepCallback(Callback):
 
         sweep_dir = Path(config.hydra.sweep.dir)
         experiment_id = tracking.setup_experiment(config)
-        overrides = [o for o in config.hydra.overrides.task if not o.startswith(f"{PARENT_KEY}=")]
+        # What every job must see the same way, wherever it runs: the parent, the store, the folder.
+        pinned = {PARENT_KEY: None, "tracking_uri": tracking.resolve_tracking_uri(config.tracking_uri, config.mlruns_dir)[0],
+                  "mlruns_dir": str(Path(config.mlruns_dir).expanduser().resolve())}
+        overrides = [o for o in config.hydra.overrides.task if o.partition("=")[0].lstrip("+~") not in pinned]
         keys = varying_keys(config)
         tags = {"sweep": "parent", "sweep.keys": ",".join(keys)}
+        expected = expected_jobs(config, overrides)
+        if expected is not None:
+            tags["sweep.expected_jobs"] = str(expected)
         if config.get(PARENT_KEY):  # the sweep itself nests under the run the user named
             tags[tracking.PARENT_TAG] = config[PARENT_KEY]
         self.parent_id = tracking.open_parent_run(
@@ -99,10 +127,12 @@ class MlflowSweepCallback(Callback):
             })
         self.heartbeat = Heartbeat(self.parent_id).__enter__()
         atexit.register(self._abandon)
-        # Every job's config carries the parent's id (the sweeper reads these overrides after this
-        # callback), so jobs nest under it whichever launcher runs them, on whatever machine.
+        # Every job's config carries the parent's id, the tracking URI and the absolute mlruns_dir
+        # (the sweeper reads these overrides after this callback), so jobs nest under the parent
+        # whichever launcher runs them, on whatever machine, in whatever working directory.
+        pinned[PARENT_KEY] = self.parent_id
         with read_write(config.hydra.overrides):
-            config.hydra.overrides.task = overrides + [f"{PARENT_KEY}={self.parent_id}"]
+            config.hydra.overrides.task = overrides + [f"{key}={_quoted(value)}" for key, value in pinned.items()]
         log.info("MLflow sweep run %s (children nest under it)", self.parent_id)
 
     def __getstate__(self) -> dict:
@@ -144,7 +174,7 @@ def swept_keys(parent) -> list[str]:
 
 
 def summarize(parent_id: str) -> int:
-    """Write the sweep summary into the parent run; returns the number of failed jobs.
+    """Write the sweep summary into the parent run; returns the number of failed or missing jobs.
 
     The best job is chosen on validation only (:func:`rps.summary.choose_best`); its test
     accuracy is logged beside it, reported and never compared.
@@ -157,19 +187,25 @@ def summarize(parent_id: str) -> int:
     for run in tracking.child_runs(parent_id, client):
         if run.info.status == "RUNNING":  # the launcher returned, so its process is gone
             tracking.end_run(run.info.run_id, "KILLED")
-    keys = swept_keys(tracking.get_run(parent_id))
+    parent = tracking.get_run(parent_id)
+    keys = swept_keys(parent)
     table = [summary.run_row(run, keys) for run in tracking.child_runs(parent_id, client)]
+    failed = [r for r in table if r["status"] != "FINISHED"]
+    expected = int(parent.data.tags.get("sweep.expected_jobs", len(table)))
+    missing = max(0, expected - len(table))  # jobs that could not even record a FAILED run
+    note = (f"\n{missing} of {expected} jobs never reported to the tracking store (a machine that cannot reach "
+            "it? their logs, under the sweep directory or the cluster's job logs, say why)\n") if missing else ""
     report = tracking.MlflowReporter(parent_id)
     report.text(summary.to_csv(table), "summary/summary.csv")
-    report.text(summary.markdown(table) + summary.stats_line(table), "summary/summary.md")
+    report.text(summary.markdown(table) + summary.stats_line(table) + note, "summary/summary.md")
     report.figure(plots.sweep_accuracy(table, keys), "summary/accuracy.png")
-    failed = [r for r in table if r["status"] != "FINISHED"]
-    report.metrics({"n_children": len(table), "n_failed": len(failed)} | summary.sweep_stats(table))
+    report.metrics({"n_children": len(table), "n_failed": len(failed), "n_missing": missing} | summary.sweep_stats(table))
     best = summary.choose_best(table)
     if best is not None:
-        report.metrics({"best_val_accuracy": best["best_val_accuracy"], "best_test_accuracy": best["test_accuracy"]})
+        chosen = {"best_val_accuracy": best["best_val_accuracy"], "best_test_accuracy": best["test_accuracy"]}
+        report.metrics({k: v for k, v in chosen.items() if v is not None})
         report.tags({"best_run_id": best["run_id"], "best_run_name": best["run_name"],
                      "best_chosen_by": summary.CHOSEN_BY})
     print(f"\nSweep {parent_id}: {len(table)} jobs, {len(failed)} failed\n"
-          f"{summary.markdown(table)}{summary.stats_line(table)}")
-    return len(failed)
+          f"{summary.markdown(table)}{summary.stats_line(table)}{note}")
+    return len(failed) + missing

@@ -115,6 +115,39 @@ def store(cwd: Path):
     return mlflow.MlflowClient()
 
 
+def free_port() -> int:
+    """A loopback port nothing listens on (for servers the tests start)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_up(url: str, process: subprocess.Popen, timeout: float = 180) -> None:
+    """Poll ``url`` until it answers; fail if ``process`` (its server) exits or time runs out."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            assert time.monotonic() < deadline and process.poll() is None, f"{url} did not come up"
+            time.sleep(1)
+
+
+def sweep_runs(cwd: Path):
+    """The one sweep parent in the store of ``cwd`` and its children (nothing else may be there)."""
+    runs = all_runs(cwd)
+    parents = [r for r in runs if r.data.tags.get("sweep") == "parent"]
+    assert len(parents) == 1, [r.info.run_name for r in runs]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(runs) == 1 + len(children)
+    return parents[0], children
+
+
 def all_runs(cwd: Path):
     client = store(cwd)
     experiments = client.search_experiments()

@@ -8,25 +8,17 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
-from pathlib import Path
+import tempfile
 
 import pytest
 
-from conftest import TINY_SPLIT, all_runs, run_cli
+from conftest import TINY_SPLIT, free_port, run_cli, sweep_runs
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
 
-def sweep_runs(cwd: Path):
-    runs = all_runs(cwd)
-    parents = [r for r in runs if r.data.tags.get("sweep") == "parent"]
-    assert len(parents) == 1, [r.info.run_name for r in runs]
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
-    assert len(runs) == 1 + len(children)
-    return parents[0], children
 
 
 def test_submitit_local_runs_each_job_in_its_own_process(offline_env, tmp_path):
@@ -43,10 +35,6 @@ def test_submitit_local_runs_each_job_in_its_own_process(offline_env, tmp_path):
     assert all("head.dropout=1.5" in c.data.tags["error"] for c in children if c.info.status == "FAILED")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -56,18 +44,20 @@ def ray_head(offline_env, tmp_path):
     ray = shutil.which("ray", path=os.path.dirname(sys.executable))
     if ray is None:
         pytest.skip("Ray is not installed (pip install -e '.[cluster]'; the test extra includes it)")
-    port, head_dir = _free_port(), tmp_path / "ray-head"
+    port, head_dir = free_port(), tmp_path / "ray-head"
     head_dir.mkdir()
+    ray_tmp = tempfile.mkdtemp(prefix="rps-ray-", dir="/tmp")  # Ray's socket paths must stay under 108 bytes
     env = offline_env | {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
-                         "RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": str(tmp_path / "ray-tmp")}
+                         "RAY_USAGE_STATS_ENABLED": "0"}
     started = subprocess.run([ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
-                              "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={tmp_path / 'ray-tmp'}"],
+                              "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={ray_tmp}"],
                              cwd=head_dir, env=env, capture_output=True, text=True, timeout=180)
     try:
         assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
         yield f"127.0.0.1:{port}", head_dir, env
     finally:
         subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def test_ray_cluster_jobs_nest_under_the_parent_from_another_directory(ray_head, tmp_path):
@@ -83,3 +73,53 @@ def test_ray_cluster_jobs_nest_under_the_parent_from_another_directory(ray_head,
     assert parent.data.params["launcher"].endswith("RayLauncher")
     assert all(c.data.tags["rps.pid"] != str(os.getpid()) for c in children)
     assert not (head_dir / "mlruns").exists(), "jobs wrote to the launch folder's store, not the head's folder"
+
+
+@pytest.mark.parametrize("overrides, params, expected", [
+    (["head.dropout=0.2,0.5", "optimizer.lr=1e-2,1e-3,1e-4", "epochs=1"], {}, 6),
+    (["+experiment=sweep_dropout_lr"], {"head.dropout": "0.2,0.5,0.8", "optimizer.lr": "1e-2,1e-3,1e-4"}, 9),
+    (["seed=range(1,4)"], {}, 3),
+])
+def test_the_expected_number_of_jobs_is_known_before_they_run(overrides, params, expected):
+    from omegaconf import OmegaConf
+
+    from rps.sweep import expected_jobs
+
+    config = OmegaConf.create({"hydra": {"sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
+                                                     "params": params}}})
+    assert expected_jobs(config, overrides) == expected
+    other = OmegaConf.create({"hydra": {"sweeper": {"_target_": "some.OptunaSweeper", "params": params}}})
+    assert expected_jobs(other, overrides) is None
+
+
+def test_jobs_that_never_reached_the_store_are_counted_missing_and_fail_the_sweep(tmp_path):
+    from mlflow.entities import Metric
+
+    from conftest import store
+    from rps import tracking
+    from rps.sweep import summarize
+
+    client = store(tmp_path)
+    experiment = client.create_experiment("rps")
+    parent = tracking.open_parent_run(experiment, "sweep", {"sweep": "parent", "sweep.keys": "seed",
+                                                            "sweep.expected_jobs": "3"}, {})
+    run = client.create_run(experiment, run_name="seed=1", tags={tracking.PARENT_TAG: parent})
+    client.log_batch(run.info.run_id, metrics=[Metric("best_val_accuracy", 0.9, 0, 0)])
+    client.set_terminated(run.info.run_id, "FINISHED")
+    assert summarize(parent) == 2  # one finished, two never reported
+    done = client.get_run(parent)
+    assert done.data.metrics["n_missing"] == 2 and done.data.metrics["n_children"] == 1
+    summary = client.download_artifacts(parent, "summary/summary.md", str(tmp_path))
+    assert "2 of 3 jobs never reported to the tracking store" in open(summary).read()
+
+
+def test_the_launcher_presets_compose_with_the_plugins():
+    from conftest import compose
+
+    slurm = compose("hydra/launcher=slurm", return_hydra_config=True).hydra.launcher
+    assert slurm._target_.endswith("SlurmLauncher")
+    assert (slurm.timeout_min, slurm.cpus_per_task, slurm.mem_gb, slurm.partition) == (60, 4, 8, None)
+    ray = compose("hydra/launcher=ray_cluster", "hydra.launcher.ray.init.address=10.0.0.1:6379",
+                  return_hydra_config=True).hydra.launcher
+    assert ray._target_.endswith("RayLauncher") and ray.ray.init.object_store_memory is None
+    assert ray.ray.init.address == "10.0.0.1:6379" and ray.ray.remote.num_cpus == 2

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import json
@@ -15,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, TINY_SPLIT, all_runs, compose, run_cli, split_examples, store
+from conftest import ROOT, TINY_SPLIT, all_runs, compose, free_port, run_cli, split_examples, store
 
 pytestmark = pytest.mark.slow
 EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
@@ -268,9 +267,7 @@ def test_image_size_the_backbone_rejects_leaves_no_run(offline_env, tmp_path):
 
 
 def test_unreachable_tracking_server_fails_before_training(offline_env, tmp_path):
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # a port nothing listens on
     result = run_cli(*TINY_SPLIT, cwd=tmp_path, env=offline_env | {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"})
     assert result.returncode == 2 and result.seconds < 30
     assert f"http://127.0.0.1:{port} does not answer" in result.stderr and "Traceback" not in result.stderr

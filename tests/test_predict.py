@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TINY_SPLIT, all_runs, run_cli, store
+from conftest import TINY_SPLIT, all_runs, free_port, run_cli, store, wait_until_up
 
 pytestmark = pytest.mark.slow
 
@@ -133,8 +133,6 @@ def test_served_model_answers_a_posted_photo_like_the_predict_cli(exported_run, 
     probabilities rps.predict gives for the same files."""
     import base64
     import signal
-    import socket
-    import time
     import urllib.request
 
     cwd, run, env = exported_run
@@ -142,22 +140,13 @@ def test_served_model_answers_a_posted_photo_like_the_predict_cli(exported_run, 
     out = tmp_path / "cli.json"
     assert predict_cli(cwd, env, f"runs:/{run.info.run_id}/model", *map(str, files), "--output", str(out)).returncode == 0
     expected = [[row[f"p_{name}"] for name in ("rock", "paper", "scissors")] for row in json.loads(out.read_text())]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     serve_env = env | {"MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlruns' / 'mlflow.db'}"}
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", f"runs:/{run.info.run_id}/model",
                                "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)], cwd=cwd, env=serve_env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
-                    break
-            except OSError:
-                assert time.monotonic() < deadline and server.poll() is None, "the model server did not come up"
-                time.sleep(1)
+        wait_until_up(f"http://127.0.0.1:{port}/ping", server)
         body = {"dataframe_split": {"columns": ["image"],
                                     "data": [[base64.b64encode(f.read_bytes()).decode()] for f in files]}}
         request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),

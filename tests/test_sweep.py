@@ -7,29 +7,20 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TINY_SPLIT, all_runs, run_cli, store
+from conftest import TINY_SPLIT, free_port, run_cli, store, sweep_runs, wait_until_up
 
 pytestmark = pytest.mark.slow
 GRID = ["head.dropout=0.2,0.5", "optimizer.lr=0.01,0.001"]
 
 
-def sweep_runs(cwd):
-    runs = all_runs(cwd)
-    parents = [r for r in runs if r.data.tags.get("sweep") == "parent"]
-    assert len(parents) == 1, [r.info.run_name for r in runs]
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
-    assert len(runs) == 1 + len(children)
-    return parents[0], children
 
 
 @pytest.fixture(scope="module")
@@ -121,10 +112,6 @@ def test_compare_ranks_on_validation_and_reports_test_on_request(basic_sweep):
     assert missing.returncode == 2 and "no experiment 'nope'" in missing.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _api(base: str, path: str, body: dict | None = None) -> dict:
@@ -137,21 +124,14 @@ def _api(base: str, path: str, body: dict | None = None) -> dict:
 def test_mlflow_ui_serves_the_sweep(basic_sweep):
     cwd, _ = basic_sweep
     parent, children = sweep_runs(cwd)
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{cwd / 'mlruns' / 'mlflow.db'}",
          "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
         cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=2):
-                    break
-            except OSError:
-                assert time.monotonic() < deadline and server.poll() is None, "mlflow server did not come up"
-                time.sleep(1)
+        wait_until_up(f"{base}/health", server)
         found = _api(base, "/api/2.0/mlflow/runs/search", {
             "experiment_ids": [parent.info.experiment_id],
             "filter": f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"})
@@ -192,9 +172,7 @@ def test_a_failing_child_fails_alone_and_the_summary_says_so(offline_env, tmp_pa
 
 
 def test_a_sweep_that_cannot_be_tracked_exits_non_zero(offline_env, tmp_path):
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    dead = f"http://127.0.0.1:{free_port()}"  # a port nothing listens on
     result = run_cli("-m", "head.dropout=0.2,0.5", *TINY_SPLIT, f"tracking_uri={dead}", cwd=tmp_path, env=offline_env)
     assert result.returncode == 2 and "cannot start the sweep's MLflow run" in result.stderr
     assert "Epoch" not in result.stdout

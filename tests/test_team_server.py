@@ -7,7 +7,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_SPLIT, run_cli
+from conftest import TINY_SPLIT, free_port, run_cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 PASSWORDS = {name: f"{name}-{secrets.token_hex(8)}" for name in ("admin", "alice", "bob")}
@@ -53,10 +52,6 @@ def _postgres_problem() -> str | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +59,7 @@ def team_server(tmp_path_factory):
     problem = _postgres_problem()
     if problem:
         pytest.skip(problem)
-    port = _free_port()
+    port = free_port()
     server = TeamServer(f"http://127.0.0.1:{port}", tmp_path_factory.mktemp("server"),
                         ["--state-dir", "", "--port", str(port), "--db-name", f"rps_test_{uuid.uuid4().hex[:8]}"])
     server.args[1] = str(server.state)

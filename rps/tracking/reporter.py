@@ -100,22 +100,21 @@ class MlflowReporter(Reporter):
         metrics = [Metric(k, float(v), now, step) for k, v in values.items()]
         self._send("metrics", lambda: self.client.log_batch(self.run_id, metrics=metrics))
 
-    def figure(self, fig, path: str) -> None:
+    def _artifact(self, path: str, write: Callable[[Path], Any], log_directly: Callable[[], Any]) -> None:
+        """Write the artifact into staging and log that file, or (no staging) log it directly."""
         local = self._local(path)
         if local is None:
-            self._send(path, lambda: self.client.log_figure(self.run_id, fig, path))
+            self._send(path, log_directly)
         else:
-            fig.savefig(local)
+            write(local)
             self._send(path, lambda: self.client.log_artifact(self.run_id, str(local), str(Path(path).parent)))
+
+    def figure(self, fig, path: str) -> None:
+        self._artifact(path, fig.savefig, lambda: self.client.log_figure(self.run_id, fig, path))
         super().figure(fig, path)
 
     def text(self, text: str, path: str) -> None:
-        local = self._local(path)
-        if local is None:
-            self._send(path, lambda: self.client.log_text(self.run_id, text, path))
-        else:
-            local.write_text(text)
-            self._send(path, lambda: self.client.log_artifact(self.run_id, str(local), str(Path(path).parent)))
+        self._artifact(path, lambda local: local.write_text(text), lambda: self.client.log_text(self.run_id, text, path))
         super().text(text, path)
 
     def files(self, local: Path, artifact_dir: str) -> None:
