@@ -122,7 +122,7 @@ def _predict_rate(outcome, image_size: int, folder: Path) -> tuple[float, str]:
     from rps.serving import INFO_FILE
 
     saved = folder / "saved_model"
-    ExportedClassifier(outcome.classifier, outcome.class_names, image_size).save(str(saved))
+    ExportedClassifier(outcome.backbone, outcome.head, outcome.class_names, image_size).save(str(saved))
     (saved / INFO_FILE).write_text(json.dumps(model_info(outcome.class_names, image_size)))
     images = folder / "images"
     images.mkdir()
@@ -199,8 +199,8 @@ def main(argv: list[str] | None = None) -> None:
             verdict = "" if target is None else f"  target <= {target:.2f}x: {_verdict(ratio <= target)}"
             return f"  {label:<38}{seconds:9.1f} s  {ratio:6.2f}x (a){verdict}"
 
-        lite_rate = n_images / max(cold.recorded["metrics"]["feature_extraction_seconds"], 1e-9)
-        tf_rate = n_images / max(tf_cold.recorded["metrics"]["feature_extraction_seconds"], 1e-9)
+        lite_rate = n_images / max(cold.recorded["metrics"]["timing/feature_extraction_seconds"], 1e-9)
+        tf_rate = n_images / max(tf_cold.recorded["metrics"]["timing/feature_extraction_seconds"], 1e-9)
         print(f"\nbackbone load {load_s:.1f} s (once, not counted below); features by "
               f"{cold.recorded['tags']['feature_engine']}")
         print(line("(a) uncached run", uncached_s))

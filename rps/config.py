@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -20,10 +21,13 @@ from rps.errors import ConfigError
 
 DEFAULT_HANDLE = "https://tfhub.dev/google/tf2-preview/mobilenet_v2/feature_vector/4"
 SPLIT_KINDS = ("tutorial", "official")
+GROUPINGS = ("none", "clusters", "pattern")
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("none", "cosine", "plateau")
 AUGMENTS = ("none", "basic")
 FEATURE_ENGINES = ("xnnpack", "tf")
+SAMPLERS = ("tpe", "random")
+PRUNERS = ("median", "hyperband", "none")
 
 
 @dataclass
@@ -66,11 +70,22 @@ class SplitConfig:
     and cut into val / test / rest-for-train (the reference recipe, leak-free).
     ``official``: the dataset's own test set; validation is carved from its train set.
     Sizes below 1 are fractions of the pool they are taken from; sizes of 1 or more are counts.
+
+    Grouped validation (official only): ``group_by`` holds out whole groups of similar training
+    images instead of random ones, so validation shows hands training did not (``clusters``:
+    k-means on the frozen backbone's features into ``groups`` groups; ``pattern``: an image
+    folder's file names, the first regex group of ``pattern`` naming the subject). ``folds=K``
+    (frozen backbone, cached features) trains K heads, each validated on another 1/K of the
+    groups, and a run is then judged by their mean validation accuracy.
     """
 
     kind: str = "tutorial"
     val_size: float = 600
     test_size: Optional[float] = 400  # tutorial only; must be null for official
+    group_by: str = "none"  # none | clusters | pattern
+    groups: int = 40  # clusters: how many groups of similar frames
+    pattern: Optional[str] = None  # pattern: regex over file names, e.g. '^(\w+?)\d*_' (group 1 = subject)
+    folds: int = 1  # 1: one validation carve-out; K >= 2: group K-fold (frozen heads on cached features)
 
 
 @dataclass
@@ -157,8 +172,34 @@ class EarlyStoppingConfig:
 class ExportConfig:
     """Extra forms of the trained model logged with the run."""
 
+    # false: no model is logged (metrics, plots and datasets are): search trials, where the chosen
+    # trial is rerun with `python -m rps.run <its values>` to get its model
+    model: bool = True
     tflite: bool = False  # also log tflite/model.tflite, checked on the test split
     tflite_quantize: bool = False  # and tflite/model_dynamic_range.tflite (int8 weights)
+
+
+@dataclass
+class SearchConfig:
+    """A hyper-parameter search with Optuna (``python -m rps.tune``); ignored by ``rps.run``.
+
+    ``space`` names what to sample: ``lr: {key: optimizer.lr, type: float, low: 1e-4, high: 0.1,
+    log: true}``, ``width: {key: head.hidden_units, type: int, low: 0, high: 256, step: 64}`` or
+    ``optimizer: {type: categorical, choices: [adam, sgd]}`` (``key``: the config key or group to
+    set, by default the entry's name; entries are overridable: ``search.space.lr.high=0.01``).
+    The objective is always the validation accuracy (``best_val_accuracy``); trials are pruned on
+    per-epoch validation accuracy.
+    """
+
+    study: Optional[str] = None  # the study's name (null: experiment_name)
+    trials: int = 20  # trials of the whole study, across all its workers
+    sampler: str = "tpe"  # tpe | random
+    seed: Optional[int] = 0  # the sampler's seed (null: unseeded)
+    pruner: str = "median"  # median | hyperband | none
+    startup_trials: int = 5  # median: trials that finish before any is pruned
+    warmup_epochs: int = 2  # median: epochs a trial runs before it can be pruned
+    storage: Optional[str] = None  # null: sqlite:///<mlruns_dir>/optuna.db; a database URL for many workers
+    space: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -191,6 +232,7 @@ class Config:
     # Nest this run under that MLflow run (same experiment). A multirun sets it for every job to
     # its sweep's parent run, so it travels with the job to whatever machine runs it.
     parent_run_id: Optional[str] = None
+    search: SearchConfig = field(default_factory=SearchConfig)
 
 
 def register_configs() -> None:
@@ -267,6 +309,31 @@ def _unknown_keys(node: DictConfig, prefix: str = "") -> list[tuple[str, Any, st
     return out
 
 
+def _regex_problem(pattern: str) -> Optional[str]:
+    try:
+        re.compile(pattern)
+    except re.error as err:
+        return f"not a valid regex ({err})"
+    return None
+
+
+def _space_problem(spec: Any) -> Optional[str]:
+    """What is wrong with one search-space entry, or None."""
+    kinds = "{[key,] type: float|int, low, high[, log, step]} or {[key,] type: categorical, choices: [...]}"
+    if not isinstance(spec, DictConfig) or spec.get("type") not in ("float", "int", "categorical"):
+        return kinds
+    if set(spec) - {"key", "type", "low", "high", "log", "step", "choices"}:
+        return f"unknown fields {sorted(set(spec) - {'key', 'type', 'low', 'high', 'log', 'step', 'choices'})}; {kinds}"
+    if spec.type == "categorical":
+        return None if spec.get("choices") else "a categorical needs a non-empty choices list"
+    low, high = spec.get("low"), spec.get("high")
+    if not isinstance(low, (int, float)) or not isinstance(high, (int, float)) or not low < high:
+        return f"{spec.type} needs numbers low < high"
+    if spec.get("log") and low <= 0:
+        return "log: true needs low > 0"
+    return None
+
+
 def _problems(cfg: DictConfig) -> list[tuple[str, Any, str]]:
     """Every (key, value, what is allowed) that is wrong in ``cfg``."""
     out: list[tuple[str, Any, str]] = _unknown_keys(cfg)
@@ -303,6 +370,17 @@ def _problems(cfg: DictConfig) -> list[tuple[str, Any, str]]:
             "null: the official split uses the dataset's own test set",
         )
 
+    need("split.group_by", sp.group_by in GROUPINGS and (sp.group_by == "none" or sp.kind == "official"),
+         f"one of {', '.join(GROUPINGS)}; grouped validation needs split=official (the test split stays the dataset's)")
+    need("split.groups", sp.groups >= 2, "an integer >= 2")
+    need("split.pattern", sp.group_by != "pattern" or (bool(sp.pattern) and _regex_problem(sp.pattern) is None
+                                                         and cfg.dataset.kind == "image_folder"),
+         f"a regex over file names whose first group is the subject (with dataset=image_folder)"
+         f"{': ' + _regex_problem(sp.pattern) if sp.pattern and _regex_problem(sp.pattern) else ''}")
+    need("split.folds", sp.folds >= 1, "an integer >= 1")
+    need("split.folds", sp.folds == 1 or (feature_cache_plan(cfg)[0] and not cfg.backbone.trainable),
+         "1 unless the head trains on cached features of the frozen backbone (folds train K heads on them)")
+
     bb = cfg.backbone
     need("backbone.handle", bool(bb.handle), "a TF Hub URL or a local SavedModel directory")
     need("backbone.image_size", 32 <= bb.image_size <= 1024, "an integer in [32, 1024] (224 for MobileNet-V2)")
@@ -334,8 +412,19 @@ def _problems(cfg: DictConfig) -> list[tuple[str, Any, str]]:
     need("seed", cfg.seed >= 0, "an integer >= 0")
     need("num_samples", cfg.num_samples >= 0, "an integer >= 0 (0 draws no sample grid)")
     need("experiment_name", bool(cfg.experiment_name), "a non-empty MLflow experiment name")
+    need("register_model", not (cfg.register_model and not cfg.export.model),
+         "null while export.model=false (no model is logged to register)")
     need("feature_cache.batch_size", cfg.feature_cache.batch_size >= 1, "an integer >= 1")
     need("feature_cache.engine", cfg.feature_cache.engine in FEATURE_ENGINES, f"one of {', '.join(FEATURE_ENGINES)}")
+    se = cfg.search
+    need("search.trials", se.trials >= 1, "an integer >= 1")
+    need("search.sampler", se.sampler in SAMPLERS, f"one of {', '.join(SAMPLERS)}")
+    need("search.pruner", se.pruner in PRUNERS, f"one of {', '.join(PRUNERS)}")
+    need("search.startup_trials", se.startup_trials >= 0, "an integer >= 0")
+    need("search.warmup_epochs", se.warmup_epochs >= 0, "an integer >= 0")
+    for key, spec in se.space.items():
+        problem = _space_problem(spec)
+        need(f"search.space.{key}", problem is None, problem or "")
     need("feature_cache.enabled", not (cfg.feature_cache.enabled and _cache_blocked(cfg)),
          f"null or false: {_cache_blocked(cfg)}, so their features change every epoch (in a fine-tuning "
          "run, augment.head_phase=false keeps phase 1 unaugmented)")

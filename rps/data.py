@@ -6,7 +6,9 @@ decodes them, so the whole rock_paper_scissors dataset is ~45 MB in memory.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +35,22 @@ class Examples:
 
     def take(self, index: np.ndarray) -> "Examples":
         return Examples(self.images[index], self.labels[index], self.from_files)
+
+    def digest(self) -> str:
+        """SHA-256 of the examples, in order: encoded bytes (a file: its path, size and modification
+        time) and labels. Equal for the same data in the same order, whatever run computes it."""
+        h = hashlib.sha256()
+        for item in self.images:
+            if self.from_files:
+                stat = os.stat(item)
+                item = f"{item}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()
+            h.update(len(item).to_bytes(8, "little"))
+            h.update(item)
+        h.update(np.ascontiguousarray(self.labels, dtype=np.int64).tobytes())
+        return h.hexdigest()
+
+    def class_counts(self, class_names: list[str]) -> dict[str, int]:
+        return {name: int(count) for name, count in zip(class_names, np.bincount(self.labels, minlength=len(class_names)))}
 
 
 def concat(a: Examples, b: Examples) -> Examples:

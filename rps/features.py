@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 import zipfile
 from contextlib import ExitStack
@@ -41,16 +40,6 @@ def default_dir() -> Path:
     return cache_dir("features")
 
 
-def _digest_examples(h, images: np.ndarray, labels: np.ndarray, from_files: bool) -> None:
-    for item in images:
-        if from_files:  # a file is identified by its path, size and modification time
-            stat = os.stat(item)
-            item = f"{item}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()
-        h.update(len(item).to_bytes(8, "little"))
-        h.update(item)
-    h.update(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
-
-
 def _digest_dir(h, folder: Path) -> None:
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         h.update(str(path.relative_to(folder)).encode() + b"\0")
@@ -70,15 +59,12 @@ def backbone_digest(handle: str, backbone_dir: Optional[Path]) -> str:
     return h.hexdigest()
 
 
-def cache_key(
-    images: np.ndarray, labels: np.ndarray, from_files: bool, backbone: str, image_size: int, engine: str
-) -> str:
-    """SHA-256 of the examples, the backbone (:func:`backbone_digest`), the image size, the
-    preprocessing and the engine that computes the features (``xnnpack`` or ``tf``: their
-    features agree to ~1e-5, not bit for bit)."""
-    h = hashlib.sha256(f"rps-features/{FORMAT}/{PREPROCESSING}/{image_size}/{engine}/{backbone}\0".encode())
-    _digest_examples(h, images, labels, from_files)
-    return h.hexdigest()[:40]
+def cache_key(examples: str, backbone: str, image_size: int, engine: str) -> str:
+    """SHA-256 of the examples (``rps.data.Examples.digest``), the backbone (:func:`backbone_digest`),
+    the image size, the preprocessing and the engine that computes the features (``xnnpack`` or
+    ``tf``: their features agree to ~1e-5, not bit for bit)."""
+    parts = f"rps-features/{FORMAT}/{PREPROCESSING}/{image_size}/{engine}/{backbone}/{examples}"
+    return hashlib.sha256(parts.encode()).hexdigest()[:40]
 
 
 def _checksum(features: np.ndarray, labels: np.ndarray) -> str:

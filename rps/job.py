@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -61,16 +62,25 @@ def _run_name(cfg: DictConfig, parent, overrides: Optional[list[str]]) -> str:
     return cfg.run_name or default_run_name(cfg)
 
 
-def _record_failure(cfg: DictConfig, experiment_id: Optional[str], overrides, err: RpsError) -> None:
+def _record_failure(cfg: DictConfig, experiment_id: Optional[str], overrides, err: RpsError, tags: dict) -> None:
     """A job nested under a parent (a sweep's) that cannot start still leaves a FAILED run saying why."""
     from rps import tracking
 
     try:
         experiment_id = experiment_id or tracking.setup_experiment(cfg)
         tracking.record_failed_run(experiment_id, cfg, _run_name(cfg, _parent(cfg, experiment_id), overrides),
-                                   cfg.parent_run_id, err)
+                                   cfg.parent_run_id, err, tags)
     except Exception as failure:  # the store itself is unusable: nothing can be recorded
         log.warning("Could not record the failed job in the tracking store: %s", failure)
+
+
+@dataclass
+class Finished:
+    """What a tracked run leaves its caller: its objective, its run and why it stopped early (if it did)."""
+
+    objective: float  # the exported model's validation accuracy
+    run_id: str
+    stop_reason: Optional[str]
 
 
 def run(cfg: DictConfig, hydra_dir: Optional[Path] = None, overrides: Optional[list[str]] = None) -> float:
@@ -78,6 +88,14 @@ def run(cfg: DictConfig, hydra_dir: Optional[Path] = None, overrides: Optional[l
 
     ``overrides`` (a multirun job's own overrides) name a sweep job's run after its swept values.
     """
+    return execute(cfg, hydra_dir, overrides).objective
+
+
+def execute(cfg: DictConfig, hydra_dir: Optional[Path] = None, overrides: Optional[list[str]] = None,
+            prepared=None, on_epoch=None, extra_tags: Optional[dict[str, str]] = None) -> Finished:
+    """:func:`run`, for callers that run many: ``prepared`` reuses a loaded backbone (when it is
+    the one ``cfg`` names), ``on_epoch`` becomes the reporter's per-epoch hook (see Reporter) and
+    ``extra_tags`` go on the run from its start."""
     from rps import tracking
 
     experiment_id = None
@@ -85,14 +103,19 @@ def run(cfg: DictConfig, hydra_dir: Optional[Path] = None, overrides: Optional[l
         validate(cfg)
         experiment_id = tracking.setup_experiment(cfg)  # fails fast when a tracking server is down
         parent = _parent(cfg, experiment_id) if cfg.parent_run_id else None
+        from dataclasses import replace
+
         from rps import outputs, pipeline  # imports TensorFlow
 
-        prepared = pipeline.prepare(cfg)
+        reusable = prepared is not None and (prepared.cfg.backbone.handle, prepared.cfg.backbone.image_size) == \
+            (cfg.backbone.handle, cfg.backbone.image_size) and prepared.cfg.dataset == cfg.dataset
+        prepared = replace(prepared, cfg=cfg) if reusable else pipeline.prepare(cfg)
     except RpsError as err:
         if cfg.parent_run_id:
-            _record_failure(cfg, experiment_id, overrides, err)
+            _record_failure(cfg, experiment_id, overrides, err, extra_tags or {})
         raise
     tags = tracking.environment_tags() | {"dataset": prepared.source.name, "backbone_handle": cfg.backbone.handle}
+    tags |= extra_tags or {}
     if parent is not None:
         tags[tracking.PARENT_TAG] = parent.info.run_id
     name = _run_name(cfg, parent, overrides)
@@ -100,7 +123,8 @@ def run(cfg: DictConfig, hydra_dir: Optional[Path] = None, overrides: Optional[l
     staging = Path(cfg.mlruns_dir).expanduser().resolve() / "unsent" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     with tracking.tracked_run(experiment_id, name, tags, staging, about) as report:
         log.info("MLflow run %s in experiment '%s'", report.run_id, cfg.experiment_name)
+        report.on_epoch = on_epoch
         tracking.log_config(report, cfg, hydra_dir)  # first artifact: an unwritable store fails here
         out = pipeline.train_and_evaluate(prepared, report)
         outputs.report_outputs(cfg, out, report)
-    return out.metrics[pipeline.OBJECTIVE]
+    return Finished(out.metrics[pipeline.OBJECTIVE], report.run_id, report.stop_reason)

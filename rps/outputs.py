@@ -24,32 +24,38 @@ from rps.serving import INFO_FILE
 log = logging.getLogger(__name__)
 
 
-def model_info(class_names: list[str], image_size: int) -> dict:
+def model_info(class_names: list[str], image_size: int, backbone: str = "backbone") -> dict:
     """The exported model's metadata (in its MLflow metadata and in ``rps_model.json``)."""
     return {
         "class_names": list(class_names),
         "image_size": image_size,
-        "input": f"float32 RGB in [0, 1], shape [batch, {image_size}, {image_size}, 3]",
+        "backbone": backbone,
+        "input": "images: float32 RGB in [0, 1] of shape [batch, {0}, {0}, 3], uint8 arrays of any size, "
+                 "or encoded JPEG/PNG/BMP/GIF (bytes or base64 text)".format(image_size),
         "output": "float32 class probabilities, shape [batch, n_classes], in class_names order",
     }
 
 
 def report_outputs(cfg: DictConfig, out: Outcome, report: Reporter) -> None:
     """The sample-prediction grid, training curves, confusion matrix and the trained model."""
-    n = min(cfg.num_samples, len(out.labels))
+    n, step = min(cfg.num_samples, len(out.labels)), len(out.history["val_accuracy"])
     if n:
         images = data.decoded_images(out.test_examples, n)
         report.figure(plots.sample_predictions(images, out.labels[:n], out.probs[:n], out.class_names),
-                      "plots/sample_predictions.png")
+                      "plots/sample_predictions.png", compare_as="sample_predictions", step=step)
     report.figure(plots.training_curves(out.history), "plots/training_curves.png")
-    report.figure(plots.confusion_matrix(out.confusion, out.class_names), "plots/confusion_matrix.png")
+    report.figure(plots.confusion_matrix(out.confusion, out.class_names), "plots/confusion_matrix.png",
+                  compare_as="confusion_matrix", step=step)
+    if not (cfg.export.model or cfg.export.tflite):
+        return
     size = cfg.backbone.image_size
-    info = model_info(out.class_names, size)
+    info = model_info(out.class_names, size, cfg.backbone.name)
     with tempfile.TemporaryDirectory() as tmp:
         saved = Path(tmp) / "saved_model"
-        ExportedClassifier(out.classifier, out.class_names, size).save(str(saved))  # the one save
+        ExportedClassifier(out.backbone, out.head, out.class_names, size).save(str(saved))  # the one save
         (saved / INFO_FILE).write_text(json.dumps(info, indent=2))
-        report.model(saved, info, cfg.register_model)
+        if cfg.export.model:
+            report.model(saved, info, cfg.register_model)
         if cfg.export.tflite:
             _report_tflite(cfg, saved, out, report)
 

@@ -16,19 +16,19 @@ at the end, and only reported.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from rps import data, features, lite, model, train
+from rps import data, features, lite, model, train, validation
 from rps.config import PHASE2_CACHE, augmented, feature_cache_plan, validate
 from rps.evaluate import evaluate
 from rps.report import Reporter
 from rps.resources import DatasetSource, backbone_dir, check_backbone, locate_dataset
-from rps.splits import split_indices, split_sizes
+from rps.splits import split_sizes
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +44,15 @@ class Prepared:
     source: DatasetSource
     backbone: model.Backbone  # frozen; runs never change it
     feature_dim: int
+    # the loaded examples by dataset config, shared by the copies runs make (dataclasses.replace)
+    loaded: dict = field(default_factory=dict)
 
 
 @dataclass
 class Outcome:
-    classifier: Any  # the full image -> probabilities Keras model
+    backbone: Any  # the trained model's parts: the backbone (the prepared one, or a fine-tuned copy)
+    head: Any  # and the head on its feature vector
+    image_size: int
     class_names: list[str]
     test_examples: data.Examples
     history: dict[str, list[float]]
@@ -56,6 +60,15 @@ class Outcome:
     labels: np.ndarray
     metrics: dict[str, float]  # best_val_accuracy / best_val_loss (the exported model's), test_*
     confusion: np.ndarray
+    trained_classifier: Any = None  # the full model, when training built it
+
+    @property
+    def classifier(self):
+        """The full image -> probabilities Keras model (built on first use when training did not:
+        tracing the backbone's graph costs seconds a head-only run need not spend)."""
+        if self.trained_classifier is None:
+            self.trained_classifier = model.build_classifier(self.backbone, self.head, self.image_size)
+        return self.trained_classifier
 
 
 def prepare(cfg: DictConfig) -> Prepared:
@@ -72,14 +85,44 @@ def prepare(cfg: DictConfig) -> Prepared:
     return Prepared(cfg, source, backbone, feature_dim)
 
 
-def load_examples(cfg: DictConfig, source: DatasetSource, report: Reporter) -> tuple[data.Examples, data.Examples, list[str]]:
-    if source.kind == "tfds":
-        train_ex, test_ex, class_names, version = data.load_tfds(source)
-        report.tags({"dataset_version": version})
-        return train_ex, test_ex, class_names
-    train_ex, test_ex, skipped = data.load_image_folder(source, cfg.dataset.skip_corrupt)
-    report.metrics({"skipped_corrupt_images": skipped})
-    return train_ex, test_ex, source.class_names
+def load_examples(prepared: Prepared, report: Reporter) -> tuple[data.Examples, data.Examples, list[str]]:
+    """The dataset's train and test examples and class names, loaded once per :class:`Prepared`."""
+    cfg, source = prepared.cfg, prepared.source
+    key = OmegaConf.to_yaml(cfg.dataset)
+    if key not in prepared.loaded:
+        if source.kind == "tfds":
+            train_ex, test_ex, class_names, version = data.load_tfds(source)
+            facts = {"tags": {"dataset_version": version}}
+        else:
+            train_ex, test_ex, skipped = data.load_image_folder(source, cfg.dataset.skip_corrupt)
+            class_names, facts = source.class_names, {"metrics": {"skipped_corrupt_images": skipped}}
+        prepared.loaded[key] = (train_ex, test_ex, class_names, facts)
+    train_ex, test_ex, class_names, facts = prepared.loaded[key]
+    if facts.get("tags"):
+        report.tags(facts["tags"])
+    if facts.get("metrics"):
+        report.metrics(facts["metrics"])
+    return train_ex, test_ex, class_names
+
+
+SPLIT_CONTEXTS = {"train": "training", "val": "validation", "test": "test"}  # MLflow's dataset contexts
+
+
+def report_datasets(cfg: DictConfig, source: DatasetSource, pool: data.Examples, index: dict, class_names: list[str],
+                    report: Reporter) -> None:
+    """Each split as an MLflow dataset input: where its data comes from, a digest of exactly
+    which examples it holds (same data, split and seed: same digest), its size and class counts."""
+    version = report.recorded["tags"].get("dataset_version", "")
+    for split, context in SPLIT_CONTEXTS.items():
+        examples = pool.take(index[split])
+        if source.kind == "tfds":
+            where = str(Path(source.data_dir) / source.name / version)
+        else:
+            official_test = split == "test" and cfg.split.kind == "official"
+            where = str(Path(cfg.dataset.test_path if official_test else cfg.dataset.path).expanduser().resolve())
+        name = f"{source.name}{'-' + version if version else ''}-{cfg.split.kind}-{split}"
+        report.dataset(context, name, where, examples.digest()[:12],
+                       {"examples": len(examples), "class_counts": examples.class_counts(class_names)})
 
 
 def _feature_forward(cfg, backbone, digest: str, cache_dir: Optional[Path]) -> tuple[Callable, str, str]:
@@ -107,7 +150,7 @@ def _cached_pool_features(cfg, pool: data.Examples, backbone, feature_dim: int, 
     cache_dir = Path(cfg.feature_cache.dir).expanduser() if cfg.feature_cache.dir else None
     digest = features.backbone_digest(cfg.backbone.handle, backbone_dir(cfg.backbone.handle))
     forward, engine, engine_name = _feature_forward(cfg, backbone, digest, cache_dir)
-    key = features.cache_key(pool.images, pool.labels, pool.from_files, digest, size, engine)
+    key = features.cache_key(pool.digest(), digest, size, engine)
 
     def compute() -> np.ndarray:
         images = data.make_dataset(pool, size, cfg.feature_cache.batch_size, 1).map(lambda x, y: x)
@@ -117,7 +160,7 @@ def _cached_pool_features(cfg, pool: data.Examples, backbone, feature_dim: int, 
     result = features.cached_features(key, pool.labels, feature_dim, compute, cache_dir, meta)
     log.info("Feature cache %s: %s (features by %s)", result.status, result.path, engine_name)
     report.tags({"feature_cache": result.status, "feature_cache_key": key, "feature_engine": engine_name})
-    report.metrics({"feature_extraction_seconds": result.seconds})
+    report.metrics({"timing/feature_extraction_seconds": result.seconds})  # a diagnostic: kept apart
     return result.features
 
 
@@ -156,24 +199,26 @@ def _fine_tune(cfg, classifier, backbone, datasets, n_train: int, done: int, his
 def train_and_evaluate(prepared: Prepared, report: Optional[Reporter] = None) -> Outcome:
     cfg, report = prepared.cfg, report or Reporter()
     train.seed_everything(cfg.seed)
-    train_ex, test_ex, class_names = load_examples(cfg, prepared.source, report)
-    sizes = split_sizes(cfg.split, len(train_ex), len(test_ex))  # exact, also after skipping files
-    index = split_indices(len(train_ex), len(test_ex), cfg.split.kind, sizes, cfg.seed)
+    train_ex, test_ex, class_names = load_examples(prepared, report)
     pool = data.concat(train_ex, test_ex)
+    use_cache, reason = feature_cache_plan(cfg)
+    log.info("Feature cache %s", reason)
+    pool_features = None  # the frozen backbone's features: to train on, or to find groups of similar images
+    if use_cache or cfg.split.group_by == "clusters":
+        pool_features = _cached_pool_features(cfg, pool, prepared.backbone, prepared.feature_dim, report)
+    index, folds = validation.make_split(cfg, train_ex, test_ex, pool_features, report)
     report.params({f"data.n_{name}": len(i) for name, i in index.items()}
                   | {"data.class_names": ",".join(class_names)})
+    report_datasets(cfg, prepared.source, pool, index, class_names, report)
 
     size, n_classes, batch = cfg.backbone.image_size, len(class_names), cfg.batch_size
     head = model.build_head(prepared.feature_dim, n_classes, cfg.head)
-    classifier = model.build_classifier(prepared.backbone, head, size)
-    report.params({f"model.{k}_params": v for k, v in model.count_params(classifier).items()}
+    backbone, classifier = prepared.backbone, None
+    report.params({f"model.{k}_params": v for k, v in model.count_params(backbone, head).items()}
                   | {"model.feature_dim": prepared.feature_dim})
 
-    use_cache, reason = feature_cache_plan(cfg)
-    log.info("Feature cache %s", reason)
     if use_cache:
-        pool_features = _cached_pool_features(cfg, pool, prepared.backbone, prepared.feature_dim, report)
-        trainee = head  # same weights as inside `classifier`
+        trainee = head  # the head alone, on features
         datasets = {
             name: data.make_feature_dataset(pool_features[i], pool.labels[i], batch, n_classes,
                                             shuffle_seed=cfg.seed if name == "train" else None)
@@ -181,7 +226,7 @@ def train_and_evaluate(prepared: Prepared, report: Optional[Reporter] = None) ->
         }
     else:
         report.tags({"feature_cache": reason})
-        trainee = classifier
+        trainee = classifier = model.build_classifier(backbone, head, size)
         datasets = _image_datasets(cfg, pool, index, n_classes, augmented(cfg, 1))
     phase = {"phase": 1} if cfg.backbone.trainable else {}
     steps = _optimizer_steps(cfg.epochs, len(index["train"]), batch)
@@ -202,10 +247,13 @@ def train_and_evaluate(prepared: Prepared, report: Optional[Reporter] = None) ->
     val_metrics, _ = evaluate(*train.predict(trainee, datasets["val"]), class_names, split="val")
     chosen = {OBJECTIVE: val_metrics["val_accuracy"], "best_val_loss": val_metrics["val_loss"],
               "epochs_trained": len(history["val_accuracy"])}
+    if folds is not None:  # judged by the mean over K folds, not one carve-out
+        chosen |= validation.cross_validate(cfg, pool_features, pool.labels, folds, n_classes, val_metrics, report)
     report.metrics(chosen)
     probs, labels = train.predict(trainee, datasets["test"])
     metrics, cm = evaluate(probs, labels, class_names)
     report.metrics(metrics)
     log.info("validation accuracy %.4f (chosen on), test accuracy %.4f (reported only)",
              chosen[OBJECTIVE], metrics["test_accuracy"])
-    return Outcome(classifier, class_names, pool.take(index["test"]), history, probs, labels, chosen | metrics, cm)
+    return Outcome(backbone, head, size, class_names, pool.take(index["test"]), history, probs, labels,
+                   chosen | metrics, cm, classifier)

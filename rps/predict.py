@@ -1,10 +1,11 @@
 """Classify image files with a trained model.
 
-    python -m rps.predict runs:/<run id>/model photos/ hand.jpg
+    python -m rps.predict runs:/<run id> photos/ hand.jpg
     python -m rps.predict models:/rps-classifier/1 photos/ --output predictions.csv
     python -m rps.predict <downloaded model>/artifacts/saved_model photos/ --output out.json
 
-MODEL is an MLflow model URI (``runs:/...``, ``models:/...``; the store is ``--tracking-uri``,
+MODEL is a run (``runs:/<run id>``: its logged model), an MLflow model URI (``models:/...``,
+``runs:/<run id>/<model name>``; the store is ``--tracking-uri``,
 else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlruns/mlflow.db``), a downloaded MLflow model
 folder, or the SavedModel inside one (``artifacts/saved_model``). Class names and the input size
 come from the model itself; it runs on XNNPACK when it can (rps.serving.Classifier).
@@ -58,6 +59,7 @@ def load_predictor(model: str, tracking_uri: Optional[str] = None, mlruns_dir: s
     from rps.tracking import use_store
 
     use_store(tracking_uri, mlruns_dir)
+    model = _model_uri(model)
     try:
         loaded = mlflow.pyfunc.load_model(model)
     except Exception as err:  # MLflow raises several types for unknown runs/models/paths
@@ -92,6 +94,26 @@ def _tf_loader(image_size: int):
 
     return tf.function(lambda path: preprocess(decode(tf.io.read_file(path)), image_size),
                        input_signature=[tf.TensorSpec([], tf.string)])
+
+
+def _model_uri(model: str) -> str:
+    """``runs:/<run id>`` (no path): the run's logged model, as its tag rps.model_uri names it."""
+    import re
+
+    import mlflow
+
+    from rps.tracking.reporter import MODEL_URI_TAG
+
+    found = re.fullmatch(r"runs:/([0-9a-f]{32})/?", model)
+    if not found:
+        return model
+    try:
+        tags = mlflow.MlflowClient().get_run(found.group(1)).data.tags
+    except mlflow.exceptions.MlflowException as err:
+        raise ResourceError(f"No run {found.group(1)} in the tracking store ({err.error_code}).") from err
+    if MODEL_URI_TAG not in tags:
+        raise ResourceError(f"Run {found.group(1)} has no logged model (no {MODEL_URI_TAG} tag); give its model URI.")
+    return tags[MODEL_URI_TAG]
 
 
 def load_image(path: Path, image_size: int):
@@ -184,7 +206,7 @@ def _positive(text: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Classify image files with a trained rps model.")
-    parser.add_argument("model", help="runs:/<id>/model, models:/<name>/<version>, an MLflow model folder, "
+    parser.add_argument("model", help="runs:/<run id>, models:/<name>/<version>, an MLflow model folder, "
                                       "or a run's exported SavedModel directory")
     parser.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
     parser.add_argument("--output", type=Path, help="also write the predictions to this .csv or .json file")

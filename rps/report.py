@@ -10,7 +10,7 @@ reported before the crash.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 
 class Reporter:
@@ -18,9 +18,14 @@ class Reporter:
         self.recorded: dict[str, dict] = {"params": {}, "tags": {}, "metrics": {}}
         self.epochs: list[tuple[int, dict[str, float]]] = []
         self.artifacts: list[str] = []  # artifact paths, in the order reported
+        self.datasets: list[dict[str, Any]] = []  # the data of each split, as reported
         # Set to a reason when training should end after the current epoch (a lost tracking
         # server, a pruned search trial); the pipeline then evaluates and exports what it has.
         self.stop_reason: Optional[str] = None
+        # Called after each epoch is reported, with (this reporter, metrics, epoch): a search
+        # prunes a trial from here (setting stop_reason, and end_status for the tracked run).
+        self.on_epoch: Optional[Callable[["Reporter", dict[str, float], int], None]] = None
+        self.end_status: Optional[str] = None  # a run's final status other than FINISHED (e.g. KILLED)
 
     def params(self, values: dict[str, Any]) -> None:
         self.recorded["params"].update(values)
@@ -33,13 +38,22 @@ class Reporter:
 
     def epoch(self, values: dict[str, float], step: int) -> None:
         self.epochs.append((step, values))
+        if self.on_epoch is not None:
+            self.on_epoch(self, values, step)
 
-    def figure(self, fig, path: str) -> None:
-        """A matplotlib figure, saved as ``path`` (then closed)."""
+    def figure(self, fig, path: str, compare_as: Optional[str] = None, step: int = 0) -> None:
+        """A matplotlib figure, saved as ``path`` (then closed); ``compare_as`` also logs it as an
+        image under that key at ``step``, so runs can be compared image by image."""
         from rps.plots import close
 
         close(fig)
         self.artifacts.append(path)
+
+    def dataset(self, context: str, name: str, source: str, digest: str, profile: dict[str, Any]) -> None:
+        """The data a split used: ``context`` (training, validation, test), a name, where it comes
+        from, a digest of its membership and content, and its profile (size, class counts)."""
+        self.datasets.append({"context": context, "name": name, "source": source, "digest": digest,
+                              "profile": profile})
 
     def text(self, text: str, path: str) -> None:
         self.artifacts.append(path)

@@ -4,11 +4,14 @@ Sizes and membership live together here, free of TensorFlow, so pre-flight can c
 split fits the data within a second. Membership is one seeded permutation of example indices
 into the *pool* (the dataset's train examples, then its test examples): every epoch sees exactly
 the same train / val / test membership (the reference tutorial reshuffled on every iteration and
-so leaked val/test images into training).
+so leaked val/test images into training). Grouped validation holds out whole groups of similar
+images (clusters of backbone features, or subjects named in file names) instead.
 """
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,3 +66,65 @@ def split_indices(n_train: int, n_test: int, kind: str, sizes: SplitSizes, seed:
     order = rng.permutation(n_train)
     # the test order only matters for which images the sample grid shows
     return {"train": order[sizes.val :], "val": order[: sizes.val], "test": n_train + rng.permutation(n_test)}
+
+
+# --------------------------------------------------------------------------- grouped validation
+
+
+def groups_from_pattern(paths: list[str], pattern: str) -> np.ndarray:
+    """The subject of each image file: the first group of ``pattern`` in its file name (or the
+    whole match). Raises :class:`ConfigError` naming files the pattern does not match."""
+    regex = re.compile(pattern)
+    groups, unmatched = [], []
+    for path in paths:
+        found = regex.search(os.path.basename(path))
+        if found is None:
+            unmatched.append(os.path.basename(path))
+        groups.append((found.group(1) if found and found.groups() else found.group(0)) if found else "")
+    if unmatched:
+        raise ConfigError(
+            f"split.pattern={pattern!r} matches no subject in {len(unmatched)} file name(s), e.g. "
+            f"{', '.join(unmatched[:5])}. Give a regex that finds the subject in every file name "
+            "(its first group), or use split.group_by=clusters."
+        )
+    return np.asarray(groups, dtype=object)
+
+
+def groups_from_features(features: np.ndarray, k: int) -> np.ndarray:
+    """Groups of similar images: k-means (k groups, a fixed seed, so every run of every seed sees
+    the same groups) on L2-normalized backbone features; runs of near-identical frames of one hand
+    fall into one group."""
+    from sklearn.cluster import KMeans
+
+    normalized = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    return KMeans(n_clusters=min(k, len(features)), n_init=4, random_state=0).fit_predict(normalized)
+
+
+def group_folds(groups: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
+    """The examples of each of ``k`` folds, whole groups each: groups in a seeded order, each
+    added to the fold with the fewest examples so far (folds of about equal size)."""
+    names, sizes = np.unique(groups, return_counts=True)
+    order = np.random.default_rng(seed).permutation(len(names))
+    members: list[list] = [[] for _ in range(k)]
+    filled = np.zeros(k, dtype=int)
+    for g in order:
+        smallest = int(np.argmin(filled))
+        members[smallest].append(names[g])
+        filled[smallest] += sizes[g]
+    return [np.flatnonzero(np.isin(groups, fold)) for fold in members]
+
+
+def grouped_indices(groups: np.ndarray, n_test: int, n_val: int, seed: int) -> dict[str, np.ndarray]:
+    """The official split with whole groups (of the ``len(groups)`` training examples) held out:
+    groups are taken in a seeded order until validation holds about ``n_val`` examples."""
+    rng = np.random.default_rng(seed)
+    names, sizes = np.unique(groups, return_counts=True)
+    taken, count = [], 0
+    for g in rng.permutation(len(names)):
+        if count >= n_val or len(taken) == len(names) - 1:  # leave at least one group to train on
+            break
+        taken.append(names[g])
+        count += sizes[g]
+    val = np.isin(groups, taken)
+    return {"train": rng.permutation(np.flatnonzero(~val)), "val": np.flatnonzero(val),
+            "test": len(groups) + rng.permutation(n_test)}

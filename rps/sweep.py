@@ -15,6 +15,7 @@ import atexit
 import logging
 import re
 import sys
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -118,8 +119,10 @@ class MlflowSweepCallback(Callback):
             tags["sweep.expected_jobs"] = str(expected)
         if config.get(PARENT_KEY):  # the sweep itself nests under the run the user named
             tags[tracking.PARENT_TAG] = config[PARENT_KEY]
+        name = (f"sweep {time.strftime('%Y-%m-%d %H:%M')} {' x '.join(keys) or 'one job'} "
+                f"({expected if expected is not None else '?'})")
         self.parent_id = tracking.open_parent_run(
-            experiment_id, config.get("run_name") or f"sweep {sweep_dir.name}", tags,
+            experiment_id, config.get("run_name") or name, tags,
             sweep_params(overrides) | {
                 "sweeper": config.hydra.sweeper.get("_target_", "?"),
                 "launcher": config.hydra.launcher.get("_target_", "?"),

@@ -115,8 +115,10 @@ def install_in_hub_cache(saved_model: str | Path, cache_dir: str | Path, handle:
     return target
 
 
-def write_image_folder(root: str | Path, per_class: int = 12, seed: int = 0, fmt: str = "png") -> Path:
-    """``root/<class>/<i>.<fmt>`` images for each of :data:`CLASS_NAMES`."""
+def write_image_folder(root: str | Path, per_class: int = 12, seed: int = 0, fmt: str = "png",
+                       subjects: int = 0) -> Path:
+    """``root/<class>/<i>.<fmt>`` images for each of :data:`CLASS_NAMES`; with ``subjects``, files are
+    named ``subject<s>_<i>.<fmt>`` (image i shows subject i % subjects), as datasets of people are."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)
@@ -124,5 +126,6 @@ def write_image_folder(root: str | Path, per_class: int = 12, seed: int = 0, fmt
     for label, name in enumerate(CLASS_NAMES):
         (root / name).mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
-            Image.fromarray(tiny_image(label, rng)).save(root / name / f"{i:03d}.{fmt}")
+            stem = f"subject{i % subjects}_{i:03d}" if subjects else f"{i:03d}"
+            Image.fromarray(tiny_image(label, rng)).save(root / name / f"{stem}.{fmt}")
     return root

@@ -68,10 +68,11 @@ def fit(
     callbacks: list[keras.callbacks.Callback] = (),
     initial_epoch: int = 0,
     stop: Callable[[], Optional[str]] = lambda: None,
+    quiet: bool = False,
 ) -> dict[str, list[float]]:
     """Train up to epoch ``epochs`` (fewer if early stopping or ``stop()`` ends it), starting after
     ``initial_epoch``, with validation; returns the per-epoch metric lists."""
-    verbose = 1 if sys.stdout.isatty() else 2  # a progress bar in a terminal, a line per epoch in logs
+    verbose = 0 if quiet else 1 if sys.stdout.isatty() else 2  # a bar in a terminal, a line per epoch in logs
     history = model.fit(train, validation_data=val, epochs=epochs, initial_epoch=initial_epoch,
                         callbacks=[EpochReporter(sink, stop), *callbacks], verbose=verbose)
     return {EPOCH_METRICS[k]: [float(v) for v in vs] for k, vs in history.history.items() if k in EPOCH_METRICS}

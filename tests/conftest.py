@@ -46,6 +46,17 @@ def tiny_tfds(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def relabelled_tfds(tmp_path_factory) -> Path:
+    """The tiny dataset with every test image labelled as the next class: test accuracy collapses,
+    nothing else changes (choices that look only at validation must not move)."""
+    from rps.testing import prepare_tiny_tfds
+
+    data_dir = tmp_path_factory.mktemp("relabelled")
+    prepare_tiny_tfds(data_dir, test_label_shift=1)
+    return data_dir
+
+
+@pytest.fixture(scope="session")
 def tiny_backbone(tmp_path_factory) -> Path:
     from rps.testing import save_tiny_backbone
 

@@ -44,6 +44,8 @@ def test_a_plain_run_prints_no_cuda_probe_lines(finished_run):
 
 
 def test_run_finishes_with_params_tags_and_epoch_metrics(finished_run):
+    import mlflow
+
     cwd, run, *_ = finished_run
     assert run.info.status == "FINISHED"
     params = run.data.params
@@ -64,6 +66,19 @@ def test_run_finishes_with_params_tags_and_epoch_metrics(finished_run):
         history = client.get_metric_history(run.info.run_id, name)
         assert sorted(m.step for m in history) == [1, 2], name
     metrics = run.data.metrics
+    inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}  # MLflow's Dataset column
+    assert sorted(inputs) == ["test", "training", "validation"]
+    for context, n in (("training", 60), ("validation", 12), ("test", 12)):
+        profile = json.loads(inputs[context].profile)
+        assert profile["examples"] == n and sum(profile["class_counts"].values()) == n
+        assert inputs[context].name.startswith("rock_paper_scissors-3.0.0-tutorial-")
+        assert json.loads(inputs[context].source)["uri"].endswith("rock_paper_scissors/3.0.0")
+    assert len({d.digest for d in inputs.values()}) == 3
+    model = mlflow.get_logged_model(tags["rps.model_uri"].split("/")[-1])
+    assert model.name == "mobilenet_v2-mobilenet_v2-tutorial-dropout=0_5-adam-lr=0_001", "named after backbone and run"
+    images = [a.path for a in client.list_artifacts(run.info.run_id, "images")]
+    for key in ("confusion_matrix", "sample_predictions"):  # comparable across runs in the chart view
+        assert any(p.startswith(f"images/{key}+step+2+") and p.endswith(".png") for p in images), images
     # chosen on: the exported model's validation accuracy; without early stopping, the last epoch's
     last = max(client.get_metric_history(run.info.run_id, "val_accuracy"), key=lambda m: m.step)
     assert metrics["best_val_accuracy"] == pytest.approx(last.value) and metrics["epochs_trained"] == 2
@@ -92,7 +107,7 @@ def test_artifacts_are_valid_images_and_config(finished_run, tmp_path):
     config = (tmp_path / "config" / "config.yaml").read_text()
     assert "dropout: 0.5" in config and "val_size: 12" in config
     assert (tmp_path / "config" / "hydra" / "overrides.yaml").is_file()
-    model = mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/model", dst_path=str(tmp_path / "model"))
+    model = mlflow.artifacts.download_artifacts(run.data.tags["rps.model_uri"], dst_path=str(tmp_path / "model"))
     assert (Path(model) / "artifacts" / "saved_model" / "saved_model.pb").is_file()
     info = json.loads((Path(model) / "artifacts" / "saved_model" / "rps_model.json").read_text())
     assert info["class_names"] == ["rock", "paper", "scissors"] and info["image_size"] == 224
@@ -106,7 +121,7 @@ def logged_model_on_test_split(cwd, run, tiny_tfds):
     from rps import data, resources
 
     store(cwd)
-    model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    model = mlflow.pyfunc.load_model(run.data.tags["rps.model_uri"])
     cfg = compose(f"dataset.data_dir={tiny_tfds}", *TINY_SPLIT)
     train, test, _, _ = data.load_tfds(resources.locate_tfds(cfg.dataset))
     splits = split_examples(train, test, cfg.split, cfg.seed)
@@ -126,7 +141,7 @@ def test_logged_model_reloads_and_reproduces_the_test_accuracy(finished_run, tin
     assert model.metadata.signature.outputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 3)
     assert probs.shape == (12, 3)
     assert np.mean(probs.argmax(1) == labels) == pytest.approx(run.data.metrics["test_accuracy"])
-    saved = Path(mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/model")) / "artifacts" / "saved_model"
+    saved = Path(mlflow.artifacts.download_artifacts(run.data.tags["rps.model_uri"])) / "artifacts" / "saved_model"
     raw = tf.saved_model.load(str(saved))  # the plain SavedModel inside agrees (the pyfunc runs XNNPACK)
     np.testing.assert_allclose(raw(images).numpy(), probs, atol=1e-4)
 
@@ -160,9 +175,11 @@ def test_same_seed_gives_the_same_run(finished_run, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     (second,) = all_runs(tmp_path)
     assert (first.data.tags["feature_cache"], second.data.tags["feature_cache"]) == ("built", "hit")
-    assert second.data.metrics["feature_extraction_seconds"] == 0
+    assert second.data.metrics["timing/feature_extraction_seconds"] == 0
     for name in EPOCH_METRICS + ("test_accuracy", "test_loss"):
         assert second.data.metrics[name] == pytest.approx(first.data.metrics[name], abs=1e-6), name
+    digests = [sorted((i.tags[0].value, i.dataset.digest) for i in r.inputs.dataset_inputs) for r in (first, second)]
+    assert digests[0] == digests[1], "same data, split and seed: the same dataset digests"
 
 
 def test_image_folder_with_local_backbone_and_skipped_corrupt_file(tiny_backbone, offline_env, tmp_path):
@@ -291,6 +308,8 @@ def test_concurrent_runs_on_a_new_store_all_complete(offline_env, tmp_path):
     assert [p.returncode for p in procs] == [0, 0, 0], [err[-1500:] for _, err in outputs]
     runs = all_runs(tmp_path)
     assert sorted(r.data.params["seed"] for r in runs) == ["0", "1", "2"]
+    training = {next(i.dataset.digest for i in r.inputs.dataset_inputs if i.tags[0].value == "training") for r in runs}
+    assert len(training) == 3, "another seed draws another split: another digest"
     assert all(r.info.status == "FINISHED" and "test_accuracy" in r.data.metrics for r in runs)
 
 

@@ -10,11 +10,12 @@ import pytest
 import rps  # noqa: F401
 from conftest import TINY_SPLIT, compose, prepared_run
 from rps import features
+from rps.data import Examples
 
 
 def _key(images, labels, backbone, size=224, engine="xnnpack"):
     digest = features.backbone_digest("https://example.org/h", backbone)
-    return features.cache_key(np.array(images, dtype=object), np.array(labels), False, digest, size, engine)
+    return features.cache_key(Examples(np.array(images, dtype=object), np.array(labels)).digest(), digest, size, engine)
 
 
 def test_key_depends_on_images_labels_backbone_files_size_and_engine(tmp_path):
@@ -41,7 +42,8 @@ def test_image_folder_examples_are_keyed_by_path_size_and_mtime(tmp_path):
     image.write_bytes(b"png bytes")
 
     def key():
-        return features.cache_key(np.array([str(image)], dtype=object), np.array([0]), True, "bb", 224, "tf")
+        return features.cache_key(Examples(np.array([str(image)], dtype=object), np.array([0]), True).digest(),
+                                  "bb", 224, "tf")
 
     before = key()
     os.utime(image, ns=(0, 10**9))
@@ -129,7 +131,7 @@ def test_full_model_equals_head_on_cached_features(tiny_cfg, tmp_path):
     again = Reporter()
     train_and_evaluate(prepared, again)
     assert again.recorded["tags"]["feature_cache"] == "hit"
-    assert again.recorded["metrics"]["feature_extraction_seconds"] == 0.0
+    assert again.recorded["metrics"]["timing/feature_extraction_seconds"] == 0.0
 
 
 def test_cached_and_uncached_training_agree(tiny_cfg, tmp_path):

@@ -80,7 +80,7 @@ def exported(backbone_and_images, tmp_path_factory):
     backbone, _ = backbone_and_images
     clf = model.build_classifier(backbone, model.build_head(16, 3, compose().head), 32)
     saved = tmp_path_factory.mktemp("export") / "saved_model"
-    model.ExportedClassifier(clf, ["rock", "paper", "scissors"], 32).save(str(saved))
+    model.ExportedClassifier(*clf.layers, ["rock", "paper", "scissors"], 32).save(str(saved))
     (saved / INFO_FILE).write_text(json.dumps(model_info(["rock", "paper", "scissors"], 32)))
     return saved, clf
 

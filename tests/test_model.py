@@ -47,7 +47,7 @@ def test_hidden_layer_and_loss_match_the_outputs(tiny_backbone):
 def test_export_is_self_contained_and_predicts_the_same(classifier, tmp_path):
     clf, _, _ = classifier
     x = np.random.default_rng(1).random((5, 32, 32, 3)).astype(np.float32)
-    exported = model.ExportedClassifier(clf, ["rock", "paper", "scissors"], 32)
+    exported = model.ExportedClassifier(*clf.layers, ["rock", "paper", "scissors"], 32)
     exported.save(str(tmp_path / "m"))
     loaded = tf.saved_model.load(str(tmp_path / "m"))
     np.testing.assert_allclose(loaded(x).numpy(), clf(x, training=False).numpy(), atol=1e-6)

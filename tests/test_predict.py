@@ -54,7 +54,7 @@ def test_cli_matches_the_model_in_process_and_skips_the_corrupt_file(exported_ru
 
     cwd, run, env = exported_run
     out = tmp_path / "out.json"
-    result = predict_cli(cwd, env, f"runs:/{run.info.run_id}/model", str(images), "--output", str(out))
+    result = predict_cli(cwd, env, f"runs:/{run.info.run_id}", str(images), "--output", str(out))
     assert result.returncode == 1, result.stderr[-2000:]  # one file failed
     assert "skipped" in result.stderr and "broken.jpg" in result.stderr and "Traceback" not in result.stderr
     assert "6 images in" in result.stderr and "images/s" in result.stderr and "engine: xnnpack" in result.stderr
@@ -62,7 +62,7 @@ def test_cli_matches_the_model_in_process_and_skips_the_corrupt_file(exported_ru
     assert sorted(os.path.basename(r["file"]) for r in rows) == [f"img{i}.{f}" for i, f in
                                                                  enumerate(["png", "jpg", "webp", "bmp", "tiff", "png"])]
     store(cwd)
-    model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    model = mlflow.pyfunc.load_model(run.data.tags["rps.model_uri"])
     names = model.metadata.metadata["class_names"]
     for row in rows:
         probs = model.predict(load_image(row["file"], 224)[None])[0]
@@ -76,9 +76,9 @@ def test_saved_model_path_and_registry_uri_predict_the_same(exported_run, images
 
     cwd, run, env = exported_run
     store(cwd)
-    downloaded = mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/model", dst_path=str(tmp_path / "m"))
+    downloaded = mlflow.artifacts.download_artifacts(run.data.tags["rps.model_uri"], dst_path=str(tmp_path / "m"))
     outputs = []
-    for model in (f"runs:/{run.info.run_id}/model", downloaded, f"{downloaded}/artifacts/saved_model", "models:/rps-tiny/1"):
+    for model in (f"runs:/{run.info.run_id}", downloaded, f"{downloaded}/artifacts/saved_model", "models:/rps-tiny/1"):
         out = tmp_path / f"{len(outputs)}.csv"
         result = predict_cli(cwd, env, model, str(images / "img0.png"), str(images / "nested"), "--output", str(out))
         assert result.returncode == 0, result.stderr[-2000:]
@@ -101,7 +101,7 @@ def test_unusable_model_or_inputs_exit_2(exported_run, images, tmp_path):
     broken = predict_cli(cwd, env, str(damaged), str(images))
     assert broken.returncode == 2 and "cannot be loaded as a SavedModel" in broken.stderr
     assert "Traceback" not in broken.stderr
-    model = f"runs:/{run.info.run_id}/model"
+    model = f"runs:/{run.info.run_id}"
     assert predict_cli(cwd, env, model, str(images), "--batch-size", "0").returncode == 2
     no_folder = predict_cli(cwd, env, model, str(images), "--output", str(tmp_path / "nope" / "o.csv"))
     assert no_folder.returncode == 2 and "does not exist" in no_folder.stderr
@@ -120,7 +120,7 @@ def test_tflite_export_matches_the_saved_model(exported_run, tmp_path):
         assert tags[f"{name}_matches_saved_model"] == "true"
     client = store(cwd)
     tflite = client.download_artifacts(run.info.run_id, "tflite/model.tflite", str(tmp_path))
-    model = mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/model", dst_path=str(tmp_path / "m"))
+    model = mlflow.artifacts.download_artifacts(run.data.tags["rps.model_uri"], dst_path=str(tmp_path / "m"))
     saved = tf.saved_model.load(f"{model}/artifacts/saved_model")
     x = np.random.default_rng(0).random((6, 224, 224, 3)).astype(np.float32)
     lite = LiteModel(open(tflite, "rb").read())(x)
@@ -138,11 +138,11 @@ def test_served_model_answers_a_posted_photo_like_the_predict_cli(exported_run, 
     cwd, run, env = exported_run
     files = [images / "img0.png", images / "img1.jpg"]
     out = tmp_path / "cli.json"
-    assert predict_cli(cwd, env, f"runs:/{run.info.run_id}/model", *map(str, files), "--output", str(out)).returncode == 0
+    assert predict_cli(cwd, env, f"runs:/{run.info.run_id}", *map(str, files), "--output", str(out)).returncode == 0
     expected = [[row[f"p_{name}"] for name in ("rock", "paper", "scissors")] for row in json.loads(out.read_text())]
     port = free_port()
     serve_env = env | {"MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlruns' / 'mlflow.db'}"}
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", f"runs:/{run.info.run_id}/model",
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", run.data.tags["rps.model_uri"],
                                "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)], cwd=cwd, env=serve_env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:

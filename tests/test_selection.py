@@ -7,7 +7,6 @@ receives) are all computed with the test split relabelled; only the reported tes
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from conftest import compose, store
 from rps.summary import choose_best, rank_key
@@ -73,16 +72,6 @@ def test_the_sweep_summary_picks_its_best_job_on_validation(tmp_path):
         assert run.data.metrics["best_test_accuracy"] == tests[1]  # reported beside the choice
         assert "best_val_loss (min)" in run.data.tags["best_chosen_by"]
     assert chosen == {"true": "0.5", "relabelled": "0.5"}
-
-
-@pytest.fixture(scope="module")
-def relabelled_tfds(tmp_path_factory):
-    """The tiny dataset with every test image labelled as the next class: test accuracy collapses."""
-    from rps.testing import prepare_tiny_tfds
-
-    data_dir = tmp_path_factory.mktemp("relabelled")
-    prepare_tiny_tfds(data_dir, test_label_shift=1)
-    return data_dir
 
 
 def test_relabelling_the_test_split_changes_no_choice_of_a_run(tiny_tfds, relabelled_tfds, tiny_backbone, tmp_path):

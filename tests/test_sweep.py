@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -37,6 +38,8 @@ def test_sweep_is_one_parent_with_named_nested_children(basic_sweep):
     cwd, _ = basic_sweep
     parent, children = sweep_runs(cwd)
     assert parent.info.status == "FINISHED"
+    assert re.fullmatch(r"sweep \d{4}-\d\d-\d\d \d\d:\d\d head.dropout x optimizer.lr \(4\)", parent.info.run_name)
+    assert parent.data.tags["command"].startswith(f"{os.path.basename(sys.executable)} -m rps.run -m ")
     assert parent.data.params["sweep.head.dropout"] == "0.2,0.5"
     assert parent.data.params["sweep.optimizer.lr"] == "0.01,0.001"
     assert parent.data.tags["sweep.keys"] == "head.dropout,optimizer.lr"
@@ -129,7 +132,8 @@ def test_mlflow_ui_serves_the_sweep(basic_sweep):
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{cwd / 'mlruns' / 'mlflow.db'}",
          "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env=os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})  # no GenAI job workers
     try:
         wait_until_up(f"{base}/health", server)
         found = _api(base, "/api/2.0/mlflow/runs/search", {
@@ -138,6 +142,9 @@ def test_mlflow_ui_serves_the_sweep(basic_sweep):
         assert sorted(r["info"]["run_id"] for r in found["runs"]) == sorted(c.info.run_id for c in children)
         served_parent = _api(base, f"/api/2.0/mlflow/runs/get?run_id={parent.info.run_id}")["run"]
         assert served_parent["info"]["status"] == "FINISHED"
+        served_child = _api(base, f"/api/2.0/mlflow/runs/get?run_id={children[0].info.run_id}")["run"]
+        contexts = sorted(tag["value"] for i in served_child["inputs"]["dataset_inputs"] for tag in i["tags"])
+        assert contexts == ["test", "training", "validation"]
         history = _api(base, f"/api/2.0/mlflow/metrics/get-history?run_id={children[0].info.run_id}&metric_key=val_accuracy")
         assert [m["step"] for m in history["metrics"]] == [1, 2]
         board = subprocess.run([sys.executable, "-m", "rps.compare", "--tracking-uri", base, "--sweep",

@@ -85,8 +85,14 @@ def log_config(report: Reporter, cfg: DictConfig, hydra_dir: Optional[Path]) -> 
         report.files(hydra_dir, "config/hydra")
 
 
-def log_classifier(saved_dir: Path, info: dict, register_as: Optional[str]) -> None:
-    """The exported SavedModel (saved once, copied as is) as the active run's MLflow model ``model``.
+def model_name(backbone: str, run_name: str) -> str:
+    """The logged model's name, after the backbone and the run, as MLflow allows it (no / : . % quotes)."""
+    return re.sub(r"[/:.%\"']", "_", f"{backbone}-{run_name}".replace(" ", "-"))[:200]
+
+
+def log_classifier(saved_dir: Path, info: dict, register_as: Optional[str], name: str = "model") -> str:
+    """The exported SavedModel (saved once, copied as is) as the active run's MLflow model ``name``;
+    returns its URI (``models:/<model id>``).
 
     It is an MLflow pyfunc model (rps.serving.RpsModel, with this package inside it):
     ``mlflow.pyfunc.load_model("runs:/<id>/model").predict(images)`` returns class probabilities
@@ -103,8 +109,8 @@ def log_classifier(saved_dir: Path, info: dict, register_as: Optional[str]) -> N
     outputs = Schema([TensorSpec(np.dtype(np.float32), (-1, len(info["class_names"])), "probabilities")])
     with warnings.catch_warnings():  # no input example on purpose: it would load the model at log time
         warnings.filterwarnings("ignore", message=".*input example was not provided.*")
-        mlflow.pyfunc.log_model(
-            name="model",
+        logged = mlflow.pyfunc.log_model(
+            name=name,
             python_model=str(PROJECT_ROOT / "rps" / "mlflow_model.py"),  # models from code: no pickle
             artifacts={"saved_model": str(saved_dir)},
             code_paths=[str(PROJECT_ROOT / "rps")],
@@ -115,3 +121,4 @@ def log_classifier(saved_dir: Path, info: dict, register_as: Optional[str]) -> N
             pip_requirements=[f"{name}=={package_version(name)}" for name in MODEL_REQUIREMENTS],
             registered_model_name=register_as,
         )
+    return logged.model_uri

@@ -17,17 +17,45 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 import mlflow
+from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import Metric, Param, RunTag
 
 from rps.errors import ResourceError
 from rps.report import Reporter
-from rps.tracking.record import log_classifier
+from rps.tracking.record import log_classifier, model_name
 
 log = logging.getLogger(__name__)
+MODEL_URI_TAG = "rps.model_uri"  # models:/<id> of the run's logged model (rps.predict runs:/<run id> reads it)
 RECORD_FILE = "record.json"  # in the staging folder: what the run reported, for rps.recover
 # What MLflow's HTTP client says when the server cannot be reached (it wraps requests' errors).
 _UNREACHABLE = ("Connection refused", "Max retries exceeded", "timed out", "Connection aborted",
                 "RemoteDisconnected", "Failed to establish", "Temporary failure in name resolution")
+
+
+def _pixels(fig):
+    """A drawn matplotlib figure as an RGB array."""
+    import numpy as np
+
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+
+
+class SplitDataset(MetaDataset):
+    """A split as an MLflow dataset: name, source (a local folder), digest and a profile (size,
+    class counts), so the runs table's Dataset column tells which data and split a run used."""
+
+    def __init__(self, source: str, name: str, digest: str, profile: dict[str, Any]):
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+
+        self._profile = profile
+        super().__init__(resolve_dataset_source(source), name=name, digest=digest)
+
+    @property
+    def profile(self) -> dict[str, Any]:
+        return self._profile
+
+    def to_dict(self) -> dict[str, str]:
+        return super().to_dict() | {"profile": json.dumps(self._profile)}
 
 
 def unreachable(err: BaseException) -> bool:
@@ -92,8 +120,8 @@ class MlflowReporter(Reporter):
         self._log_metrics(values, 0)
 
     def epoch(self, values: dict[str, float], step: int) -> None:
-        super().epoch(values, step)
         self._log_metrics(values, step)
+        super().epoch(values, step)  # then the on_epoch hook
 
     def _log_metrics(self, values: dict[str, float], step: int) -> None:
         now = mlflow.utils.time.get_current_time_millis()
@@ -109,9 +137,21 @@ class MlflowReporter(Reporter):
             write(local)
             self._send(path, lambda: self.client.log_artifact(self.run_id, str(local), str(Path(path).parent)))
 
-    def figure(self, fig, path: str) -> None:
+    def figure(self, fig, path: str, compare_as: Optional[str] = None, step: int = 0) -> None:
+        if compare_as:  # MLflow's chart view shows logged images side by side across runs
+            image = _pixels(fig)
+            self._send(compare_as, lambda: self.client.log_image(self.run_id, image, key=compare_as, step=step))
         self._artifact(path, fig.savefig, lambda: self.client.log_figure(self.run_id, fig, path))
-        super().figure(fig, path)
+        super().figure(fig, path, compare_as, step)
+
+    def dataset(self, context: str, name: str, source: str, digest: str, profile: dict[str, Any]) -> None:
+        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        entity = SplitDataset(source, name, digest, profile)._to_mlflow_entity()
+        inputs = [DatasetInput(entity, tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])]
+        self._send(f"the {context} dataset", lambda: self.client.log_inputs(self.run_id, datasets=inputs))
+        super().dataset(context, name, source, digest, profile)
 
     def text(self, text: str, path: str) -> None:
         self._artifact(path, lambda local: local.write_text(text), lambda: self.client.log_text(self.run_id, text, path))
@@ -131,7 +171,12 @@ class MlflowReporter(Reporter):
         if self.staging is not None:
             shutil.copytree(saved_dir, self.staging / "model" / saved_dir.name)
         self.model_meta = {"info": info, "register_as": register_as, "saved_model": f"model/{saved_dir.name}"}
-        self._send("the trained model", lambda: log_classifier(saved_dir, info, register_as))
+
+        def log() -> None:  # named after the backbone and the run; its URI kept as the run's tag
+            name = model_name(info.get("backbone", "model"), self.client.get_run(self.run_id).info.run_name)
+            self.client.set_tag(self.run_id, MODEL_URI_TAG, log_classifier(saved_dir, info, register_as, name))
+
+        self._send("the trained model", log)
         super().model(saved_dir, info, register_as)
 
     def keep(self, about: dict[str, Any]) -> Path:

@@ -169,7 +169,7 @@ def tracked_run(experiment_id: str, run_name: str, tags: dict[str, str], staging
             yield report
         if report.offline:
             raise TrackingLost(report.keep(about), report.offline)
-        status = RunStatus.FINISHED
+        status = RunStatus.from_string(report.end_status) if report.end_status else RunStatus.FINISHED
     except KeyboardInterrupt:
         status = RunStatus.KILLED
         raise
@@ -185,7 +185,27 @@ def tracked_run(experiment_id: str, run_name: str, tags: dict[str, str], staging
             report.discard()
         else:  # the server is gone: one quick attempt to close the run, not MLflow's retry budget
             os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="5")
-        _quietly("close the run", lambda: mlflow.end_run(RunStatus.to_string(status)))
+        _close(run.info.run_id, RunStatus.to_string(status), tries=1 if report.offline else 3)
+
+
+def _close(run_id: str, status: str, tries: int) -> None:
+    """End the active run with ``status``. A store left busy by an interrupted write (Ctrl-C in the
+    middle of one) gets a few more tries; if all fail, the run stays RUNNING until the next rps
+    command reaps it (its process is gone)."""
+    try:
+        mlflow.end_run(status)  # pops the active run first, whatever happens next
+        return
+    except Exception as err:
+        problem = err
+    for attempt in range(1, tries):
+        time.sleep(0.5 * attempt)
+        try:
+            mlflow.MlflowClient().set_terminated(run_id, status)
+            return
+        except Exception as err:
+            problem = err
+    log.warning("Could not close the run %s as %s in the tracking store: %s", run_id, status,
+                str(problem).splitlines()[0] if str(problem) else problem)
 
 
 def _quietly(what: str, call) -> None:
@@ -207,19 +227,25 @@ class TrackingLost(ResourceError):
         self.folder = folder
 
 
-def record_failed_run(experiment_id: str, cfg: DictConfig, name: str, parent_run_id: str, err: Exception) -> None:
+def record_failed_run(experiment_id: str, cfg: DictConfig, name: str, parent_run_id: str, err: Exception,
+                      tags: Optional[dict[str, str]] = None) -> None:
     """A FAILED run for a sweep job that could not start (bad value, missing resource)."""
     client = mlflow.MlflowClient()
-    tags = environment_tags() | {PARENT_TAG: parent_run_id, "error": str(err)[:4000]}
+    tags = environment_tags() | owner_tags() | (tags or {}) | {PARENT_TAG: parent_run_id, "error": str(err)[:4000]}
     run = client.create_run(experiment_id, run_name=name, tags=tags)
     client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in config_params(cfg).items()])
     client.set_terminated(run.info.run_id, "FAILED")
 
 
-def open_parent_run(experiment_id: str, name: str, tags: dict[str, str], params: dict[str, str]) -> str:
-    """A RUNNING parent run (a sweep's), owned by this process; returns its id."""
+def open_parent_run(experiment_id: str, name: str, tags: dict[str, str], params: dict[str, str],
+                    owned: bool = True) -> str:
+    """A RUNNING parent run (a sweep's), owned by this process; returns its id.
+
+    ``owned=False``: no process owns it (a search study's parent, which workers on several
+    machines share and close when the study completes), so it is never reaped.
+    """
     client = mlflow.MlflowClient()
-    run = client.create_run(experiment_id, run_name=name, tags=environment_tags() | tags | owner_tags())
+    run = client.create_run(experiment_id, run_name=name, tags=environment_tags() | tags | (owner_tags() if owned else {}))
     client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
     return run.info.run_id
 

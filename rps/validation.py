@@ -1,0 +1,90 @@
+"""How a run is validated: which training examples validation holds out (random ones, or whole
+groups of similar images), and with ``split.folds=K`` the K heads whose mean validation accuracy
+judges the run.
+
+Why groups: the training images come in runs of near-identical frames of one hand, so a random
+validation carve-out shares hands with training and scores ~1.0 whatever the recipe; the test
+split shows other hands. Holding out whole groups (clusters of the frozen backbone's features, or
+subjects named in file names) makes validation show unseen hands too.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import numpy as np
+from omegaconf import DictConfig
+
+from rps import data, model, train
+from rps.evaluate import evaluate
+from rps.report import Reporter
+from rps.splits import group_folds, grouped_indices, groups_from_features, groups_from_pattern, split_indices, split_sizes
+
+log = logging.getLogger(__name__)
+
+
+def _groups(split: DictConfig, train_ex: data.Examples, pool_features: Optional[np.ndarray]) -> np.ndarray:
+    if split.group_by == "clusters":
+        return groups_from_features(pool_features[: len(train_ex)], split.groups)
+    if split.group_by == "pattern":
+        return groups_from_pattern(list(train_ex.images), split.pattern)
+    return np.arange(len(train_ex))  # folds without grouping: every example is its own group
+
+
+def make_split(cfg: DictConfig, train_ex: data.Examples, test_ex: data.Examples,
+               pool_features: Optional[np.ndarray], report: Reporter) -> tuple[dict, Optional[list]]:
+    """Train/val/test indices into the pool (train examples, then test ones), and the K folds of
+    the training examples when ``split.folds`` > 1 (the run's own validation is fold 0)."""
+    sp, n_train, n_test = cfg.split, len(train_ex), len(test_ex)
+    sizes = split_sizes(sp, n_train, n_test)  # exact, also after skipping files
+    if sp.group_by == "none" and sp.folds == 1:
+        return split_indices(n_train, n_test, sp.kind, sizes, cfg.seed), None
+    groups = _groups(sp, train_ex, pool_features)
+    folds = None
+    if sp.folds > 1:
+        folds = group_folds(groups, sp.folds, cfg.seed)
+        rng = np.random.default_rng(cfg.seed)
+        rest = np.setdiff1d(np.arange(n_train), folds[0])
+        index = {"train": rng.permutation(rest), "val": folds[0], "test": n_train + rng.permutation(n_test)}
+    else:
+        index = grouped_indices(groups, n_test, sizes.val, cfg.seed)
+    if sp.group_by != "none":
+        _report_groups(groups, index, train_ex.labels, report)
+    return index, folds
+
+
+def _report_groups(groups: np.ndarray, index: dict, labels: np.ndarray, report: Reporter) -> None:
+    """How many groups, their sizes, and which group (and split) each training image fell in."""
+    names, sizes = np.unique(groups, return_counts=True)
+    held_out = np.unique(groups[index["val"]])
+    report.params({"data.n_groups": len(names), "data.n_val_groups": len(held_out),
+                   "data.group_sizes": f"min {sizes.min()}, median {int(np.median(sizes))}, max {sizes.max()}"})
+    split = np.where(np.isin(np.arange(len(groups)), index["val"]), "val", "train")
+    rows = ["train_index,group,split,label"] + [f"{i},{g},{s},{y}" for i, (g, s, y) in enumerate(zip(groups, split, labels))]
+    report.text("\n".join(rows) + "\n", "data/groups.csv")
+
+
+def cross_validate(cfg: DictConfig, features: np.ndarray, labels: np.ndarray, folds: list, n_classes: int,
+                   first: dict[str, float], report: Reporter) -> dict[str, float]:
+    """Heads for folds 1..K-1 (fold 0 is the run's own validation, whose ``first`` metrics are
+    given), trained as the run's head was; returns what the run is judged by: the mean over the K
+    folds of validation accuracy and loss."""
+    accuracies, losses = [first["val_accuracy"]], [first["val_loss"]]
+    everything = np.concatenate(folds)
+    for k, held_out in enumerate(folds[1:], start=1):
+        train.seed_everything(cfg.seed)
+        rest = np.random.default_rng(cfg.seed + k).permutation(np.setdiff1d(everything, held_out))
+        head = model.build_head(features.shape[1], n_classes, cfg.head)
+        batch = cfg.batch_size
+        model.compile_for_training(head, cfg.optimizer, cfg.epochs * -(-len(rest) // batch), cfg.label_smoothing)
+        fit_on = data.make_feature_dataset(features[rest], labels[rest], batch, n_classes, shuffle_seed=cfg.seed)
+        val = data.make_feature_dataset(features[held_out], labels[held_out], batch, n_classes)
+        train.fit(head, fit_on, val, cfg.epochs, lambda m, e: None, train.schedule_callbacks(cfg), quiet=True)
+        metrics, _ = evaluate(*train.predict(head, val), [str(c) for c in range(n_classes)], split="val")
+        accuracies.append(metrics["val_accuracy"])
+        losses.append(metrics["val_loss"])
+    report.metrics({f"cv/fold_{k}_val_accuracy": a for k, a in enumerate(accuracies)}
+                   | {"cv/val_accuracy_std": float(np.std(accuracies, ddof=1)), "model_val_accuracy": accuracies[0]})
+    log.info("%d-fold validation accuracy %.4f +- %.4f", len(folds), np.mean(accuracies), np.std(accuracies, ddof=1))
+    return {"best_val_accuracy": float(np.mean(accuracies)), "best_val_loss": float(np.mean(losses))}

@@ -1,0 +1,161 @@
+"""Optuna studies with python -m rps.tune (tiny data): pruning, failing trials, validation-only
+choices, several workers on one study, and resuming an interrupted study."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import all_runs, store
+
+pytestmark = pytest.mark.slow
+
+# Random sampling with this seed gives, on the tiny data, a trial that fails (dropout >= 1 is out of
+# range), trials that complete and trials the median pruner stops after their first epoch.
+SEARCH = """# @package _global_
+defaults:
+  - override /split: official
+experiment_name: tiny_search
+epochs: 4
+batch_size: 16
+export:
+  model: false
+split:
+  val_size: 12
+search:
+  study: tiny
+  trials: 6
+  sampler: random
+  seed: 4
+  startup_trials: 2
+  warmup_epochs: 0
+  space:
+    lr: {key: optimizer.lr, type: categorical, choices: [0.05, 1.0e-5]}
+    dropout: {key: head.dropout, type: float, low: 0.0, high: 1.2}
+"""
+
+
+@pytest.fixture(scope="module")
+def search_dir(tmp_path_factory) -> Path:
+    extra = tmp_path_factory.mktemp("extra_conf")
+    (extra / "experiment").mkdir()
+    (extra / "experiment" / "tiny_search.yaml").write_text(SEARCH)
+    return extra
+
+
+def tune_command(search_dir: Path, *overrides: str) -> list[str]:
+    return [sys.executable, "-m", "rps.tune", "+experiment=tiny_search", f"hydra.searchpath=[file://{search_dir}]",
+            *overrides]
+
+
+def run_tune(search_dir, cwd, env, *overrides) -> subprocess.CompletedProcess:
+    return subprocess.run(tune_command(search_dir, *overrides), cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=900)
+
+
+def trials(cwd: Path, study: str = "tiny"):
+    import optuna
+
+    return optuna.load_study(study_name=study, storage=f"sqlite:///{cwd / 'mlruns' / 'optuna.db'}").get_trials()
+
+
+def study_runs(cwd: Path):
+    runs = all_runs(cwd)
+    parents = [r for r in runs if r.data.tags.get("sweep") == "parent"]
+    assert len(parents) == 1, [r.info.run_name for r in parents]
+    return parents[0], [r for r in runs if r is not parents[0]]
+
+
+def test_a_study_prunes_and_survives_failing_trials_choosing_on_validation_only(
+        search_dir, offline_env, tmp_path, relabelled_tfds):
+    seen = {}
+    for name, data in (("true", None), ("relabelled", relabelled_tfds)):
+        cwd = tmp_path / name
+        cwd.mkdir()
+        result = run_tune(search_dir, cwd, offline_env, *([f"dataset.data_dir={data}"] if data else []))
+        assert result.returncode == 0, result.stderr[-3000:]
+        seen[name] = (trials(cwd), *study_runs(cwd))
+    study, parent, children = seen["true"]
+    states = [t.state.name for t in study]
+    assert len(study) == 6 and {"COMPLETE", "PRUNED", "FAIL"} <= set(states), states
+    by_number = {int(c.data.tags["optuna.trial_number"]): c for c in children}
+    for trial in study:
+        run = by_number[trial.number]
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.info.run_name.startswith(f"lr={trial.params['lr']} dropout=")
+        expected = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}[trial.state.name]
+        assert run.info.status == expected, (trial.number, run.info.status)
+        if trial.state.name == "PRUNED":
+            assert run.data.tags["trial_state"] == "PRUNED" and "pruned by Optuna" in run.data.tags["pruned_reason"]
+            assert run.data.metrics["epochs_trained"] < 4, "a pruned trial stops early"
+        if trial.state.name == "FAIL":
+            assert "head.dropout" in run.data.tags["error"] and trial.params["dropout"] >= 1
+        if trial.state.name == "COMPLETE":
+            assert trial.value == pytest.approx(run.data.metrics["best_val_accuracy"])
+    assert parent.info.status == "FINISHED" and parent.data.metrics["n_pruned"] == states.count("PRUNED")
+    best = by_number[int(parent.data.tags["best_trial_number"])]
+    assert parent.data.tags["best_run_id"] == best.info.run_id and best.info.status == "FINISHED"
+    assert parent.data.metrics["best_test_accuracy"] == pytest.approx(best.data.metrics["test_accuracy"])
+    client = store(tmp_path / "true")
+    artifacts = {a.path for folder in ("study", "summary") for a in client.list_artifacts(parent.info.run_id, folder)}
+    assert {"study/optimization_history.png", "study/param_importances.png", "study/parallel_coordinate.png",
+            "summary/summary.md", "summary/summary.csv"} <= artifacts
+
+    relabelled, parent_r, children_r = seen["relabelled"]
+    assert [(t.state.name, t.params, t.value) for t in relabelled] == [(t.state.name, t.params, t.value) for t in study]
+    assert parent_r.data.tags["best_trial_number"] == parent.data.tags["best_trial_number"]
+    tests = {int(c.data.tags["optuna.trial_number"]): c.data.metrics.get("test_accuracy") for c in children_r}
+    assert tests[int(parent.data.tags["best_trial_number"])] != best.data.metrics["test_accuracy"], \
+        "the test labels changed only what is reported"
+
+
+def test_two_workers_share_one_study_and_one_parent(search_dir, offline_env, tmp_path):
+    procs = [subprocess.Popen(tune_command(search_dir, "search.pruner=none"), cwd=tmp_path, env=offline_env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    errors = [p.communicate(timeout=900)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [e[-2000:] for e in errors]
+    study = trials(tmp_path)
+    numbers = [t.number for t in study]
+    assert len(numbers) == len(set(numbers)) >= 6 and len(study) <= 7  # at most one over, in a photo finish
+    parent, children = study_runs(tmp_path)
+    assert sorted(int(c.data.tags["optuna.trial_number"]) for c in children) == sorted(numbers)
+    assert {c.data.tags["rps.pid"] for c in children} == {str(p.pid) for p in procs}, "both workers ran trials"
+    assert parent.info.status == "FINISHED"
+
+
+def test_an_interrupted_study_resumes_where_it_stopped(search_dir, offline_env, tmp_path):
+    (tmp_path / "mlruns").mkdir()
+    store(tmp_path).search_experiments()  # create the tables first: this test polls the store meanwhile
+    proc = subprocess.Popen(tune_command(search_dir, "search.pruner=none", "epochs=30"), cwd=tmp_path,
+                            env=offline_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while sum(r.info.status == "FINISHED" and "optuna.trial_number" in r.data.tags for r in all_runs(tmp_path)) < 2:
+            assert time.monotonic() < deadline and proc.poll() is None, "no trial completed"
+            time.sleep(1)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C in the middle of the next trial
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "resume" in stderr, stderr[-2000:]
+    parent, _ = study_runs(tmp_path)
+    assert parent.info.status == "KILLED"
+    done_before = [t.number for t in trials(tmp_path) if t.state.name == "COMPLETE"]
+    resumed = run_tune(search_dir, tmp_path, offline_env, "search.pruner=none", "epochs=30")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    study = trials(tmp_path)
+    counted = [t for t in study if t.state.name != "FAIL" or not t.user_attrs.get("interrupted")]
+    assert len(counted) == 6 and all(t.number in [s.number for s in study] for t in counted)
+    assert set(done_before) <= {t.number for t in study if t.state.name == "COMPLETE"}, "finished trials were kept"
+    assert any(t.user_attrs.get("interrupted") for t in study)
+    parent, children = study_runs(tmp_path)
+    by_number = {int(c.data.tags["optuna.trial_number"]): c for c in children}
+    assert parent.info.status == "FINISHED" and {t.number for t in counted} <= set(by_number)
+    for trial in study:  # the interrupted trial's run, if it had started one, was ended KILLED
+        if trial.user_attrs.get("interrupted") and trial.number in by_number:
+            assert by_number[trial.number].info.status == "KILLED"

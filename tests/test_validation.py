@@ -1,0 +1,98 @@
+"""Grouped validation: whole groups held out, folds that cover every group once, subjects from
+file names, and the recipe chosen on it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import compose, prepared_run
+from rps.config import validate
+from rps.errors import ConfigError
+from rps.splits import group_folds, grouped_indices, groups_from_features, groups_from_pattern
+
+
+def test_clusters_gather_near_identical_frames_and_validation_takes_whole_groups():
+    rng = np.random.default_rng(0)
+    hands = rng.normal(size=(8, 32))  # 8 "hands", 30 near-identical frames each
+    features = np.repeat(hands, 30, axis=0) + rng.normal(scale=0.01, size=(240, 32))
+    groups = groups_from_features(features, 8)
+    assert all(len(set(groups[h * 30:(h + 1) * 30])) == 1 for h in range(8)), "a hand's frames share a group"
+    assert len(set(groups)) == 8
+    for seed in range(5):
+        index = grouped_indices(groups, n_test=10, n_val=60, seed=seed)
+        assert not set(groups[index["train"]]) & set(groups[index["val"]]), "no group on both sides"
+        assert sorted(np.concatenate([index["train"], index["val"]])) == list(range(240))
+        assert 60 <= len(index["val"]) < 90 and sorted(index["test"]) == list(range(240, 250))
+    assert not np.array_equal(grouped_indices(groups, 10, 60, 1)["val"], grouped_indices(groups, 10, 60, 2)["val"])
+
+
+def test_folds_cover_every_group_once_with_about_equal_sizes():
+    groups = np.repeat(np.arange(12), np.arange(1, 13))  # 12 groups of 1..12 examples
+    folds = group_folds(groups, 3, seed=4)
+    assert sorted(np.concatenate(folds)) == list(range(len(groups))), "every example in exactly one fold"
+    for a in range(3):
+        for b in range(a + 1, 3):
+            assert not set(groups[folds[a]]) & set(groups[folds[b]]), "a group lies in one fold"
+    sizes = [len(f) for f in folds]
+    assert max(sizes) - min(sizes) <= 12
+
+
+def test_subjects_come_from_file_names():
+    paths = ["/d/rock/alice_01.png", "/d/rock/bob_07.png", "/d/paper/alice_02.png"]
+    assert list(groups_from_pattern(paths, r"^([a-z]+)_")) == ["alice", "bob", "alice"]
+    with pytest.raises(ConfigError, match="01.png"):
+        groups_from_pattern(paths + ["/d/paper/01.png"], r"^([a-z]+)_")
+
+
+def test_grouped_validation_is_validated_before_anything_runs():
+    validate(compose("split=official", "split.group_by=clusters", "split.groups=20"))
+    validate(compose("split=official", "split.folds=5"))
+    for overrides, key in ((["split.group_by=clusters"], "split.group_by"),  # tutorial: test is random too
+                           (["split=official", "split.group_by=pattern"], "split.pattern"),
+                           (["split=official", "split.folds=3", "augment=basic"], "split.folds"),
+                           (["split=official", "split.folds=3", "backbone.trainable=true"], "split.folds"),
+                           (["split=official", "split.groups=1"], "split.groups")):
+        with pytest.raises(ConfigError, match=key):
+            validate(compose(*overrides))
+
+
+def test_an_image_folder_holds_out_whole_subjects(tmp_path, tiny_backbone):
+    from rps.pipeline import train_and_evaluate
+    from rps.report import Reporter
+    from rps.testing import write_image_folder
+
+    train_dir = write_image_folder(tmp_path / "train", per_class=12, subjects=4)
+    test_dir = write_image_folder(tmp_path / "test", per_class=3, seed=1)
+    cfg = compose("dataset=image_folder", f"dataset.path={train_dir}", f"dataset.test_path={test_dir}",
+                  f"backbone.handle={tiny_backbone}", "backbone.image_size=32", "split=official",
+                  "split.group_by=pattern", "split.pattern='^(subject[0-9]+)_'", "split.val_size=0.2", "epochs=2",
+                  "batch_size=8", f"feature_cache.dir={tmp_path / 'cache'}")
+    report = Reporter()
+    train_and_evaluate(prepared_run(cfg), report)
+    params = report.recorded["params"]
+    assert params["data.n_groups"] == 4 and params["data.n_val_groups"] == 1
+    assert params["data.n_val"] == "9" or params["data.n_val"] == 9  # one subject: 3 images of each class
+    assert "data/groups.csv" in report.artifacts
+
+
+def test_k_fold_judges_a_run_by_its_mean_validation_accuracy(tiny_tfds, tiny_backbone, tmp_path):
+    from rps.pipeline import train_and_evaluate
+    from rps.report import Reporter
+
+    cfg = compose(f"dataset.data_dir={tiny_tfds}", f"backbone.handle={tiny_backbone}", "backbone.image_size=32",
+                  "split=official", "split.group_by=clusters", "split.groups=6", "split.folds=3", "epochs=3",
+                  "batch_size=16", f"feature_cache.dir={tmp_path}")
+    report = Reporter()
+    out = train_and_evaluate(prepared_run(cfg), report)
+    folds = [report.recorded["metrics"][f"cv/fold_{k}_val_accuracy"] for k in range(3)]
+    assert out.metrics["best_val_accuracy"] == pytest.approx(np.mean(folds))
+    assert report.recorded["metrics"]["model_val_accuracy"] == folds[0]
+    assert report.recorded["params"]["data.n_groups"] == 6
+
+
+def test_the_robust_recipe_composes_and_validates():
+    robust = compose("+experiment=official_robust", return_hydra_config=True)
+    validate(robust)
+    assert robust.split.kind == "official" and robust.split.group_by == "clusters"
+    assert len(str(robust.hydra.sweeper.params.seed).split(",")) == 5
