@@ -24,3 +24,16 @@ class DataError(RpsError):
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM arrived: handled like Ctrl-C, so the MLflow run ends KILLED."""
+
+
+def interrupt_on_signals() -> None:
+    """SIGTERM raises :class:`Terminated` and Ctrl-C ``KeyboardInterrupt`` in the main thread, so
+    the run in progress ends KILLED; Python's Ctrl-C handler is installed explicitly, because
+    shells start background jobs with SIGINT ignored."""
+    import signal
+
+    def on_sigterm(signum, frame):
+        raise Terminated(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -11,7 +11,6 @@ Examples::
 from __future__ import annotations
 
 import logging
-import signal
 import sys
 from pathlib import Path
 
@@ -23,24 +22,17 @@ from omegaconf import DictConfig
 
 from rps import job
 from rps.config import register_configs
-from rps.errors import RpsError, Terminated
+from rps.errors import RpsError, Terminated, interrupt_on_signals
 from rps.quiet import quiet_tensorflow_startup
 
 log = logging.getLogger(__name__)
 register_configs()
 
 
-def _on_sigterm(signum, frame):
-    raise Terminated(f"signal {signum}")
-
-
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     """One run; returns its validation accuracy (a sweeper's objective: never the test split's)."""
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    # Ctrl-C must end the run KILLED even when the launching shell ignored SIGINT for us (as
-    # shells do for background jobs), so Python's KeyboardInterrupt handler is installed explicitly.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    interrupt_on_signals()
     hc = HydraConfig.get()
     hydra_dir = Path(hc.runtime.output_dir) / hc.output_subdir
     multirun = hc.mode == RunMode.MULTIRUN

@@ -21,7 +21,6 @@ study goes on.
 from __future__ import annotations
 
 import logging
-import signal
 import sys
 import time
 from contextlib import nullcontext
@@ -34,7 +33,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from rps.config import register_configs, validate
-from rps.errors import ConfigError, RpsError, Terminated
+from rps.errors import ConfigError, RpsError, Terminated, interrupt_on_signals
 
 log = logging.getLogger(__name__)
 register_configs()
@@ -253,14 +252,9 @@ class Study:
                      status="FINISHED" if complete else ("KILLED" if interrupted else None))
 
 
-def _on_sigterm(signum, frame):
-    raise Terminated(f"signal {signum}")
-
-
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    interrupt_on_signals()
     hc = HydraConfig.get()
     try:
         # every trial is composed as this command was (Hydra's own overrides, e.g. hydra.searchpath, too)
