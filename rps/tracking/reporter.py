@@ -31,6 +31,9 @@ RECORD_FILE = "record.json"  # in the staging folder: what the run reported, for
 _UNREACHABLE = ("Connection refused", "Max retries exceeded", "timed out", "Connection aborted",
                 "RemoteDisconnected", "Failed to establish", "Temporary failure in name resolution")
 
+# What SQLite and PostgreSQL say when an insert breaks a unique key (here: a dataset two jobs add at once).
+_DUPLICATE = ("UNIQUE constraint failed", "duplicate key value violates unique constraint")
+
 
 def _pixels(fig):
     """A drawn matplotlib figure as an RGB array."""
@@ -150,8 +153,20 @@ class MlflowReporter(Reporter):
 
         entity = SplitDataset(source, name, digest, profile)._to_mlflow_entity()
         inputs = [DatasetInput(entity, tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])]
-        self._send(f"the {context} dataset", lambda: self.client.log_inputs(self.run_id, datasets=inputs))
+        self._send(f"the {context} dataset", lambda: self._log_inputs(inputs))
         super().dataset(context, name, source, digest, profile)
+
+    def _log_inputs(self, inputs) -> None:
+        """MLflow looks a dataset up, then inserts it: two jobs of one sweep logging the same split
+        at once can both miss it, and the second insert breaks the unique key. The dataset exists
+        by then, so one more call links it to this run."""
+        try:
+            self.client.log_inputs(self.run_id, datasets=inputs)
+        except mlflow.exceptions.MlflowException as err:
+            if not any(s in str(err) for s in _DUPLICATE):
+                raise
+            log.info("Dataset %s was registered by another run at the same moment; linking it", inputs[0].dataset.name)
+            self.client.log_inputs(self.run_id, datasets=inputs)
 
     def text(self, text: str, path: str) -> None:
         self._artifact(path, lambda local: local.write_text(text), lambda: self.client.log_text(self.run_id, text, path))
