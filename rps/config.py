@@ -24,7 +24,7 @@ SPLIT_KINDS = ("tutorial", "official")
 GROUPINGS = ("none", "clusters", "pattern")
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("none", "cosine", "plateau")
-AUGMENTS = ("none", "basic")
+AUGMENTS = ("none", "basic", "strong")
 FEATURE_ENGINES = ("xnnpack", "tf")
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("median", "hyperband", "none")
@@ -73,7 +73,8 @@ class SplitConfig:
 
     Grouped validation (official only): ``group_by`` holds out whole groups of similar training
     images instead of random ones, so validation shows hands training did not (``clusters``:
-    k-means on the frozen backbone's features into ``groups`` groups; ``pattern``: an image
+    k-means on the frozen backbone's features of each class into ``groups`` groups, validation
+    taking whole groups of every class; ``pattern``: an image
     folder's file names, the first regex group of ``pattern`` naming the subject). ``folds=K``
     (frozen backbone, cached features) trains K heads, each validated on another 1/K of the
     groups, and a run is then judged by their mean validation accuracy.
@@ -83,7 +84,7 @@ class SplitConfig:
     val_size: float = 600
     test_size: Optional[float] = 400  # tutorial only; must be null for official
     group_by: str = "none"  # none | clusters | pattern
-    groups: int = 40  # clusters: how many groups of similar frames
+    groups: int = 5  # clusters: how many groups of similar frames each class is cut into
     pattern: Optional[str] = None  # pattern: regex over file names, e.g. '^(\w+?)\d*_' (group 1 = subject)
     folds: int = 1  # 1: one validation carve-out; K >= 2: group K-fold (frozen heads on cached features)
 
@@ -117,11 +118,15 @@ class HeadConfig:
 class AugmentConfig:
     """Random changes of the training images (``kind=basic``); never applied at evaluation."""
 
-    kind: str = "none"  # "none" or "basic"
+    kind: str = "none"  # "none", "basic" or "strong" (the option's name; the fields say what is done)
     flip: bool = True  # horizontal flips
     rotation: float = 0.1  # max rotation, as a fraction of a full turn
     zoom: float = 0.1  # max zoom in/out, as a fraction of the image size
     contrast: float = 0.1  # max contrast change factor
+    translation: float = 0.0  # max shift, as a fraction of the image size (0: none)
+    brightness: float = 0.0  # max brightness change, as a fraction of the value range (0: none)
+    saturation: float = 0.0  # max saturation change factor, e.g. 0.3: x0.7 to x1.3 (0: none)
+    hue: float = 0.0  # max hue shift, as a fraction of the colour circle, at most 0.5 (0: none)
     # Fine-tuning runs (backbone.trainable=true) only: false leaves phase 1 (the head on the frozen
     # backbone) unaugmented, so it can train on cached features, and augments only phase 2.
     head_phase: bool = True
@@ -401,8 +406,9 @@ def _problems(cfg: DictConfig) -> list[tuple[str, Any, str]]:
     need("label_smoothing", 0 <= cfg.label_smoothing < 1, "a value in [0, 1)")
     aug = cfg.augment
     need("augment.kind", aug.kind in AUGMENTS, f"one of {', '.join(AUGMENTS)}")
-    for key in ("rotation", "zoom", "contrast"):
+    for key in ("rotation", "zoom", "contrast", "translation", "brightness", "saturation"):
         need(f"augment.{key}", 0 <= aug[key] < 1, "a fraction in [0, 1)")
+    need("augment.hue", 0 <= aug.hue <= 0.5, "a fraction of the colour circle in [0, 0.5]")
     need("augment.head_phase", aug.head_phase or bb.trainable,
          "true unless backbone.trainable=true (false augments only the fine-tuning phase)")
     need("early_stopping.patience", cfg.early_stopping.patience >= 1, "an integer >= 1")

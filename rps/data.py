@@ -139,15 +139,39 @@ def load_image_folder(source: DatasetSource, skip_corrupt: bool) -> tuple[Exampl
 # --------------------------------------------------------------------------- pipelines
 
 
+class RandomColour(tf.keras.layers.Layer):
+    """Random saturation and hue changes of images in [0, 1], in training mode only."""
+
+    def __init__(self, saturation: float, hue: float, seed: int, **kwargs):
+        super().__init__(**kwargs)
+        self.saturation, self.hue, self.seed = saturation, hue, seed
+
+    def call(self, images, training=None):
+        if not training:
+            return images
+        if self.saturation:
+            images = tf.image.random_saturation(images, 1 - self.saturation, 1 + self.saturation, seed=self.seed)
+        if self.hue:
+            images = tf.image.random_hue(images, self.hue, seed=self.seed + 1)
+        return images
+
+
 def augmenter(cfg, seed: int) -> tf.keras.Sequential:
-    """Keras preprocessing layers for ``augment=basic`` (random in training mode only)."""
+    """Keras preprocessing layers for ``augment=basic|strong`` (random in training mode only)."""
     layers = [tf.keras.layers.RandomFlip("horizontal", seed=seed)] if cfg.flip else []
     if cfg.rotation:
         layers.append(tf.keras.layers.RandomRotation(cfg.rotation, fill_mode="nearest", seed=seed + 1))
     if cfg.zoom:
         layers.append(tf.keras.layers.RandomZoom(cfg.zoom, fill_mode="nearest", seed=seed + 2))
+    if cfg.translation:
+        layers.append(tf.keras.layers.RandomTranslation(cfg.translation, cfg.translation, fill_mode="nearest",
+                                                        seed=seed + 4))
     if cfg.contrast:
         layers.append(tf.keras.layers.RandomContrast(cfg.contrast, seed=seed + 3))
+    if cfg.brightness:
+        layers.append(tf.keras.layers.RandomBrightness(cfg.brightness, value_range=(0.0, 1.0), seed=seed + 5))
+    if cfg.saturation or cfg.hue:
+        layers.append(RandomColour(cfg.saturation, cfg.hue, seed + 6))
     return tf.keras.Sequential(layers, name="augment")
 
 

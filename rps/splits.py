@@ -90,41 +90,58 @@ def groups_from_pattern(paths: list[str], pattern: str) -> np.ndarray:
     return np.asarray(groups, dtype=object)
 
 
-def groups_from_features(features: np.ndarray, k: int) -> np.ndarray:
-    """Groups of similar images: k-means (k groups, a fixed seed, so every run of every seed sees
-    the same groups) on L2-normalized backbone features; runs of near-identical frames of one hand
-    fall into one group."""
+def groups_from_features(features: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """Groups of similar images of each class: k-means (``k`` groups per class, a fixed seed, so
+    every run of every seed sees the same groups) on L2-normalized backbone features; runs of
+    near-identical frames of one hand fall into one group. Ids are ``<label>-<cluster>``."""
     from sklearn.cluster import KMeans
 
     normalized = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
-    return KMeans(n_clusters=min(k, len(features)), n_init=4, random_state=0).fit_predict(normalized)
+    groups = np.empty(len(labels), dtype=object)
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        clusters = KMeans(n_clusters=min(k, len(members)), n_init=4, random_state=0).fit_predict(normalized[members])
+        groups[members] = [f"{label}-{c}" for c in clusters]
+    return groups
 
 
-def group_folds(groups: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
-    """The examples of each of ``k`` folds, whole groups each: groups in a seeded order, each
-    added to the fold with the fewest examples so far (folds of about equal size)."""
-    names, sizes = np.unique(groups, return_counts=True)
-    order = np.random.default_rng(seed).permutation(len(names))
-    members: list[list] = [[] for _ in range(k)]
-    filled = np.zeros(k, dtype=int)
-    for g in order:
-        smallest = int(np.argmin(filled))
-        members[smallest].append(names[g])
-        filled[smallest] += sizes[g]
-    return [np.flatnonzero(np.isin(groups, fold)) for fold in members]
+def _strata(groups: np.ndarray, labels: np.ndarray, stratify: bool) -> list[np.ndarray]:
+    """The examples of each stratum: one per class when groups lie within classes, else all."""
+    return [np.flatnonzero(labels == c) for c in np.unique(labels)] if stratify else [np.arange(len(groups))]
 
 
-def grouped_indices(groups: np.ndarray, n_test: int, n_val: int, seed: int) -> dict[str, np.ndarray]:
-    """The official split with whole groups (of the ``len(groups)`` training examples) held out:
-    groups are taken in a seeded order until validation holds about ``n_val`` examples."""
+def group_folds(groups: np.ndarray, labels: np.ndarray, k: int, seed: int, stratify: bool) -> list[np.ndarray]:
+    """The examples of each of ``k`` folds, whole groups each: in every stratum (class) groups in a
+    seeded order, each added to the fold with the fewest examples of that stratum so far."""
     rng = np.random.default_rng(seed)
-    names, sizes = np.unique(groups, return_counts=True)
-    taken, count = [], 0
-    for g in rng.permutation(len(names)):
-        if count >= n_val or len(taken) == len(names) - 1:  # leave at least one group to train on
-            break
-        taken.append(names[g])
-        count += sizes[g]
+    folds: list[list] = [[] for _ in range(k)]
+    total = np.zeros(k, dtype=int)  # ties between folds go to the one smallest overall
+    for stratum in _strata(groups, labels, stratify):
+        names, sizes = np.unique(groups[stratum], return_counts=True)
+        filled = np.zeros(k, dtype=int)
+        for g in rng.permutation(len(names)):
+            smallest = int(np.lexsort((total, filled))[0])
+            folds[smallest].append(names[g])
+            filled[smallest] += sizes[g]
+            total[smallest] += sizes[g]
+    return [np.flatnonzero(np.isin(groups, fold)) for fold in folds]
+
+
+def grouped_indices(groups: np.ndarray, labels: np.ndarray, n_test: int, n_val: int, seed: int,
+                    stratify: bool) -> dict[str, np.ndarray]:
+    """The official split with whole groups (of the ``len(groups)`` training examples) held out:
+    in every stratum (class, when groups lie within classes) groups are taken in a seeded order
+    until validation holds about its share of ``n_val`` examples."""
+    rng = np.random.default_rng(seed)
+    taken = []
+    for stratum in _strata(groups, labels, stratify):
+        names, sizes = np.unique(groups[stratum], return_counts=True)
+        share, count, chosen = n_val * len(stratum) / len(groups), 0, 0
+        for g in rng.permutation(len(names)):
+            if count >= share or chosen == len(names) - 1:  # leave at least one group to train on
+                break
+            taken.append(names[g])
+            count, chosen = count + sizes[g], chosen + 1
     val = np.isin(groups, taken)
     return {"train": rng.permutation(np.flatnonzero(~val)), "val": np.flatnonzero(val),
             "test": len(groups) + rng.permutation(n_test)}

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 def _groups(split: DictConfig, train_ex: data.Examples, pool_features: Optional[np.ndarray]) -> np.ndarray:
     if split.group_by == "clusters":
-        return groups_from_features(pool_features[: len(train_ex)], split.groups)
+        return groups_from_features(pool_features[: len(train_ex)], train_ex.labels, split.groups)
     if split.group_by == "pattern":
         return groups_from_pattern(list(train_ex.images), split.pattern)
     return np.arange(len(train_ex))  # folds without grouping: every example is its own group
@@ -41,14 +41,15 @@ def make_split(cfg: DictConfig, train_ex: data.Examples, test_ex: data.Examples,
     if sp.group_by == "none" and sp.folds == 1:
         return split_indices(n_train, n_test, sp.kind, sizes, cfg.seed), None
     groups = _groups(sp, train_ex, pool_features)
+    stratify = sp.group_by != "pattern"  # clusters lie within a class; a subject shows every class
     folds = None
     if sp.folds > 1:
-        folds = group_folds(groups, sp.folds, cfg.seed)
+        folds = group_folds(groups, train_ex.labels, sp.folds, cfg.seed, stratify)
         rng = np.random.default_rng(cfg.seed)
         rest = np.setdiff1d(np.arange(n_train), folds[0])
         index = {"train": rng.permutation(rest), "val": folds[0], "test": n_train + rng.permutation(n_test)}
     else:
-        index = grouped_indices(groups, n_test, sizes.val, cfg.seed)
+        index = grouped_indices(groups, train_ex.labels, n_test, sizes.val, cfg.seed, stratify)
     if sp.group_by != "none":
         _report_groups(groups, index, train_ex.labels, report)
     return index, folds

@@ -112,3 +112,14 @@ def test_augmentation_changes_training_images_every_epoch(tiny_examples):
     first, second = (next(augmented.as_numpy_iterator())[0] for _ in range(2))
     assert first.shape == plain.shape and 0.0 <= first.min() and first.max() <= 1.0
     assert not np.allclose(first, plain) and not np.allclose(first, second)
+
+
+def test_strong_augmentation_jitters_colour_in_training_only(tiny_examples):
+    train, _, _ = tiny_examples
+    augment = data.augmenter(compose("augment=strong").augment, seed=0)
+    plain = next(data.make_dataset(train, 48, 16, 3).as_numpy_iterator())[0]
+    jittered = augment(plain, training=True).numpy()
+    assert jittered.shape == plain.shape
+    mean_colour = lambda x: x.reshape(-1, 3).mean(0) / x.reshape(-1, 3).mean()  # noqa: E731 (hue balance)
+    assert np.abs(mean_colour(jittered) - mean_colour(plain)).max() > 0.01, "colours change"
+    np.testing.assert_array_equal(augment(plain, training=False).numpy(), plain)

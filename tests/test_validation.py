@@ -12,24 +12,28 @@ from rps.errors import ConfigError
 from rps.splits import group_folds, grouped_indices, groups_from_features, groups_from_pattern
 
 
-def test_clusters_gather_near_identical_frames_and_validation_takes_whole_groups():
+def test_clusters_gather_near_identical_frames_and_validation_takes_whole_groups_of_every_class():
     rng = np.random.default_rng(0)
-    hands = rng.normal(size=(8, 32))  # 8 "hands", 30 near-identical frames each
+    hands = rng.normal(size=(8, 32))  # 8 "hands" (4 per class), 30 near-identical frames each
     features = np.repeat(hands, 30, axis=0) + rng.normal(scale=0.01, size=(240, 32))
-    groups = groups_from_features(features, 8)
+    labels = np.repeat(np.arange(8) % 2, 30)
+    groups = groups_from_features(features, labels, 4)
     assert all(len(set(groups[h * 30:(h + 1) * 30])) == 1 for h in range(8)), "a hand's frames share a group"
-    assert len(set(groups)) == 8
+    assert len(set(groups)) == 8 and all(g.startswith(f"{labels[i]}-") for i, g in enumerate(groups))
     for seed in range(5):
-        index = grouped_indices(groups, n_test=10, n_val=60, seed=seed)
+        index = grouped_indices(groups, labels, n_test=10, n_val=60, seed=seed, stratify=True)
         assert not set(groups[index["train"]]) & set(groups[index["val"]]), "no group on both sides"
         assert sorted(np.concatenate([index["train"], index["val"]])) == list(range(240))
-        assert 60 <= len(index["val"]) < 90 and sorted(index["test"]) == list(range(240, 250))
-    assert not np.array_equal(grouped_indices(groups, 10, 60, 1)["val"], grouped_indices(groups, 10, 60, 2)["val"])
+        assert sorted(np.bincount(labels[index["val"]])) == [30, 30], "whole groups of every class"
+        assert sorted(index["test"]) == list(range(240, 250))
+    val = [tuple(grouped_indices(groups, labels, 10, 60, s, True)["val"]) for s in range(5)]
+    assert len(set(val)) > 1, "the seed picks which groups"
 
 
 def test_folds_cover_every_group_once_with_about_equal_sizes():
     groups = np.repeat(np.arange(12), np.arange(1, 13))  # 12 groups of 1..12 examples
-    folds = group_folds(groups, 3, seed=4)
+    labels = np.zeros(len(groups), dtype=int)
+    folds = group_folds(groups, labels, 3, seed=4, stratify=False)
     assert sorted(np.concatenate(folds)) == list(range(len(groups))), "every example in exactly one fold"
     for a in range(3):
         for b in range(a + 1, 3):
@@ -81,14 +85,14 @@ def test_k_fold_judges_a_run_by_its_mean_validation_accuracy(tiny_tfds, tiny_bac
     from rps.report import Reporter
 
     cfg = compose(f"dataset.data_dir={tiny_tfds}", f"backbone.handle={tiny_backbone}", "backbone.image_size=32",
-                  "split=official", "split.group_by=clusters", "split.groups=6", "split.folds=3", "epochs=3",
+                  "split=official", "split.group_by=clusters", "split.groups=2", "split.folds=3", "epochs=3",
                   "batch_size=16", f"feature_cache.dir={tmp_path}")
     report = Reporter()
     out = train_and_evaluate(prepared_run(cfg), report)
     folds = [report.recorded["metrics"][f"cv/fold_{k}_val_accuracy"] for k in range(3)]
     assert out.metrics["best_val_accuracy"] == pytest.approx(np.mean(folds))
     assert report.recorded["metrics"]["model_val_accuracy"] == folds[0]
-    assert report.recorded["params"]["data.n_groups"] == 6
+    assert report.recorded["params"]["data.n_groups"] == 6  # 2 per class
 
 
 def test_the_robust_recipe_composes_and_validates():
