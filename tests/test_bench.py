@@ -35,3 +35,25 @@ def test_benchmark_reports_every_variant_and_thread_setting(tmp_path):
     rates = re.findall(r"intra_op=(\d) inter_op=(\d): ([\d.]+|failed)", text)
     assert len(rates) == 5 and all(rate != "failed" for *_, rate in rates), text
     assert not list(tmp_path.iterdir()), "the benchmark cleans up its temporary data and cache"
+
+
+def test_validation_benchmark_ranks_recipes_and_chooses_on_validation_only(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TFDS_", "TFHUB_"))}
+    out = subprocess.run([sys.executable, "-m", "rps.bench_validation", "--seeds", "1", "2",
+                          "--recipes", "head-2", "head-10", "head-10-lr1e-4"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    runs = {(r, m, int(s)): (float(v), float(loss), float(t)) for r, m, s, v, loss, t in re.findall(
+        r"^(\S+)\s+(random|grouped)\s+seed (\d): val ([\d.]+) \(loss ([\d.]+)\) test ([\d.]+)", out.stdout, re.M)}
+    assert len(runs) == 3 * 2 * 2, out.stdout
+    for mode in ("random", "grouped"):
+        row = re.search(rf"^\| {mode}: chosen recipe's test \(best of any\) \| (.+) \| ([\d.]+) \|$", out.stdout, re.M)
+        assert row, out.stdout
+        for seed, cell in zip((1, 2), row.group(1).split(" | ")):
+            recipe, test, best = re.fullmatch(r"(\S+) ([\d.]+) \(([\d.]+)\)", cell).groups()
+            candidates = {r: v for (r, m, s), v in runs.items() if m == mode and s == seed}
+            # chosen as sweeps choose: highest validation accuracy, then lowest validation loss
+            assert recipe == min(candidates, key=lambda r: (-candidates[r][0], candidates[r][1]))
+            assert float(test) == round(candidates[recipe][2], 3)
+            assert float(best) == round(max(v[2] for v in candidates.values()), 3)
+    assert not list(tmp_path.iterdir()), "the benchmark cleans up its temporary data and cache"
