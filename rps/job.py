@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -103,8 +103,6 @@ def execute(cfg: DictConfig, hydra_dir: Optional[Path] = None, overrides: Option
         validate(cfg)
         experiment_id = tracking.setup_experiment(cfg)  # fails fast when a tracking server is down
         parent = _parent(cfg, experiment_id) if cfg.parent_run_id else None
-        from dataclasses import replace
-
         from rps import outputs, pipeline  # imports TensorFlow
 
         reusable = prepared is not None and (prepared.cfg.backbone.handle, prepared.cfg.backbone.image_size) == \

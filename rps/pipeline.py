@@ -174,11 +174,6 @@ def _image_datasets(cfg, pool: data.Examples, index: dict, n_classes: int, augme
     }
 
 
-def _optimizer_steps(epochs: int, n_train: int, batch_size: int) -> int:
-    """Optimizer updates in ``epochs`` over ``n_train`` examples (the cosine schedule's length)."""
-    return epochs * -(-n_train // batch_size)
-
-
 def _fine_tune(cfg, classifier, backbone, datasets, n_train: int, done: int, history: dict, report: Reporter) -> dict:
     """Phase 2: unfreeze the backbone's top and train the whole model at ``optimizer.fine_tune_lr``."""
     unfrozen = backbone.unfreeze_top(cfg.backbone.fine_tune_from)
@@ -187,7 +182,7 @@ def _fine_tune(cfg, classifier, backbone, datasets, n_train: int, done: int, his
     report.tags({"feature_cache_fine_tune": PHASE2_CACHE})
     log.info("Fine-tuning the top %d backbone variables at lr %g (feature cache %s)",
              unfrozen, cfg.optimizer.fine_tune_lr, PHASE2_CACHE)
-    steps = _optimizer_steps(cfg.backbone.fine_tune_epochs, n_train, cfg.batch_size)
+    steps = train.optimizer_steps(cfg.backbone.fine_tune_epochs, n_train, cfg.batch_size)
     fine_cfg = OmegaConf.merge(cfg.optimizer, {"lr": cfg.optimizer.fine_tune_lr})
     model.compile_for_training(classifier, fine_cfg, steps, cfg.label_smoothing)
     more = train.fit(classifier, datasets["train"], datasets["val"], done + cfg.backbone.fine_tune_epochs,
@@ -229,7 +224,7 @@ def train_and_evaluate(prepared: Prepared, report: Optional[Reporter] = None) ->
         trainee = classifier = model.build_classifier(backbone, head, size)
         datasets = _image_datasets(cfg, pool, index, n_classes, augmented(cfg, 1))
     phase = {"phase": 1} if cfg.backbone.trainable else {}
-    steps = _optimizer_steps(cfg.epochs, len(index["train"]), batch)
+    steps = train.optimizer_steps(cfg.epochs, len(index["train"]), batch)
     model.compile_for_training(trainee, cfg.optimizer, steps, cfg.label_smoothing)
     history = train.fit(trainee, datasets["train"], datasets["val"], cfg.epochs,
                         lambda m, e: report.epoch(m | phase, e), train.schedule_callbacks(cfg),

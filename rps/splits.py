@@ -80,7 +80,9 @@ def groups_from_pattern(paths: list[str], pattern: str) -> np.ndarray:
         found = regex.search(os.path.basename(path))
         if found is None:
             unmatched.append(os.path.basename(path))
-        groups.append((found.group(1) if found and found.groups() else found.group(0)) if found else "")
+            groups.append("")
+        else:
+            groups.append(found.group(1) if found.groups() else found.group(0))
     if unmatched:
         raise ConfigError(
             f"split.pattern={pattern!r} matches no subject in {len(unmatched)} file name(s), e.g. "

@@ -47,6 +47,11 @@ def seed_everything(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
+def optimizer_steps(epochs: int, n_train: int, batch_size: int) -> int:
+    """Optimizer updates in ``epochs`` over ``n_train`` examples (the cosine schedule's length)."""
+    return epochs * -(-n_train // batch_size)
+
+
 def schedule_callbacks(cfg: DictConfig) -> list[keras.callbacks.Callback]:
     """Early stopping on val_accuracy and the reduce-on-plateau schedule, as configured."""
     callbacks: list[keras.callbacks.Callback] = []

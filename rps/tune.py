@@ -169,8 +169,7 @@ class Study:
         """The config of this command with ``extra`` overrides, composed by Hydra (without its own node)."""
         from hydra import compose
 
-        cfg = compose(config_name="config", overrides=self.overrides + extra)
-        return cfg
+        return compose(config_name="config", overrides=self.overrides + extra)
 
     def budget_left(self) -> bool:
         from optuna.trial import TrialState
@@ -224,14 +223,13 @@ class Study:
         try:
             finished = job.execute(cfg, self.hydra_dir, values, prepared=self.prepared, on_epoch=on_epoch,
                                    extra_tags=tags)
-        except RpsError as err:  # the run (a FAILED child) says why; the study goes on
-            log.error("Trial %d failed: %s", trial.number, err)
-            trial.set_user_attr("error", str(err)[:1000])
-            self.study.tell(trial, state=TrialState.FAIL)
-            return
-        except Exception as err:  # an error inside training: its run is FAILED with the error
-            log.exception("Trial %d failed", trial.number)
-            trial.set_user_attr("error", f"{type(err).__name__}: {err}"[:1000])
+        except Exception as err:  # its run (a FAILED child) says why; the study goes on
+            if isinstance(err, RpsError):  # a clear message of ours: no traceback
+                log.error("Trial %d failed: %s", trial.number, err)
+                trial.set_user_attr("error", str(err)[:1000])
+            else:  # an error inside training
+                log.exception("Trial %d failed", trial.number)
+                trial.set_user_attr("error", f"{type(err).__name__}: {err}"[:1000])
             self.study.tell(trial, state=TrialState.FAIL)
             return
         trial.set_user_attr("run_id", finished.run_id)

@@ -78,7 +78,8 @@ def cross_validate(cfg: DictConfig, features: np.ndarray, labels: np.ndarray, fo
         rest = np.random.default_rng(cfg.seed + k).permutation(np.setdiff1d(everything, held_out))
         head = model.build_head(features.shape[1], n_classes, cfg.head)
         batch = cfg.batch_size
-        model.compile_for_training(head, cfg.optimizer, cfg.epochs * -(-len(rest) // batch), cfg.label_smoothing)
+        model.compile_for_training(head, cfg.optimizer, train.optimizer_steps(cfg.epochs, len(rest), batch),
+                                   cfg.label_smoothing)
         fit_on = data.make_feature_dataset(features[rest], labels[rest], batch, n_classes, shuffle_seed=cfg.seed)
         val = data.make_feature_dataset(features[held_out], labels[held_out], batch, n_classes)
         train.fit(head, fit_on, val, cfg.epochs, lambda m, e: None, train.schedule_callbacks(cfg), quiet=True)
