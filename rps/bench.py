@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import platform
 import resource
 import subprocess
 import sys
@@ -45,7 +46,40 @@ def _verdict(ok: bool) -> str:
 
 
 def _peak_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KB on Linux
+    """Peak resident memory since the last :func:`_reset_peak` (Linux's VmHWM), else of the process."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024**2
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KB on Linux
+
+
+def _reset_peak() -> None:
+    """Start a new peak (Linux >= 4.0); elsewhere peaks stay those of the whole process."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def _cpu() -> str:
+    """The CPU's model name and whether it has AVX-512 (XNNPACK's fastest x86 kernels)."""
+    try:
+        info = open("/proc/cpuinfo").read()
+    except OSError:
+        return platform.machine()
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
+    return f"{name or platform.machine()}, {os.cpu_count()} cores, AVX-512 {'yes' if 'avx512f' in info else 'no'}"
+
+
+def _forward_rate(forward, image_size: int, n: int = 128) -> float:
+    """Images/s of ``forward`` alone on random images (no reading, decoding or resizing)."""
+    images = np.random.default_rng(0).random((n, image_size, image_size, 3), dtype=np.float32)
+    forward(images[:8])  # warm-up
+    start = time.monotonic()
+    forward(images)
+    return n / (time.monotonic() - start)
 
 
 def _compose(overrides: list[str]):
@@ -158,18 +192,25 @@ def main(argv: list[str] | None = None) -> None:
 
         from omegaconf import OmegaConf
 
-        from rps.pipeline import prepare, train_and_evaluate
+        from rps.features import backbone_digest
+        from rps.model import tf_forward
+        from rps.pipeline import feature_forward, prepare, train_and_evaluate
         from rps.report import Reporter
+        from rps.resources import backbone_dir
 
         base = _compose(overrides)
+        peaks: list[float] = []  # resident memory, per pipeline run; the first: start-up and backbone load
         load_s, prepared = _timed(lambda: prepare(base))  # checks, then loads the backbone once
         source = prepared.source
+        peaks.append(_peak_gb())
 
         def run(cache_dir: Path | None, engine: str = "xnnpack", **changes):
             cfg = OmegaConf.merge(base, changes, {"feature_cache": {
                 "enabled": cache_dir is not None, "dir": str(cache_dir) if cache_dir else None, "engine": engine}})
             report = Reporter()
+            _reset_peak()
             seconds, outcome = _timed(lambda: train_and_evaluate(replace(prepared, cfg=cfg), report))
+            peaks.append(_peak_gb())
             return seconds, report, outcome
 
         grid = list(itertools.product(DROPOUTS, LRS))
@@ -188,34 +229,43 @@ def main(argv: list[str] | None = None) -> None:
         cold_s, cold, outcome = run(tmp / "cache")  # XNNPACK, converting the backbone first
         tf_cold_s, tf_cold, _ = run(tmp / "cache-tf", engine="tf")
         warm_s, _, _ = run(tmp / "cache")
+        stage_peaks, before = dict(zip(("a", "b", "b'", "c"), peaks[1:])), len(peaks)
         sweep_s = sweep(tmp / "sweep-cache", sweep_grid)
+        stage_peaks["d"], before = max(peaks[before:], default=0.0), len(peaks)
         uncached_sweep_s = sweep(None, sweep_grid[:uncached_points]) if uncached_points else float("nan")
-        peak = _peak_gb()  # of the pipeline runs; rps.predict is a process of its own
+        stage_peaks["e"] = max(peaks[before:], default=0.0)
+        peak = max(peaks)  # of the pipeline runs; rps.predict is a process of its own
+        size, handle = base.backbone.image_size, base.backbone.handle
+        digest = backbone_digest(handle, backbone_dir(handle))  # as a run computes it: the conversion is cached
+        lite_forward = feature_forward(base, prepared.backbone, digest, tmp / "cache")[0]
+        ceiling = _forward_rate(lite_forward, size), _forward_rate(tf_forward(prepared.backbone), size)
         (tmp / "predict").mkdir()
         predict_rate, predict_engine = _predict_rate(outcome, base.backbone.image_size, tmp / "predict")
 
-        def line(label: str, seconds: float, target: float | None = None) -> str:
+        def line(label: str, seconds: float, stage: str, target: float | None = None) -> str:
             ratio = seconds / uncached_s
             verdict = "" if target is None else f"  target <= {target:.2f}x: {_verdict(ratio <= target)}"
-            return f"  {label:<38}{seconds:9.1f} s  {ratio:6.2f}x (a){verdict}"
+            return f"  {label:<38}{seconds:9.1f} s  {ratio:6.2f}x (a)  peak {stage_peaks[stage]:.2f} GB{verdict}"
 
         lite_rate = n_images / max(cold.recorded["metrics"]["timing/feature_extraction_seconds"], 1e-9)
         tf_rate = n_images / max(tf_cold.recorded["metrics"]["timing/feature_extraction_seconds"], 1e-9)
-        print(f"\nbackbone load {load_s:.1f} s (once, not counted below); features by "
+        print(f"\nCPU: {_cpu()}; backbone load {load_s:.1f} s (once, not counted below); features by "
               f"{cold.recorded['tags']['feature_engine']}")
-        print(line("(a) uncached run", uncached_s))
-        print(line("(b) cached run, cold (XNNPACK)", cold_s, TARGETS["cold"]))
-        print(line("(b') cached run, cold (TensorFlow)", tf_cold_s))
-        print(line("(c) cached run, warm (hit)", warm_s, TARGETS["warm"]))
-        print(line(f"(d) {args.sweep_points}-point sweep, cached", sweep_s, TARGETS["sweep"]))
+        print(line("(a) uncached run", uncached_s, "a"))
+        print(line("(b) cached run, cold (XNNPACK)", cold_s, "b", TARGETS["cold"]))
+        print(line("(b') cached run, cold (TensorFlow)", tf_cold_s, "b'"))
+        print(line("(c) cached run, warm (hit)", warm_s, "c", TARGETS["warm"]))
+        print(line(f"(d) {args.sweep_points}-point sweep, cached", sweep_s, "d", TARGETS["sweep"]))
         if uncached_points:
             per_point = uncached_sweep_s / uncached_points
-            print(line(f"(e) {uncached_points}-point sweep, uncached", uncached_sweep_s)
+            print(line(f"(e) {uncached_points}-point sweep, uncached", uncached_sweep_s, "e")
                   + f"   ({per_point:.1f} s/point, {args.sweep_points} points ~{per_point * args.sweep_points:.0f} s)")
         print(f"  backbone images/s: {backbone_passes / uncached_s:.1f} inside fit+evaluate (a); feature extraction "
               f"{lite_rate:.1f} XNNPACK (b) vs {tf_rate:.1f} TensorFlow (b'): {lite_rate / tf_rate:.2f}x  "
               f"target >= {FEATURES_TARGET} images/s: {_verdict(lite_rate >= FEATURES_TARGET)}, "
               f">= {SPEEDUP_TARGET}x: {_verdict(lite_rate / tf_rate >= SPEEDUP_TARGET)}")
+        print(f"  the backbone's forward pass alone (random images, no reading or resizing): {ceiling[0]:.1f} images/s "
+              f"XNNPACK, {ceiling[1]:.1f} TensorFlow: this CPU's ceiling for feature extraction and prediction")
         print(f"  python -m rps.predict on the {n_test} test images: {predict_rate:.1f} images/s after loading the "
               f"model ({predict_engine})  target >= {PREDICT_TARGET}: {_verdict(predict_rate >= PREDICT_TARGET)}")
         print(f"  peak memory (whole benchmark process): {peak:.2f} GB  "

@@ -131,9 +131,12 @@ def compile_for_training(
 
 
 def tf_forward(backbone: Backbone):
-    """The backbone in TensorFlow as a function of a batch: features as a NumPy array."""
-    forward = tf.function(lambda x: backbone(x, training=False))
-    return lambda batch: forward(batch).numpy()
+    """The backbone in TensorFlow as a function of a batch: features as a NumPy array, computed
+    a few images at a time (:func:`rps.lite.chunked`: faster and smaller than whole batches)."""
+    from rps.lite import chunked
+
+    forward = tf.function(lambda x: backbone(x, training=False), reduce_retracing=True)
+    return lambda batch: chunked(lambda chunk: forward(chunk).numpy(), batch)
 
 
 def extract_features(forward, images: tf.data.Dataset, total: int) -> np.ndarray:

@@ -125,7 +125,7 @@ def report_datasets(cfg: DictConfig, source: DatasetSource, pool: data.Examples,
                        {"examples": len(examples), "class_counts": examples.class_counts(class_names)})
 
 
-def _feature_forward(cfg, backbone, digest: str, cache_dir: Optional[Path]) -> tuple[Callable, str, str]:
+def feature_forward(cfg, backbone, digest: str, cache_dir: Optional[Path]) -> tuple[Callable, str, str]:
     """The frozen backbone as a function of a batch: (forward, engine key, engine description).
 
     XNNPACK (a cached TFLite conversion run by LiteRT) unless ``feature_cache.engine=tf`` or the
@@ -149,7 +149,7 @@ def _cached_pool_features(cfg, pool: data.Examples, backbone, feature_dim: int, 
     size = cfg.backbone.image_size
     cache_dir = Path(cfg.feature_cache.dir).expanduser() if cfg.feature_cache.dir else None
     digest = features.backbone_digest(cfg.backbone.handle, backbone_dir(cfg.backbone.handle))
-    forward, engine, engine_name = _feature_forward(cfg, backbone, digest, cache_dir)
+    forward, engine, engine_name = feature_forward(cfg, backbone, digest, cache_dir)
     key = features.cache_key(pool.digest(), digest, size, engine)
 
     def compute() -> np.ndarray:

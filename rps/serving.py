@@ -52,8 +52,10 @@ class Classifier:
         if engine == "auto":
             self._run = self._lite()
         if self._run is None:
+            from rps.lite import chunked
+
             module = tf.saved_model.load(str(self.path))
-            self._run = lambda x: module(x).numpy()
+            self._run = lambda x: chunked(lambda chunk: module(chunk).numpy(), x)
 
     def _lite(self):
         from rps import lite

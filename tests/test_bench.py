@@ -18,15 +18,20 @@ def test_benchmark_reports_every_variant_and_thread_setting(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     text = out.stdout
     assert "tiny generated data" in text
-    seconds = {}
+    seconds, peaks = {}, []
     for label in ("(a) uncached run", "(b) cached run, cold (XNNPACK)", "(b') cached run, cold (TensorFlow)",
                   "(c) cached run, warm (hit)", "(d) 3-point sweep, cached", "(e) 2-point sweep, uncached"):
-        match = re.search(re.escape(label) + r"\s+([\d.]+) s\s+([\d.]+)x \(a\)", text)
+        match = re.search(re.escape(label) + r"\s+([\d.]+) s\s+([\d.]+)x \(a\)  peak ([\d.]+) GB", text)
         assert match, f"missing: {label}\n{text}"
+        peaks.append(float(match.group(3)))
         seconds[label.split()[0]] = s = float(match.group(1))
         a = seconds["(a)"]  # printed to 0.1 s: the ratio must lie within what that rounding allows
         assert (s - 0.05) / (a + 0.05) - 0.005 <= float(match.group(2)) <= (s + 0.05) / (a - 0.05) + 0.005
-    assert re.search(r"peak memory \(whole benchmark process\): [\d.]+ GB", text)
+    whole = re.search(r"peak memory \(whole benchmark process\): ([\d.]+) GB", text)
+    assert whole and 0.1 < min(peaks) and max(peaks) <= float(whole.group(1)), text  # the whole: the runs' highest or more
+    assert re.search(r"CPU: .+, \d+ cores, AVX-512 (yes|no);", text), text
+    ceiling = re.search(r"forward pass alone .*: ([\d.]+) images/s XNNPACK, ([\d.]+) TensorFlow", text)
+    assert ceiling and min(map(float, ceiling.groups())) > 0, text
     rates = re.search(r"feature extraction ([\d.]+) XNNPACK \(b\) vs ([\d.]+) TensorFlow \(b'\): ([\d.]+)x", text)
     assert rates, text
     lite, tf_rate, ratio = map(float, rates.groups())

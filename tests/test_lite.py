@@ -33,6 +33,18 @@ def test_xnnpack_features_match_tensorflows(backbone_and_images, tmp_path):
     assert lite.LiteModel(content)(images[:0]).shape == (0, 16)
 
 
+def test_tensorflow_features_in_chunks_are_the_whole_batchs(backbone_and_images):
+    from rps import lite, model
+
+    backbone, images = backbone_and_images  # 20 images: chunks of 8, 8 and 4, in order
+    calls = []
+    chunks = lite.chunked(lambda chunk: calls.append(len(chunk)) or np.asarray(backbone(chunk)), images)
+    assert calls == [8, 8, 4]
+    whole = np.asarray(backbone(images, training=False))
+    np.testing.assert_allclose(chunks, whole, rtol=1e-5)  # batch size changes float rounding
+    np.testing.assert_allclose(model.tf_forward(backbone)(images), whole, rtol=1e-5)
+
+
 @pytest.mark.parametrize("cache", [True, False])
 def test_a_run_gives_the_same_results_with_either_engine(tiny_tfds, tiny_backbone, tmp_path, cache):
     from rps.pipeline import train_and_evaluate
