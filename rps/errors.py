@@ -1,5 +1,8 @@
 """User-facing errors: one paragraph that names what is wrong and how to fix it."""
 
+from contextlib import contextmanager
+from typing import Iterator
+
 
 class RpsError(Exception):
     """An error caused by the user's input or environment (not a bug in rps).
@@ -37,3 +40,28 @@ def interrupt_on_signals() -> None:
 
     signal.signal(signal.SIGTERM, on_sigterm)
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM arriving inside the block are held and delivered when it ends.
+
+    For code that runs many finalizers (a garbage collection): Python drops an exception raised
+    inside a finalizer ("Exception ignored in ..."), so a Ctrl-C landing there would be lost.
+    Outside the main thread (where handlers cannot be changed) the block runs as it is.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: held.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if held:
+            signal.raise_signal(held[0])

@@ -193,6 +193,7 @@ def _fine_tune(cfg, classifier, backbone, datasets, n_train: int, done: int, his
 
 def train_and_evaluate(prepared: Prepared, report: Optional[Reporter] = None) -> Outcome:
     cfg, report = prepared.cfg, report or Reporter()
+    train.release_memory()
     train.seed_everything(cfg.seed)
     train_ex, test_ex, class_names = load_examples(prepared, report)
     pool = data.concat(train_ex, test_ex)

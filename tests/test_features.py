@@ -179,3 +179,24 @@ def test_unwritable_cache_costs_the_entry_not_the_run(tmp_path, monkeypatch):
     result = features.cached_features("k", labels, 4, _counting_compute(tmp_path / "calls"), tmp_path / "cache")
     assert result.status == "built, not stored" and result.features.shape == (6, 4)
     assert not result.path.exists()
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_a_run_in_a_long_lived_process_does_not_depend_on_the_runs_before_it(tiny_tfds, tiny_backbone, tmp_path, cache):
+    """Sweeps on the basic launcher and studies run many runs in one process, freeing memory
+    (Keras' session included) between them: a run repeated after another gives the same result."""
+    from rps.pipeline import train_and_evaluate
+
+    def run(*overrides):
+        cfg = compose(f"dataset.data_dir={tiny_tfds}", f"backbone.handle={tiny_backbone}", *TINY_SPLIT,
+                      "backbone.image_size=32", "epochs=2", f"feature_cache.dir={tmp_path}",
+                      f"feature_cache.enabled={str(cache).lower()}", *overrides)
+        out = train_and_evaluate(prepared_run(cfg))
+        return out.metrics, out.probs
+
+    first = run("seed=1")
+    other = run("seed=2", "head.dropout=0.1", "optimizer.lr=0.05")
+    again = run("seed=1")
+    assert first[0] == again[0]
+    np.testing.assert_array_equal(first[1], again[1])
+    assert not np.array_equal(first[1], other[1]), "a different run differs: the comparison can fail"
