@@ -48,16 +48,18 @@ def signals_held() -> Iterator[None]:
 
     For code that runs many finalizers (a garbage collection): Python drops an exception raised
     inside a finalizer ("Exception ignored in ..."), so a Ctrl-C landing there would be lost.
-    Outside the main thread (where handlers cannot be changed) the block runs as it is.
+    Outside the main thread (where handlers cannot be changed), or where a handler was installed
+    by C code (Python could not put it back), the block runs as it is.
     """
     import signal
     import threading
 
-    if threading.current_thread() is not threading.main_thread():
+    held_signals = (signal.SIGINT, signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread() or None in map(signal.getsignal, held_signals):
         yield
         return
     held: list[int] = []
-    previous = {s: signal.signal(s, lambda signum, frame: held.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, lambda signum, frame: held.append(signum)) for s in held_signals}
     try:
         yield
     finally:
