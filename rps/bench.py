@@ -199,42 +199,39 @@ def main(argv: list[str] | None = None) -> None:
         from rps.resources import backbone_dir
 
         base = _compose(overrides)
-        peaks: list[float] = []  # resident memory, per pipeline run; the first: start-up and backbone load
+        peaks: dict[str, float] = {}  # resident memory (GB) by stage: start-up, then "a" ... "e"
         load_s, prepared = _timed(lambda: prepare(base))  # checks, then loads the backbone once
         source = prepared.source
-        peaks.append(_peak_gb())
+        peaks["start-up"] = _peak_gb()  # imports and the backbone's load
 
-        def run(cache_dir: Path | None, engine: str = "xnnpack", **changes):
+        def run(stage: str, cache_dir: Path | None, engine: str = "xnnpack", **changes):
             cfg = OmegaConf.merge(base, changes, {"feature_cache": {
                 "enabled": cache_dir is not None, "dir": str(cache_dir) if cache_dir else None, "engine": engine}})
             report = Reporter()
             _reset_peak()
             seconds, outcome = _timed(lambda: train_and_evaluate(replace(prepared, cfg=cfg), report))
-            peaks.append(_peak_gb())
+            peaks[stage] = max(peaks.get(stage, 0.0), _peak_gb())  # a sweep's stage: its highest run
             return seconds, report, outcome
 
         grid = list(itertools.product(DROPOUTS, LRS))
         sweep_grid = [grid[i % len(grid)] for i in range(args.sweep_points)]
 
-        def sweep(cache_dir: Path | None, points) -> float:
-            return sum(run(cache_dir, head={"dropout": d}, optimizer={"lr": lr})[0] for d, lr in points)
+        def sweep(stage: str, cache_dir: Path | None, points) -> float:
+            return sum(run(stage, cache_dir, head={"dropout": d}, optimizer={"lr": lr})[0] for d, lr in points)
 
         data = f"{source.name} {source.version} ({source.n_train}+{source.n_test} images)"
         print(f"rps benchmark: {'REAL mirrors' if real else 'tiny generated data'}: {data}; "
               f"backbone {base.backbone.handle}; epochs={base.epochs} batch_size={base.batch_size}", flush=True)
-        uncached_s, uncached, _ = run(None)
+        uncached_s, uncached, _ = run("a", None)
         n_images = source.n_train + source.n_test
         n_test = int(uncached.recorded["params"]["data.n_test"])
         backbone_passes = base.epochs * (n_images - n_test) + n_test  # images through the backbone, uncached
-        cold_s, cold, outcome = run(tmp / "cache")  # XNNPACK, converting the backbone first
-        tf_cold_s, tf_cold, _ = run(tmp / "cache-tf", engine="tf")
-        warm_s, _, _ = run(tmp / "cache")
-        stage_peaks, before = dict(zip(("a", "b", "b'", "c"), peaks[1:])), len(peaks)
-        sweep_s = sweep(tmp / "sweep-cache", sweep_grid)
-        stage_peaks["d"], before = max(peaks[before:], default=0.0), len(peaks)
-        uncached_sweep_s = sweep(None, sweep_grid[:uncached_points]) if uncached_points else float("nan")
-        stage_peaks["e"] = max(peaks[before:], default=0.0)
-        peak = max(peaks)  # of the pipeline runs; rps.predict is a process of its own
+        cold_s, cold, outcome = run("b", tmp / "cache")  # XNNPACK, converting the backbone first
+        tf_cold_s, tf_cold, _ = run("b'", tmp / "cache-tf", engine="tf")
+        warm_s, _, _ = run("c", tmp / "cache")
+        sweep_s = sweep("d", tmp / "sweep-cache", sweep_grid)
+        uncached_sweep_s = sweep("e", None, sweep_grid[:uncached_points]) if uncached_points else float("nan")
+        peak = max(peaks.values())  # of the pipeline runs; rps.predict is a process of its own
         size, handle = base.backbone.image_size, base.backbone.handle
         digest = backbone_digest(handle, backbone_dir(handle))  # as a run computes it: the conversion is cached
         lite_forward = feature_forward(base, prepared.backbone, digest, tmp / "cache")[0]
@@ -245,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
         def line(label: str, seconds: float, stage: str, target: float | None = None) -> str:
             ratio = seconds / uncached_s
             verdict = "" if target is None else f"  target <= {target:.2f}x: {_verdict(ratio <= target)}"
-            return f"  {label:<38}{seconds:9.1f} s  {ratio:6.2f}x (a)  peak {stage_peaks[stage]:.2f} GB{verdict}"
+            return f"  {label:<38}{seconds:9.1f} s  {ratio:6.2f}x (a)  peak {peaks.get(stage, 0.0):.2f} GB{verdict}"
 
         lite_rate = n_images / max(cold.recorded["metrics"]["timing/feature_extraction_seconds"], 1e-9)
         tf_rate = n_images / max(tf_cold.recorded["metrics"]["timing/feature_extraction_seconds"], 1e-9)
