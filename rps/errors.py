@@ -42,6 +42,25 @@ def interrupt_on_signals() -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def release_interrupted(err: BaseException) -> None:
+    """Free what the frames an interrupt ran through still hold (their local variables), for
+    ``err`` and the exceptions it interrupted; frames still running (the handler's, its callers')
+    are left alone.
+
+    A Ctrl-C landing inside a database call leaves the interrupted cursor in those frames. SQLite
+    cannot close a connection while one of its cursors lives, so the write transaction, and the
+    database's lock, would outlive the call: this process's next write (marking its run KILLED)
+    would wait out MLflow's 20 s busy timeout and fail, three times over.
+    """
+    import traceback
+
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        traceback.clear_frames(err.__traceback__)
+        err = err.__context__
+
+
 @contextmanager
 def signals_held() -> Iterator[None]:
     """SIGINT and SIGTERM arriving inside the block are held and delivered when it ends.

@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 
 from rps import job
 from rps.config import register_configs
-from rps.errors import RpsError, Terminated, interrupt_on_signals
+from rps.errors import RpsError, Terminated, interrupt_on_signals, release_interrupted
 from rps.quiet import quiet_tensorflow_startup
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,7 @@ def main(cfg: DictConfig) -> float:
             return float("nan")
         sys.exit(err.exit_code)
     except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM via Terminated; the run is KILLED
+        release_interrupted(err)  # before a sweep's exit hook closes its parent run in the same store
         print(f"rps: interrupted ({err or 'Ctrl-C'}); the MLflow run was marked KILLED.", file=sys.stderr)
         sys.exit(143 if isinstance(err, Terminated) else 130)
     except Exception:

@@ -33,7 +33,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from rps.config import register_configs, validate
-from rps.errors import ConfigError, RpsError, Terminated, interrupt_on_signals
+from rps.errors import ConfigError, RpsError, Terminated, interrupt_on_signals, release_interrupted
 
 log = logging.getLogger(__name__)
 register_configs()
@@ -184,9 +184,10 @@ class Study:
             trial = self.study.ask()
             try:
                 self._trial(trial)
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as err:
                 from optuna.trial import TrialState
 
+                release_interrupted(err)  # a storage write it cut short must not keep the storage locked
                 trial.set_user_attr("interrupted", True)
                 self.study.tell(trial, state=TrialState.FAIL)
                 self.finish(interrupted=True)

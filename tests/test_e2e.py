@@ -262,7 +262,11 @@ def test_signal_mid_training_ends_the_run_killed_keeping_finished_epochs(offline
         else:
             pytest.fail("training never reached its second epoch")
         proc.send_signal(signum)
-        _, stderr = proc.communicate(timeout=60)
+        try:
+            _, stderr = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            pytest.fail(f"still running 60 s after the signal; its stderr ends:\n{proc.communicate()[1][-3000:]}")
     finally:
         proc.kill()
     assert proc.returncode == code, stderr[-2000:]

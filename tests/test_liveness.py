@@ -135,3 +135,41 @@ def test_a_signal_during_a_collection_is_delivered_after_it_not_lost():
     finally:
         for s, handler in before.items():
             signal.signal(s, handler)
+
+
+def test_a_ctrl_c_inside_a_store_write_still_ends_the_run_killed(tmp_path):
+    """As in a CI run: Ctrl-C landed just as SQLite returned the first row of a read inside a
+    metrics write. The cursor, alive in the traceback, kept its connection and the write's lock
+    open, so marking the run KILLED waited out MLflow's 20 s busy timeout three times, failed, and
+    left the run RUNNING."""
+    from sqlalchemy import event
+    from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
+
+    from rps.tracking.runs import tracked_run
+
+    client = store(tmp_path)
+    experiment = client.create_experiment("rps")
+    interrupted = []
+
+    def interrupt_inside_the_write(cursor, statement, parameters, context):
+        """Runs the read of the latest metrics that follows the insert, then Ctrl-C, as a signal
+        arriving during it is raised when the call returns."""
+        if statement.startswith("SELECT latest_metrics"):
+            cursor.execute(statement, parameters)
+            interrupted.append(statement)
+            raise KeyboardInterrupt
+        return False  # SQLAlchemy runs it
+
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        with tracked_run(experiment, "interrupted", {}) as report:
+            report.epoch({"val_accuracy": 0.5}, 0)  # the second write's read finds this row
+            event.listen(SQLiteDialect_pysqlite, "do_execute", interrupt_inside_the_write)
+            try:
+                report.epoch({"val_accuracy": 0.6}, 1)
+            finally:
+                event.remove(SQLiteDialect_pysqlite, "do_execute", interrupt_inside_the_write)
+    assert interrupted, "the write was interrupted"
+    (run,) = client.search_runs([experiment])
+    assert run.info.status == "KILLED"
+    assert time.monotonic() - start < 15

@@ -30,7 +30,7 @@ import mlflow
 from mlflow.entities import Param, RunStatus
 from omegaconf import DictConfig
 
-from rps.errors import ResourceError
+from rps.errors import ResourceError, release_interrupted
 from rps.tracking.access import access_error
 from rps.tracking.record import config_params, environment_tags
 from rps.tracking.reporter import MlflowReporter
@@ -170,7 +170,8 @@ def tracked_run(experiment_id: str, run_name: str, tags: dict[str, str], staging
         if report.offline:
             raise TrackingLost(report.keep(about), report.offline)
         status = RunStatus.from_string(report.end_status) if report.end_status else RunStatus.FINISHED
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
+        release_interrupted(err)  # a store write it cut short must not keep the store locked
         status = RunStatus.KILLED
         raise
     except Exception as err:
@@ -189,9 +190,9 @@ def tracked_run(experiment_id: str, run_name: str, tags: dict[str, str], staging
 
 
 def _close(run_id: str, status: str, tries: int) -> None:
-    """End the active run with ``status``. A store left busy by an interrupted write (Ctrl-C in the
-    middle of one) gets a few more tries; if all fail, the run stays RUNNING until the next rps
-    command reaps it (its process is gone)."""
+    """End the active run with ``status``. A store another process keeps busy gets a few more
+    tries; if all fail, the run stays RUNNING until the next rps command reaps it (its process is
+    gone)."""
     try:
         mlflow.end_run(status)  # pops the active run first, whatever happens next
         return
