@@ -31,7 +31,8 @@ def _plots(study) -> dict[str, object]:
             continue
         figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
         if name == "parallel_coordinate":  # one axis per parameter: give them room
-            figure.set_size_inches(max(8.0, 1.8 * len(study.best_trial.params) + 3), 5)
+            params = {key for trial in study.get_trials(deepcopy=False) for key in trial.params}
+            figure.set_size_inches(max(8.0, 1.8 * len(params) + 3), 5)  # (no best trial before one completes)
             figure.tight_layout()
         figures[f"study/{name}.png"] = figure
     return figures

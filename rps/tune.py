@@ -33,7 +33,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from rps.config import register_configs, validate
-from rps.errors import ConfigError, RpsError, Terminated, interrupt_on_signals, release_interrupted
+from rps.errors import ConfigError, RpsError, Terminated, interrupt_on_signals, release_interrupted, signals_held
 
 log = logging.getLogger(__name__)
 register_configs()
@@ -180,19 +180,27 @@ class Study:
         return len(used) + len(running) < self.cfg.search.trials
 
     def run(self) -> None:
-        while self.budget_left():
-            trial = self.study.ask()
-            try:
+        trial = None
+        try:
+            while self.budget_left():
+                with signals_held():  # a Ctrl-C inside ask comes once the new trial has a name to close
+                    trial = self.study.ask()
                 self._trial(trial)
-            except KeyboardInterrupt as err:
+        except KeyboardInterrupt as err:  # in a trial, or between two: the study's records stay true
+            release_interrupted(err)  # a storage write it cut short must not keep the storage locked
+            if trial is not None and self._running(trial):  # asked, not yet told: it never counts
                 from optuna.trial import TrialState
 
-                release_interrupted(err)  # a storage write it cut short must not keep the storage locked
                 trial.set_user_attr("interrupted", True)
                 self.study.tell(trial, state=TrialState.FAIL)
-                self.finish(interrupted=True)
-                raise
+            self.finish(interrupted=True)
+            raise
         self.finish()
+
+    def _running(self, trial) -> bool:
+        from optuna.trial import TrialState
+
+        return trial.number in {t.number for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
 
     def _trial(self, trial) -> None:
         from optuna.trial import TrialState

@@ -3,6 +3,7 @@ choices, several workers on one study, and resuming an interrupted study."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -128,6 +129,13 @@ def test_two_workers_share_one_study_and_one_parent(search_dir, offline_env, tmp
     assert parent.info.status == "FINISHED"
 
 
+def in_a_trial_after_two_finished(runs) -> bool:
+    """Two trials' runs FINISHED and a later one RUNNING (training: it has logged an epoch)."""
+    trial_runs = [r for r in runs if "optuna.trial_number" in r.data.tags]
+    return (sum(r.info.status == "FINISHED" for r in trial_runs) >= 2
+            and any(r.info.status == "RUNNING" and "val_accuracy" in r.data.metrics for r in trial_runs))
+
+
 def test_an_interrupted_study_resumes_where_it_stopped(search_dir, offline_env, tmp_path):
     (tmp_path / "mlruns").mkdir()
     store(tmp_path).search_experiments()  # create the tables first: this test polls the store meanwhile
@@ -135,10 +143,10 @@ def test_an_interrupted_study_resumes_where_it_stopped(search_dir, offline_env, 
                             env=offline_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 300
-        while sum(r.info.status == "FINISHED" and "optuna.trial_number" in r.data.tags for r in all_runs(tmp_path)) < 2:
+        while not in_a_trial_after_two_finished(all_runs(tmp_path)):
             assert time.monotonic() < deadline and proc.poll() is None, "no trial completed"
-            time.sleep(1)
-        proc.send_signal(signal.SIGINT)  # Ctrl-C in the middle of the next trial
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C in the middle of the next trial (between trials: below)
         _, stderr = proc.communicate(timeout=120)
     finally:
         proc.kill()
@@ -159,3 +167,42 @@ def test_an_interrupted_study_resumes_where_it_stopped(search_dir, offline_env, 
     for trial in study:  # the interrupted trial's run, if it had started one, was ended KILLED
         if trial.user_attrs.get("interrupted") and trial.number in by_number:
             assert by_number[trial.number].info.status == "KILLED"
+
+
+@pytest.mark.parametrize("after", ["tell", "ask"])
+def test_a_ctrl_c_between_trials_still_ends_the_study_run_killed(search_dir, offline_env, tmp_path, monkeypatch, after):
+    """Ctrl-C arriving just after a trial was told (its run over, the next not asked) or just after
+    the next trial was asked (no run started yet): the parent is KILLED, no trial is left RUNNING
+    (it would hold a place in the budget forever), and a told trial keeps its state."""
+    from hydra import compose, initialize_config_dir
+
+    from conftest import ROOT
+    from rps.tune import Study
+
+    for key in [k for k in os.environ if k not in offline_env]:  # e.g. the store an earlier test pointed MLflow at
+        monkeypatch.delenv(key)
+    for key, value in offline_env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(tmp_path)
+    overrides = ["+experiment=tiny_search", f"hydra.searchpath=[file://{search_dir}]", "search.pruner=none"]
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        study = Study(compose(config_name="config", overrides=overrides), overrides, None)
+        real, told = getattr(study.study, after), []  # calls so far
+
+        def then_ctrl_c(*args, **kwargs):  # Ctrl-C lands as the call returns
+            result = real(*args, **kwargs)
+            told.append(after)
+            if len(told) == 2:
+                signal.raise_signal(signal.SIGINT)
+            return result
+
+        monkeypatch.setattr(study.study, after, then_ctrl_c)
+        with pytest.raises(KeyboardInterrupt):
+            study.run()
+    states = [t.state.name for t in trials(tmp_path)]
+    assert "RUNNING" not in states and len(states) == 2, states
+    interrupted = trials(tmp_path)[1].user_attrs.get("interrupted", False)
+    assert interrupted == (after == "ask"), "a trial told before the signal keeps its state; one only asked fails"
+    assert not interrupted or states[1] == "FAIL"
+    parent, _ = study_runs(tmp_path)
+    assert parent.info.status == "KILLED"
