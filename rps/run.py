@@ -46,7 +46,7 @@ def main(cfg: DictConfig) -> float:
         sys.exit(err.exit_code)
     except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM via Terminated; the run is KILLED
         release_interrupted(err)  # before a sweep's exit hook closes its parent run in the same store
-        print(f"rps: interrupted ({err or 'Ctrl-C'}); the MLflow run was marked KILLED.", file=sys.stderr)
+        print(f"rps: interrupted ({str(err) or 'Ctrl-C'}); the MLflow run was marked KILLED.", file=sys.stderr)
         sys.exit(143 if isinstance(err, Terminated) else 130)
     except Exception:
         if not multirun:

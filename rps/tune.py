@@ -272,7 +272,7 @@ def main(cfg: DictConfig) -> None:
         print(f"rps.tune: error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
     except KeyboardInterrupt as err:
-        print(f"rps.tune: interrupted ({err or 'Ctrl-C'}); finished trials are kept: run the same command "
+        print(f"rps.tune: interrupted ({str(err) or 'Ctrl-C'}); finished trials are kept: run the same command "
               "again to resume the study.", file=sys.stderr)
         sys.exit(143 if isinstance(err, Terminated) else 130)
 

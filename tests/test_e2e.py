@@ -270,7 +270,7 @@ def test_signal_mid_training_ends_the_run_killed_keeping_finished_epochs(offline
     finally:
         proc.kill()
     assert proc.returncode == code, stderr[-2000:]
-    assert "KILLED" in stderr
+    assert "KILLED" in stderr and f"interrupted ({'Ctrl-C' if signum == signal.SIGINT else f'signal {int(signum)}'})" in stderr
     (run,) = all_runs(tmp_path)
     assert run.info.status == "KILLED"
     kept = store(tmp_path).get_metric_history(run.info.run_id, "val_accuracy")

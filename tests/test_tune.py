@@ -150,7 +150,7 @@ def test_an_interrupted_study_resumes_where_it_stopped(search_dir, offline_env, 
         _, stderr = proc.communicate(timeout=120)
     finally:
         proc.kill()
-    assert proc.returncode == 130 and "resume" in stderr, stderr[-2000:]
+    assert proc.returncode == 130 and "interrupted (Ctrl-C)" in stderr and "resume" in stderr, stderr[-2000:]
     parent, _ = study_runs(tmp_path)
     assert parent.info.status == "KILLED"
     done_before = [t.number for t in trials(tmp_path) if t.state.name == "COMPLETE"]
