@@ -188,12 +188,12 @@ def test_a_ctrl_c_between_trials_still_ends_the_study_run_killed(search_dir, off
     overrides = ["+experiment=tiny_search", f"hydra.searchpath=[file://{search_dir}]", "search.pruner=none"]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         study = Study(compose(config_name="config", overrides=overrides), overrides, None)
-        real, told = getattr(study.study, after), []  # calls so far
+        real, calls = getattr(study.study, after), []
 
         def then_ctrl_c(*args, **kwargs):  # Ctrl-C lands as the call returns
             result = real(*args, **kwargs)
-            told.append(after)
-            if len(told) == 2:
+            calls.append(after)
+            if len(calls) == 2:  # the second ask or tell
                 signal.raise_signal(signal.SIGINT)
             return result
 
