@@ -74,6 +74,21 @@ def hub_cache(tmp_path_factory, tiny_backbone) -> Path:
 
 
 @pytest.fixture
+def rps_signal_handlers():
+    """rps's SIGINT/SIGTERM handlers, installed as its entry points install them (pytest-xdist
+    workers started from a background shell ignore SIGINT), and the worker's put back after."""
+    import signal
+
+    from rps.errors import interrupt_on_signals
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    interrupt_on_signals()
+    yield
+    for s, handler in before.items():
+        signal.signal(s, handler)
+
+
+@pytest.fixture
 def offline_env(tiny_tfds, hub_cache, tmp_path) -> dict[str, str]:
     """Environment for a CLI run on the tiny mirrors, with its own empty tracking store."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TFDS_", "TFHUB_"))}

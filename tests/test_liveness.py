@@ -96,45 +96,39 @@ def test_a_killed_run_is_reaped_by_the_next_command_and_a_live_one_is_not(offlin
     assert f"its process {proc.pid} on {os.uname().nodename} is gone" in run.data.tags[liveness.REAPED]
 
 
-def test_a_signal_during_a_collection_is_delivered_after_it_not_lost():
+def test_a_signal_during_a_collection_is_delivered_after_it_not_lost(rps_signal_handlers):
     """Python drops an exception raised inside a finalizer: release_memory's collection holds
     SIGINT/SIGTERM and delivers them once it is over."""
     import gc
     import weakref
 
-    from rps.errors import Terminated, interrupt_on_signals, signals_held
+    from rps.errors import Terminated, signals_held
 
-    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    interrupt_on_signals()
+    class Garbage:
+        pass
+
+    def collect_with_a_signal_in_a_finalizer(signum):
+        item = Garbage()
+        item.cycle = item
+        weakref.finalize(item, signal.raise_signal, signum)  # the signal lands inside gc
+        del item
+        gc.collect()
+
+    lost, hook = [], sys.unraisablehook
+    sys.unraisablehook = lambda unraisable: lost.append(unraisable.exc_type)
     try:
-        class Garbage:
-            pass
-
-        def collect_with_a_signal_in_a_finalizer(signum):
-            item = Garbage()
-            item.cycle = item
-            weakref.finalize(item, signal.raise_signal, signum)  # the signal lands inside gc
-            del item
-            gc.collect()
-
-        lost, hook = [], sys.unraisablehook
-        sys.unraisablehook = lambda unraisable: lost.append(unraisable.exc_type)
-        try:
-            collect_with_a_signal_in_a_finalizer(signal.SIGINT)  # unheld: no exception comes out
-        finally:
-            sys.unraisablehook = hook
-        assert lost == [KeyboardInterrupt], "Python drops it"
-        for signum, raised in ((signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, Terminated)):
-            reached = []
-            with pytest.raises(raised):
-                with signals_held():
-                    collect_with_a_signal_in_a_finalizer(signum)
-                    reached.append("end of block")
-            assert reached == ["end of block"]
-        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "handlers are restored"
+        collect_with_a_signal_in_a_finalizer(signal.SIGINT)  # unheld: no exception comes out
     finally:
-        for s, handler in before.items():
-            signal.signal(s, handler)
+        sys.unraisablehook = hook
+    assert lost == [KeyboardInterrupt], "Python drops it"
+    for signum, raised in ((signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, Terminated)):
+        reached = []
+        with pytest.raises(raised):
+            with signals_held():
+                collect_with_a_signal_in_a_finalizer(signum)
+                reached.append("end of block")
+        assert reached == ["end of block"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "handlers are restored"
 
 
 def test_a_ctrl_c_inside_a_store_write_still_ends_the_run_killed(tmp_path):

@@ -170,14 +170,14 @@ def test_an_interrupted_study_resumes_where_it_stopped(search_dir, offline_env, 
 
 
 @pytest.mark.parametrize("after", ["tell", "ask"])
-def test_a_ctrl_c_between_trials_still_ends_the_study_run_killed(search_dir, offline_env, tmp_path, monkeypatch, after):
+def test_a_ctrl_c_between_trials_still_ends_the_study_run_killed(search_dir, offline_env, tmp_path, monkeypatch, after,
+                                                                   rps_signal_handlers):
     """Ctrl-C arriving just after a trial was told (its run over, the next not asked) or just after
     the next trial was asked (no run started yet): the parent is KILLED, no trial is left RUNNING
     (it would hold a place in the budget forever), and a told trial keeps its state."""
     from hydra import compose, initialize_config_dir
 
     from conftest import ROOT
-    from rps.errors import interrupt_on_signals
     from rps.tune import Study
 
     for key in [k for k in os.environ if k not in offline_env]:  # e.g. the store an earlier test pointed MLflow at
@@ -198,14 +198,8 @@ def test_a_ctrl_c_between_trials_still_ends_the_study_run_killed(search_dir, off
             return result
 
         monkeypatch.setattr(study.study, after, then_ctrl_c)
-        handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-        interrupt_on_signals()  # as rps.tune's main does (this worker may have inherited other handlers)
-        try:
-            with pytest.raises(KeyboardInterrupt):
-                study.run()
-        finally:
-            for s, handler in handlers.items():
-                signal.signal(s, handler)
+        with pytest.raises(KeyboardInterrupt):
+            study.run()
     states = [t.state.name for t in trials(tmp_path)]
     assert "RUNNING" not in states and len(states) == 2, states
     interrupted = trials(tmp_path)[1].user_attrs.get("interrupted", False)
