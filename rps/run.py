@@ -20,10 +20,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from rps import job
+from rps.runner import job
 from rps.config import register_configs
-from rps.errors import RpsError, Terminated, interrupt_on_signals, release_interrupted
-from rps.quiet import quiet_tensorflow_startup
+from rps.common.errors import RpsError, Terminated, interrupt_on_signals, release_interrupted
+from rps.common.quiet import quiet_tensorflow_startup
 
 log = logging.getLogger(__name__)
 register_configs()

@@ -31,7 +31,7 @@ import warnings
 from pathlib import Path
 
 import rps  # noqa: F401
-from rps.errors import ResourceError, RpsError
+from rps.common.errors import ResourceError, RpsError
 
 DEFAULT_PERMISSIONS = ("READ", "USE", "EDIT", "MANAGE", "NO_PERMISSIONS")  # for every signed-in user
 GRANTS = ("READ", "USE", "EDIT", "MANAGE", "DENY")  # for one user on one experiment

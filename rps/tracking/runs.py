@@ -30,10 +30,11 @@ import mlflow
 from mlflow.entities import Param, RunStatus
 from omegaconf import DictConfig
 
-from rps.errors import ResourceError, release_interrupted
+from rps.common.errors import ResourceError, release_interrupted
 from rps.tracking.access import access_error
 from rps.tracking.record import config_params, environment_tags
 from rps.tracking.reporter import MlflowReporter
+from rps.training.outcome import Ending, StopSignal
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +147,7 @@ class Heartbeat:
 
 @contextmanager
 def tracked_run(experiment_id: str, run_name: str, tags: dict[str, str], staging: Optional[Path] = None,
-                about: Optional[dict] = None) -> Iterator[MlflowReporter]:
+                about: Optional[dict] = None, stop: Optional[StopSignal] = None) -> Iterator[MlflowReporter]:
     """An MLflow run, written through the :class:`MlflowReporter` it yields, that ends FINISHED,
     FAILED (exception) or KILLED (Ctrl-C / SIGTERM).
 
@@ -161,7 +162,7 @@ def tracked_run(experiment_id: str, run_name: str, tags: dict[str, str], staging
         if denied:
             raise denied from None
         raise
-    report = MlflowReporter(run.info.run_id, staging)
+    report = MlflowReporter(run.info.run_id, staging, stop)
     about = (about or {}) | {"run_name": run_name, "start_tags": tags}
     status = RunStatus.FAILED
     try:
@@ -169,7 +170,7 @@ def tracked_run(experiment_id: str, run_name: str, tags: dict[str, str], staging
             yield report
         if report.offline:
             raise TrackingLost(report.keep(about), report.offline)
-        status = RunStatus.from_string(report.end_status) if report.end_status else RunStatus.FINISHED
+        status = RunStatus.from_string(Ending.of(report.stop()).status)
     except KeyboardInterrupt as err:
         release_interrupted(err)  # a store write it cut short must not keep the store locked
         status = RunStatus.KILLED
