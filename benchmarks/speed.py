@@ -96,7 +96,7 @@ def _compose(overrides: list[str]):
 def _tiny_mirrors(root: Path) -> list[str]:
     """Generate tiny data and a tiny backbone; point the env knobs at them."""
     from rps.config import DEFAULT_HANDLE
-    from rps.data.synthetic import install_in_hub_cache, prepare_tiny_tfds, save_tiny_backbone
+    from rps.synthetic import install_in_hub_cache, prepare_tiny_tfds, save_tiny_backbone
 
     prepare_tiny_tfds(root / "tfds", n_train=240, n_test=60)
     install_in_hub_cache(save_tiny_backbone(root / "backbone"), root / "tfhub", DEFAULT_HANDLE)

@@ -60,5 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The ``rps-compare`` command (also ``python -m rps.compare``)."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

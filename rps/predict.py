@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import rps  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from rps.common.errors import ResourceError, RpsError
 from rps.data.sources import PREDICT_EXTENSIONS
+from rps.common.quiet import quiet_tensorflow_startup
+from rps.tracking.models import local_model
 from rps.inference.predict import _table, image_files, load_predictor, predict_files, write_output
 
 
@@ -37,13 +40,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=_positive, default=32, help="images per model call (default 32)")
     parser.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db")
     args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="rps-model-") as tmp:  # a downloaded model lives here meanwhile
+        return _predict(args, Path(tmp))
+
+
+def _predict(args: argparse.Namespace, tmp: Path) -> int:
     try:
         if args.output and not args.output.parent.resolve().is_dir():
             raise ResourceError(f"--output {args.output}: the folder {args.output.parent} does not exist.")
         files = image_files(args.inputs)
         if not files:
             raise ResourceError(f"No image files in {', '.join(args.inputs)} (looked for {', '.join(sorted(PREDICT_EXTENSIONS))}).")
-        predictor = load_predictor(args.model, args.tracking_uri)
+        predictor = load_predictor(local_model(args.model, args.tracking_uri, into=tmp))
     except RpsError as err:
         print(f"rps.predict: error: {err}", file=sys.stderr)
         return 2
@@ -63,8 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
-if __name__ == "__main__":
-    from rps.common.quiet import quiet_tensorflow_startup
-
+def cli() -> None:
+    """The ``rps-predict`` command (also ``python -m rps.predict``)."""
     quiet_tensorflow_startup()
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import rps  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+from rps.common.quiet import quiet_tensorflow_startup
 from rps.common.errors import RpsError
 from rps.team.recover import recover
 
@@ -30,8 +31,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    from rps.common.quiet import quiet_tensorflow_startup
-
+def cli() -> None:
+    """The ``rps-recover`` command (also ``python -m rps.recover``)."""
     quiet_tensorflow_startup()
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

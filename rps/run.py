@@ -55,6 +55,11 @@ def main(cfg: DictConfig) -> float:
         return float("nan")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The ``rps-run`` command (also ``python -m rps.run``)."""
     quiet_tensorflow_startup()
     main()
+
+
+if __name__ == "__main__":
+    cli()

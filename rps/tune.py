@@ -16,6 +16,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from rps.common.quiet import quiet_tensorflow_startup
 from rps.common.errors import RpsError, Terminated, interrupt_on_signals
 from rps.search.config import register_tune_configs
 from rps.search.study import Study
@@ -41,8 +42,11 @@ def main(cfg: DictConfig) -> None:
         sys.exit(143 if isinstance(err, Terminated) else 130)
 
 
-if __name__ == "__main__":
-    from rps.common.quiet import quiet_tensorflow_startup
-
+def cli() -> None:
+    """The ``rps-tune`` command (also ``python -m rps.tune``)."""
     quiet_tensorflow_startup()
     main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -40,7 +40,7 @@ def private_feature_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_tfds(tmp_path_factory) -> Path:
     """A TFDS data dir with a prepared tiny rock_paper_scissors/3.0.0 (60 train, 24 test)."""
-    from rps.data.synthetic import prepare_tiny_tfds
+    from rps.synthetic import prepare_tiny_tfds
 
     data_dir = tmp_path_factory.mktemp("tfds")
     prepare_tiny_tfds(data_dir)
@@ -51,7 +51,7 @@ def tiny_tfds(tmp_path_factory) -> Path:
 def relabelled_tfds(tmp_path_factory) -> Path:
     """The tiny dataset with every test image labelled as the next class: test accuracy collapses,
     nothing else changes (choices that look only at validation must not move)."""
-    from rps.data.synthetic import prepare_tiny_tfds
+    from rps.synthetic import prepare_tiny_tfds
 
     data_dir = tmp_path_factory.mktemp("relabelled")
     prepare_tiny_tfds(data_dir, test_label_shift=1)
@@ -60,7 +60,7 @@ def relabelled_tfds(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_backbone(tmp_path_factory) -> Path:
-    from rps.data.synthetic import save_tiny_backbone
+    from rps.synthetic import save_tiny_backbone
 
     return save_tiny_backbone(tmp_path_factory.mktemp("backbone") / "tiny")
 
@@ -68,7 +68,7 @@ def tiny_backbone(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def hub_cache(tmp_path_factory, tiny_backbone) -> Path:
     """A TF Hub cache holding the tiny backbone under the default MobileNet-V2 handle."""
-    from rps.data.synthetic import install_in_hub_cache
+    from rps.synthetic import install_in_hub_cache
 
     cache = tmp_path_factory.mktemp("hub")
     install_in_hub_cache(tiny_backbone, cache, DEFAULT_HANDLE)

@@ -91,7 +91,7 @@ def test_pipeline_scales_resizes_and_one_hot_encodes(tiny_examples):
 
 
 def test_image_folder_reports_corrupt_files_by_path(tmp_path):
-    from rps.data.synthetic import write_image_folder
+    from rps.synthetic import write_image_folder
 
     root = write_image_folder(tmp_path / "hands", per_class=3)
     (root / "rock" / "truncated.png").write_bytes((root / "rock" / "000.png").read_bytes()[:60])

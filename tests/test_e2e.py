@@ -188,7 +188,7 @@ def test_same_seed_gives_the_same_run(finished_run, tmp_path):
 
 
 def test_image_folder_with_local_backbone_and_skipped_corrupt_file(tiny_backbone, offline_env, tmp_path):
-    from rps.data.synthetic import write_image_folder
+    from rps.synthetic import write_image_folder
 
     root = write_image_folder(tmp_path / "hands", per_class=10)
     (root / "rock" / "broken.png").write_bytes(b"\x89PNG not really")
@@ -205,7 +205,7 @@ def test_image_folder_with_local_backbone_and_skipped_corrupt_file(tiny_backbone
 
 
 def test_corrupt_file_fails_the_run_and_names_it(offline_env, tiny_backbone, tmp_path):
-    from rps.data.synthetic import write_image_folder
+    from rps.synthetic import write_image_folder
 
     root = write_image_folder(tmp_path / "hands", per_class=4)
     (root / "paper" / "cut.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
@@ -283,7 +283,7 @@ def test_signal_mid_training_ends_the_run_killed_keeping_finished_epochs(offline
 
 
 def test_image_size_the_backbone_rejects_leaves_no_run(offline_env, tmp_path):
-    from rps.data.synthetic import save_tiny_backbone
+    from rps.synthetic import save_tiny_backbone
 
     fixed = save_tiny_backbone(tmp_path / "fixed224", input_size=224)
     result = run_cli(f"backbone.handle={fixed}", "backbone.image_size=160", *TINY_SPLIT, cwd=tmp_path, env=offline_env)

@@ -71,7 +71,7 @@ def test_a_run_gives_the_same_results_with_either_engine(tiny_tfds, tiny_backbon
 def test_a_backbone_that_does_not_convert_falls_back_to_tensorflow_and_says_why(tiny_tfds, tmp_path, caplog):
     from rps.training.pipeline import train_and_evaluate
     from rps.training.report import Reporter
-    from rps.data.synthetic import save_tiny_backbone
+    from rps.synthetic import save_tiny_backbone
 
     odd = save_tiny_backbone(tmp_path / "odd", tflite_ops=False)
     cfg = compose(f"dataset.data_dir={tiny_tfds}", f"backbone.handle={odd}", *TINY_SPLIT, "backbone.image_size=32",
@@ -104,7 +104,7 @@ def test_the_classifier_takes_photos_in_every_form_and_agrees_with_training(expo
 
     from rps.data.images import preprocess
     from rps.inference.classifier import Classifier
-    from rps.data.synthetic import tiny_image
+    from rps.synthetic import tiny_image
 
     saved, clf = exported
     photo = tiny_image(2, np.random.default_rng(3), 75)  # uint8, not the model's size

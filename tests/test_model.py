@@ -58,7 +58,7 @@ def test_export_is_self_contained_and_predicts_the_same(classifier, tmp_path):
 
 
 def test_image_size_the_backbone_cannot_take_is_a_config_error(tmp_path):
-    from rps.data.synthetic import save_tiny_backbone
+    from rps.synthetic import save_tiny_backbone
 
     fixed = save_tiny_backbone(tmp_path / "fixed", input_size=32)
     load_backbone(str(fixed), 32)

@@ -31,7 +31,7 @@ def exported_run(tiny_tfds, hub_cache, tmp_path_factory):
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
     """Images of other sizes and formats (WebP and TIFF only Pillow decodes), and a corrupt one."""
-    from rps.data.synthetic import tiny_image
+    from rps.synthetic import tiny_image
 
     folder = tmp_path_factory.mktemp("photos")
     rng = np.random.default_rng(5)

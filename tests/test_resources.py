@@ -77,7 +77,7 @@ def test_local_handle_must_exist_and_be_a_saved_model(tiny_backbone, tmp_path):
 
 
 def test_image_folder_is_listed_with_sorted_class_names(tmp_path):
-    from rps.data.synthetic import write_image_folder
+    from rps.synthetic import write_image_folder
 
     write_image_folder(tmp_path / "hands", per_class=4)
     write_image_folder(tmp_path / "held_out", per_class=2, seed=1)
@@ -95,7 +95,7 @@ def test_image_folder_is_listed_with_sorted_class_names(tmp_path):
     ({"rock": 2, "paper": 0}, "at least 2"),
 ])
 def test_unusable_image_folders_are_explained(tmp_path, layout, message):
-    from rps.data.synthetic import tiny_image
+    from rps.synthetic import tiny_image
     from PIL import Image
     import numpy as np
 

@@ -87,7 +87,7 @@ def _files_text(folder: Path) -> str:
 def test_runs_sweeps_registry_predict_and_compare_work_against_the_server(team_server, as_alice, tmp_path):
     import mlflow
 
-    from rps.data.synthetic import tiny_image
+    from rps.synthetic import tiny_image
 
     single = run_cli("epochs=1", *TINY_SPLIT, "register_model=team-tiny", cwd=tmp_path, env=as_alice)
     assert single.returncode == 0, single.stderr[-3000:]

@@ -64,7 +64,7 @@ def test_grouped_validation_is_validated_before_anything_runs():
 def test_an_image_folder_holds_out_whole_subjects(tmp_path, tiny_backbone):
     from rps.training.pipeline import train_and_evaluate
     from rps.training.report import Reporter
-    from rps.data.synthetic import write_image_folder
+    from rps.synthetic import write_image_folder
 
     train_dir = write_image_folder(tmp_path / "train", per_class=12, subjects=4)
     test_dir = write_image_folder(tmp_path / "test", per_class=3, seed=1)

@@ -20,7 +20,6 @@ import csv
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Optional
 
 from rps.common.errors import ResourceError
 from rps.data.sources import PREDICT_EXTENSIONS
@@ -38,36 +37,17 @@ def _saved_model(path: Path):
         raise ResourceError(f"{path} cannot be loaded as a SavedModel: {str(err).splitlines()[0][:300]}") from err
 
 
-def load_predictor(model: str, tracking_uri: Optional[str] = None, mlruns_dir: str = "mlruns"):
-    """The :class:`rps.serving.Classifier` of an MLflow model URI, an MLflow model folder or a
-    SavedModel directory written by a run."""
-    path = Path(model).expanduser()
-    if path.is_dir():
-        if (path / "saved_model.pb").is_file():
-            return _saved_model(path)
-        if (path / "MLmodel").is_file():
-            model = str(path.resolve())
-        else:
-            raise ResourceError(f"{path} is neither a SavedModel (saved_model.pb) nor an MLflow model (MLmodel).")
-    elif "://" not in model and ":/" not in model:
-        raise ResourceError(f"MODEL {model} is not a folder nor an MLflow model URI (runs:/<id>/model, models:/<name>/<v>).")
-    import mlflow
-
-    from rps.tracking import use_store
-
-    use_store(tracking_uri, mlruns_dir)
-    model = _model_uri(model)
-    try:
-        loaded = mlflow.pyfunc.load_model(model)
-    except Exception as err:  # MLflow raises several types for unknown runs/models/paths
-        raise ResourceError(f"Could not load the MLflow model {model}: {str(err).splitlines()[0]}") from err
-    try:
-        classifier = loaded.unwrap_python_model().classifier
-    except (AttributeError, mlflow.exceptions.MlflowException):  # another flavor, or another class
-        classifier = None
-    if classifier is None:
-        raise ResourceError(f"The MLflow model {model} was not logged by this version of rps (no rps classifier inside).")
-    return classifier
+def load_predictor(folder: Path):
+    """The :class:`~rps.inference.classifier.Classifier` of a local model: a SavedModel written by a
+    run, or an MLflow model folder logged by rps (its ``artifacts/saved_model``). Nothing in the
+    folder is imported or executed as Python: only the SavedModel is loaded."""
+    if (folder / "saved_model.pb").is_file():
+        return _saved_model(folder)
+    if (folder / "MLmodel").is_file():
+        if not (folder / "artifacts" / "saved_model" / "saved_model.pb").is_file():
+            raise ResourceError(f"The MLflow model {folder} was not logged by rps (no artifacts/saved_model inside).")
+        return _saved_model(folder / "artifacts" / "saved_model")
+    raise ResourceError(f"{folder} is neither a SavedModel (saved_model.pb) nor an MLflow model (MLmodel).")
 
 
 def image_files(inputs: list[str]) -> list[Path]:
@@ -91,26 +71,6 @@ def _tf_loader(image_size: int):
 
     return tf.function(lambda path: preprocess(decode(tf.io.read_file(path)), image_size),
                        input_signature=[tf.TensorSpec([], tf.string)])
-
-
-def _model_uri(model: str) -> str:
-    """``runs:/<run id>`` (no path): the run's logged model, as its tag rps.model_uri names it."""
-    import re
-
-    import mlflow
-
-    from rps.tracking.reporter import MODEL_URI_TAG
-
-    found = re.fullmatch(r"runs:/([0-9a-f]{32})/?", model)
-    if not found:
-        return model
-    try:
-        tags = mlflow.MlflowClient().get_run(found.group(1)).data.tags
-    except mlflow.exceptions.MlflowException as err:
-        raise ResourceError(f"No run {found.group(1)} in the tracking store ({err.error_code}).") from err
-    if MODEL_URI_TAG not in tags:
-        raise ResourceError(f"Run {found.group(1)} has no logged model (no {MODEL_URI_TAG} tag); give its model URI.")
-    return tags[MODEL_URI_TAG]
 
 
 def load_image(path: Path, image_size: int):
