@@ -28,8 +28,11 @@ from rps.common.quiet import quiet_tensorflow_startup
 log = logging.getLogger(__name__)
 register_configs()
 
+# The checkout's conf/ (absolute: the `rps-run`/`rps-tune` entry points import this module from elsewhere).
+CONF = str(Path(__file__).resolve().parent.parent / "conf")
 
-@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+
+@hydra.main(config_path=CONF, config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     """One run; returns its validation accuracy (a sweeper's objective: never the test split's)."""
     interrupt_on_signals()

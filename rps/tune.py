@@ -23,8 +23,11 @@ from rps.search.study import Study
 
 register_tune_configs()
 
+# The checkout's conf/ (absolute: the `rps-run`/`rps-tune` entry points import this module from elsewhere).
+CONF = str(Path(__file__).resolve().parent.parent / "conf")
 
-@hydra.main(config_path="../conf", config_name="tune", version_base="1.3")
+
+@hydra.main(config_path=CONF, config_name="tune", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     interrupt_on_signals()
     hc = HydraConfig.get()

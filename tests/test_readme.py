@@ -20,7 +20,7 @@ README_MAX_BYTES = 12_000
 WRITTEN_ELSEWHERE = {DOCS / "deployment.md"}
 
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
-MODULE = re.compile(r"python -m (rps(?:\.\w+)+)")
+MODULE = re.compile(r"python -m ((?:rps|benchmarks)(?:\.\w+)+)")
 
 
 def setup_commands() -> list[str]:
@@ -52,7 +52,8 @@ def broken_links(page: Path) -> list[str]:
 
 
 def missing_modules(text: str, root: Path = ROOT) -> list[str]:
-    """``python -m rps.x.y`` commands in text whose module is neither rps/x/y.py nor a package."""
+    """``python -m rps.x.y`` (or ``benchmarks.x``) commands in text whose module is neither
+    rps/x/y.py nor a package."""
     missing = []
     for module in sorted(set(MODULE.findall(text))):
         path = root.joinpath(*module.split("."))
@@ -106,5 +107,6 @@ def test_the_checks_catch_rot(tmp_path):
     page.write_text("[ok](there.md#a) [web](https://x.org/y.md) [top](#top) `[no](code.md)`\n"
                     "[gone](gone.md)\n```\n[no](fenced.md)\n```\n")
     assert broken_links(page) == ["gone.md"]
-    text = "python -m rps.run x=1\n`python -m rps.bench` and python -m rps.team.server start"
-    assert missing_modules(text, tmp_path) == ["rps.bench", "rps.team.server"]
+    text = ("python -m rps.run x=1\n`python -m rps.bench` and python -m rps.team.server start; "
+            "python -m benchmarks.speed")
+    assert missing_modules(text, tmp_path) == ["benchmarks.speed", "rps.bench", "rps.team.server"]

@@ -133,31 +133,16 @@ class Study:
     # ------------------------------------------------------------------ the study's parent run
 
     def _parent(self) -> str:
-        """The study's one parent run: found by its tag, else created (racing workers converge on
-        the oldest and delete their own), and RUNNING while the study runs."""
-        import mlflow
-
+        """The study's one parent run (shared by every worker), RUNNING while the study runs."""
         from rps import tracking
 
-        client = mlflow.MlflowClient()
         key = f"{tracking.redact(self.storage)}#{self.name}"
-
-        def existing() -> list:
-            return client.search_runs([self.experiment_id], filter_string=f"tags.`{STUDY_TAG}` = '{key}'",
-                                      order_by=["attributes.start_time ASC"], max_results=100)
-
-        found = existing()
-        if not found:
-            tags = {"sweep": "parent", "sweep.keys": ",".join(space_keys(self.cfg.search.space)), STUDY_TAG: key,
-                    "optuna.study": self.name, "optuna.storage": tracking.redact(self.storage)}
-            params = {f"search.{k}": v for k, v in tracking.config_params(self.cfg.search).items()}
-            name = f"study {self.name} {' x '.join(space_keys(self.cfg.search.space))} ({self.cfg.search.trials} trials)"
-            mine = tracking.open_parent_run(self.experiment_id, name, tags, params, owned=False)
-            found = existing()
-            if found[0].info.run_id != mine:  # another worker created one first
-                client.delete_run(mine)
-        parent = found[0].info.run_id
-        client.update_run(parent, status="RUNNING")
+        keys = space_keys(self.cfg.search.space)
+        tags = {"sweep": "parent", "sweep.keys": ",".join(keys), "optuna.study": self.name,
+                "optuna.storage": tracking.redact(self.storage)}
+        params = {f"search.{k}": v for k, v in tracking.config_params(self.cfg.search).items()}
+        name = f"study {self.name} {' x '.join(keys)} ({self.cfg.search.trials} trials)"
+        parent = tracking.shared_parent_run(self.experiment_id, STUDY_TAG, key, name, tags, params)
         self.study.set_user_attr("mlflow_parent_run_id", parent)
         return parent
 

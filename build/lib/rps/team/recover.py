@@ -22,9 +22,8 @@ from rps.common.errors import ResourceError
 
 def recover(folder: Path, tracking_uri: str | None = None, mlruns_dir: str = "mlruns") -> str:
     """Log the kept run in ``folder``; returns the new run's id."""
-    import mlflow
-
     from rps import tracking
+    from rps.tracking.recovery import log_kept_run
     from rps.tracking.reporter import RECORD_FILE
     from rps.tracking.store import check_tracking_server
 
@@ -34,20 +33,6 @@ def recover(folder: Path, tracking_uri: str | None = None, mlruns_dir: str = "ml
         raise ResourceError(f"{folder} is not a folder kept by a run that lost its server (no readable {RECORD_FILE}): {err}") from err
     uri = tracking.use_store(tracking_uri, mlruns_dir)
     check_tracking_server(uri)
-    experiment = mlflow.get_experiment_by_name(record["experiment_name"])
-    experiment_id = experiment.experiment_id if experiment else mlflow.create_experiment(record["experiment_name"])
-    tracking.reap_stale_runs([experiment_id])  # the lost run, left RUNNING, among them
-    tags = record.get("start_tags", {}) | record["tags"] | {"rps.recovered_from": record["run_id"]}
-    with mlflow.start_run(experiment_id=experiment_id, run_name=record["run_name"], tags=tags) as run:
-        report = tracking.MlflowReporter(run.info.run_id)
-        report.params(record["params"])
-        for epoch in record["epochs"]:
-            report.epoch(epoch["metrics"], epoch["step"])
-        report.metrics(record["metrics"])
-        if (folder / "artifacts").is_dir():
-            report.client.log_artifacts(run.info.run_id, str(folder / "artifacts"))
-        if record.get("model"):
-            model = record["model"]
-            report.model(folder / model["saved_model"], model["info"], model["register_as"])
+    run_id = log_kept_run(folder, record)
     shutil.rmtree(folder)
-    return run.info.run_id
+    return run_id

@@ -252,6 +252,28 @@ def open_parent_run(experiment_id: str, name: str, tags: dict[str, str], params:
     return run.info.run_id
 
 
+def shared_parent_run(experiment_id: str, key_tag: str, key: str, name: str, tags: dict[str, str],
+                      params: dict[str, str]) -> str:
+    """The one parent run tagged ``key_tag=key`` (an Optuna study's, shared by all its workers):
+    found, else created (racing workers converge on the oldest and delete their own); marked
+    RUNNING while a worker runs. Returns its id."""
+    client = mlflow.MlflowClient()
+
+    def existing() -> list:
+        return client.search_runs([experiment_id], filter_string=f"tags.`{key_tag}` = '{key}'",
+                                  order_by=["attributes.start_time ASC"], max_results=100)
+
+    found = existing()
+    if not found:
+        mine = open_parent_run(experiment_id, name, tags | {key_tag: key}, params, owned=False)
+        found = existing()
+        if found[0].info.run_id != mine:  # another worker created one first
+            client.delete_run(mine)
+    parent = found[0].info.run_id
+    client.update_run(parent, status="RUNNING")
+    return parent
+
+
 def end_run(run_id: str, status: str) -> None:
     mlflow.MlflowClient().set_terminated(run_id, status)
 
