@@ -1,8 +1,8 @@
 """One Hydra job: check, then train and evaluate inside an MLflow run.
 
-Config values are checked before anything heavy is imported, the tracking store next (a server
-that is down fails in seconds), then the dataset and the backbone (``pipeline.prepare``), all
-before the MLflow run starts: a bad value or a missing mirror leaves no run behind (in a sweep, a
+Config values are checked before anything heavy is imported, then the dataset, the split and the
+backbone (``training.preflight``), the tracking store next (a server that is down fails in
+seconds), and the backbone is loaded (``pipeline.prepare``), all before the MLflow run starts: a bad value or a missing mirror leaves no run behind (in a sweep, a
 FAILED child saying why). Whatever fails inside the run ends it FAILED (KILLED on Ctrl-C /
 SIGTERM), keeping the epochs finished so far.
 """
@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 
 from rps.common.errors import ConfigError, RpsError
 from rps.config import validate
+from rps.training.preflight import preflight
 from rps.runner.names import child_run_name, default_run_name, swept_keys
 from rps.training.outcome import Ending, Stop, StopKind, StopSignal
 
@@ -98,13 +99,14 @@ def execute(cfg: DictConfig, hydra_dir: Optional[Path] = None, overrides: Option
     experiment_id = None
     try:
         validate(cfg)
+        reusable = prepared is not None and (prepared.cfg.backbone.handle, prepared.cfg.backbone.image_size) == \
+            (cfg.backbone.handle, cfg.backbone.image_size) and prepared.cfg.dataset == cfg.dataset
+        source = prepared.source if reusable else preflight(cfg)  # the dataset, split and backbone: seconds
         experiment_id = tracking.setup_experiment(cfg)  # fails fast when a tracking server is down
         parent = _parent(cfg, experiment_id) if cfg.parent_run_id else None
         from rps.training import outputs, pipeline  # imports TensorFlow
 
-        reusable = prepared is not None and (prepared.cfg.backbone.handle, prepared.cfg.backbone.image_size) == \
-            (cfg.backbone.handle, cfg.backbone.image_size) and prepared.cfg.dataset == cfg.dataset
-        prepared = replace(prepared, cfg=cfg) if reusable else pipeline.prepare(cfg)
+        prepared = replace(prepared, cfg=cfg) if reusable else pipeline.prepare(cfg, source)
     except RpsError as err:
         if cfg.parent_run_id:
             _record_failure(cfg, experiment_id, overrides, err, extra_tags or {})

@@ -26,15 +26,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from rps.data.examples import Examples, concat, load_image_folder, load_tfds
 from rps.data.pipelines import make_dataset
-from rps.data.sources import DatasetSource, locate_dataset
-from rps.data.splits import split_sizes
+from rps.data.sources import DatasetSource
 from rps.model import lite
 from rps.model.backbone import Backbone, count_params, extract_features, load_backbone, tf_forward
 from rps.model.features import PHASE2_CACHE, augmented, backbone_digest, cache_key, cache_plan, cached_features
 from rps.model.head import build_classifier, build_head
-from rps.model.hub import backbone_dir, check_backbone
+from rps.model.hub import backbone_dir
 from rps.training.evaluate import evaluate
 from rps.training.loop import predict, release_memory, seed_everything, train_phase
+from rps.training.preflight import preflight
 from rps.training.outcome import OBJECTIVE, OBJECTIVE_LOSS, OBJECTIVE_TAG, Outcome, StopSignal
 from rps.training.report import Reporter
 from rps.training.validation import cross_validate, make_split, train_on_features
@@ -55,13 +55,9 @@ class Prepared:
     loaded: dict = field(default_factory=dict)
 
 
-def prepare(cfg: DictConfig) -> Prepared:
-    """Check the dataset, the split's fit and the backbone of a validated config, then load the
-    backbone. Raises an :class:`~rps.common.errors.RpsError` naming the fix for whatever is wrong."""
-    source = locate_dataset(cfg.dataset)
-    if source.n_train is not None:  # unknown only for a dataset still to be downloaded
-        split_sizes(cfg.split, source.n_train, source.n_test)
-    check_backbone(cfg.backbone.handle)
+def prepare(cfg: DictConfig, source: Optional[DatasetSource] = None) -> Prepared:
+    """:func:`preflight` (unless its ``source`` is given), then load the backbone."""
+    source = source or preflight(cfg)
     backbone, feature_dim = load_backbone(cfg.backbone.handle, cfg.backbone.image_size)
     return Prepared(cfg, source, backbone, feature_dim)
 
