@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 import mlflow
-from mlflow.entities import Param, RunStatus
+from mlflow.entities import Param, RunStatus, RunTag
 from omegaconf import DictConfig
 
 from rps.common.errors import ResourceError, release_interrupted
@@ -147,16 +147,19 @@ class Heartbeat:
 
 @contextmanager
 def tracked_run(experiment_id: str, run_name: str, tags: dict[str, str], staging: Optional[Path] = None,
-                about: Optional[dict] = None, stop: Optional[StopSignal] = None) -> Iterator[MlflowReporter]:
+                about: Optional[dict] = None, stop: Optional[StopSignal] = None,
+                resume: Optional[str] = None) -> Iterator[MlflowReporter]:
     """An MLflow run, written through the :class:`MlflowReporter` it yields, that ends FINISHED,
-    FAILED (exception) or KILLED (Ctrl-C / SIGTERM).
+    FAILED (exception) or KILLED (Ctrl-C / SIGTERM). ``resume``: the id of an earlier run to
+    continue (reopened RUNNING, owned by this process; the marks of its death removed).
 
     If the tracking server stops answering meanwhile, the run's record (``about`` it, and what it
     reported) is kept in ``staging`` and :class:`TrackingLost` says where; otherwise ``staging``
     (a local copy of the artifacts) is removed at the end.
     """
     try:
-        run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags | owner_tags())
+        run = _reopen(resume, tags) if resume else mlflow.start_run(experiment_id=experiment_id, run_name=run_name,
+                                                                    tags=tags | owner_tags())
     except Exception as err:  # e.g. a user who may read the experiment but not write to it
         denied = access_error(err, mlflow.get_tracking_uri(), (about or {}).get("experiment_name", experiment_id))
         if denied:
@@ -188,6 +191,28 @@ def tracked_run(experiment_id: str, run_name: str, tags: dict[str, str], staging
         else:  # the server is gone: one quick attempt to close the run, not MLflow's retry budget
             os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="5")
         _close(run.info.run_id, RunStatus.to_string(status), tries=1 if report.offline else 3)
+
+
+RESUMED = "rps.resumed"  # how many times the run was resumed
+
+
+def _reopen(run_id: str, tags: dict[str, str]):
+    """Continue the run ``run_id``: RUNNING again, this process's owner tags, no error left from the
+    process that died (a reaper may have marked it FAILED meanwhile)."""
+    client = mlflow.MlflowClient()
+    previous = client.get_run(run_id)
+    run = mlflow.start_run(run_id=run_id)
+    for stale in ("error", REAPED):
+        if stale in previous.data.tags:
+            client.delete_tag(run_id, stale)
+    count = int(previous.data.tags.get(RESUMED, "0")) + 1
+    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in (tags | owner_tags() | {RESUMED: count}).items()])
+    return run
+
+
+def logged_epochs(run_id: str, key: str = "val_accuracy") -> int:
+    """The last epoch (step) of ``key`` a run has logged (0: none)."""
+    return max((m.step for m in mlflow.MlflowClient().get_metric_history(run_id, key)), default=0)
 
 
 def _close(run_id: str, status: str, tries: int) -> None:
