@@ -34,9 +34,12 @@ def _checkpointed_epoch(cwd: Path) -> tuple[str, int, int]:
     return "", 0, 0
 
 
-def _kill_after(overrides: list[str], cwd: Path, env: dict, epoch: int, phase: int) -> str:
-    """Start a run, SIGKILL it once a checkpoint of ``phase`` at ``epoch`` or later exists; its id."""
-    proc = subprocess.Popen([sys.executable, "-m", "rps.run", *overrides], cwd=cwd, env=env,
+def _kill_after(command: list[str], cwd: Path, env: dict, epoch: int, phase: int) -> str:
+    """Start a run (``python -m rps.run <overrides>``, or a whole command), SIGKILL it once a
+    checkpoint of ``phase`` at ``epoch`` or later exists; returns its run id."""
+    if command[0] != sys.executable:
+        command = [sys.executable, "-m", "rps.run", *command]
+    proc = subprocess.Popen(command, cwd=cwd, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     try:
@@ -89,3 +92,33 @@ def test_resume_refuses_other_values_and_a_damaged_checkpoint(offline_env, tmp_p
         damaged.stderr[-2000:]
     assert str(folder) in damaged.stderr
     assert os.stat(folder).st_mode & 0o077 == 0, "checkpoints are the user's own"
+
+
+REQUEUED_JOB = """
+import sys
+from conftest import compose
+from rps.runner import job
+overrides = sys.argv[1:]
+job.run(compose(*overrides), None, overrides)
+"""
+
+
+def test_a_sweep_job_launched_again_resumes_its_own_run(offline_env, tmp_path):
+    """What a SLURM requeue does: the same job of the same sweep (same parent, same overrides) runs
+    again; it finds its unfinished run by its job key and resumes it instead of starting over."""
+    from rps import tracking
+
+    client = store(tmp_path)
+    parent = tracking.open_parent_run(client.create_experiment("rps"), "sweep", {"sweep": "parent", "sweep.keys": "seed"}, {})
+    overrides = ["seed=3", *FROZEN, f"parent_run_id={parent}", f"mlruns_dir={tmp_path / 'mlruns'}",
+                 f"tracking_uri=sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"]
+    env = offline_env | {"PYTHONPATH": str(Path(__file__).parent)}
+    command = [sys.executable, "-c", REQUEUED_JOB, *overrides]
+    first = _kill_after(command, tmp_path, env, 10, 1)
+    again = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    children = tracking.child_runs(parent, client)
+    assert [c.info.run_id for c in children] == [first] and children[0].info.status == "FINISHED"
+    assert children[0].data.tags["rps.resumed"] == "1" and children[0].data.tags["rps.job_key"]
+    steps = [m.step for m in client.get_metric_history(first, "val_accuracy")]
+    assert steps == list(range(1, 151)), "every epoch once"

@@ -22,7 +22,7 @@ from rps.common.errors import ConfigError, RpsError
 from rps.config import validate
 from rps.training.preflight import preflight
 from rps.runner.names import child_run_name, default_run_name, swept_keys
-from rps.runner.resume import backfill, checkpoints_of, resumed_config
+from rps.runner.resume import JOB_KEY, backfill, checkpoints_of, job_key, requeued_run, resumed_config
 from rps.training.outcome import Ending, Stop, StopKind, StopSignal
 
 Pruner = Callable[[dict[str, float], int], Optional[str]]
@@ -111,6 +111,9 @@ def execute(cfg: DictConfig, hydra_dir: Optional[Path] = None, overrides: Option
         source = prepared.source if reusable else preflight(cfg)  # the dataset, split and backbone: seconds
         experiment_id = tracking.setup_experiment(cfg)  # fails fast when a tracking server is down
         parent = _parent(cfg, experiment_id) if cfg.parent_run_id else None
+        key = job_key(cfg.parent_run_id, overrides) if parent is not None and overrides is not None else None
+        if key and not resume:
+            resume = requeued_run(cfg, experiment_id, key)
         from rps.training import outputs, pipeline  # imports TensorFlow
 
         prepared = replace(prepared, cfg=cfg) if reusable else pipeline.prepare(cfg, source)
@@ -119,7 +122,7 @@ def execute(cfg: DictConfig, hydra_dir: Optional[Path] = None, overrides: Option
             _record_failure(cfg, experiment_id, overrides, err, extra_tags or {})
         raise
     tags = tracking.environment_tags() | {"dataset": prepared.source.name, "backbone_handle": cfg.backbone.handle}
-    tags |= extra_tags or {}
+    tags |= (extra_tags or {}) | ({JOB_KEY: key} if key else {})
     if parent is not None:
         tags[tracking.PARENT_TAG] = parent.info.run_id
     name = _run_name(cfg, parent, overrides)

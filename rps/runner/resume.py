@@ -1,10 +1,13 @@
-"""Resuming a run from its last checkpoint (``python -m rps.run resume=<run id>``): the run's own
-config, the same MLflow run, and the epochs it finished but never logged (killed between its
+"""Resuming a run from its last checkpoint (``python -m rps.run resume=<run id>``, or a sweep job
+launched again — a SLURM requeue — which finds its own unfinished run by its job key): the run's
+own config, the same MLflow run, and the epochs it finished but never logged (killed between its
 checkpoint and the metrics write) logged first, so its history has no gap and no duplicate."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
+from typing import Optional
 
 from omegaconf import DictConfig
 
@@ -14,6 +17,25 @@ from rps.training.checkpoints import Checkpoints
 
 # What a resume may set on its command line: where the run's store and checkpoints are.
 LOCATION_KEYS = ("resume", "tracking_uri", "mlruns_dir")
+
+
+JOB_KEY = "rps.job_key"  # a sweep job's identity: its parent run and its overrides
+
+
+def job_key(parent_run_id: str, overrides: list[str]) -> str:
+    """The same job of the same sweep has the same key, wherever and however often it runs."""
+    return hashlib.sha256("\0".join([parent_run_id, *sorted(overrides)]).encode()).hexdigest()[:32]
+
+
+def requeued_run(cfg: DictConfig, experiment_id: str, key: str) -> Optional[str]:
+    """The unfinished run of this same sweep job that left a checkpoint (the job was preempted,
+    requeued, or killed and launched again): it resumes instead of starting over."""
+    from rps import tracking
+
+    for run in tracking.unfinished_runs(experiment_id, JOB_KEY, key):
+        if checkpoints_of(cfg, run.info.run_id).latest() is not None:
+            return run.info.run_id
+    return None
 
 
 def checkpoints_of(cfg: DictConfig, run_id: str) -> Checkpoints:

@@ -210,6 +210,13 @@ def _reopen(run_id: str, tags: dict[str, str]):
     return run
 
 
+def unfinished_runs(experiment_id: str, tag: str, value: str) -> list:
+    """Runs of the experiment tagged ``tag=value`` that did not finish, newest first."""
+    return mlflow.MlflowClient().search_runs(
+        [experiment_id], filter_string=f"tags.`{tag}` = '{value}' and attributes.status != 'FINISHED'",
+        order_by=["attributes.start_time DESC"], max_results=100)
+
+
 def logged_epochs(run_id: str, key: str = "val_accuracy") -> int:
     """The last epoch (step) of ``key`` a run has logged (0: none)."""
     return max((m.step for m in mlflow.MlflowClient().get_metric_history(run_id, key)), default=0)
