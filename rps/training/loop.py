@@ -176,7 +176,7 @@ def fit(
     if isinstance(train, EpochStream):  # epoch e's batches depend on (seed, e) only: resumable
         train, steps = train.epochs(initial_epoch, epochs), train.steps
     history = model.fit(train, validation_data=val, epochs=epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
-                        callbacks=[EpochReporter(sink, stop), *callbacks], verbose=verbose)
+                        callbacks=[*callbacks, EpochReporter(sink, stop)], verbose=verbose)  # logged after the checkpoint
     return {EPOCH_METRICS[k]: [float(v) for v in vs] for k, vs in history.history.items() if k in EPOCH_METRICS}
 
 
