@@ -1,0 +1,12 @@
+"""A team's tracking server: ``python -m rps.server`` runs MLflow's own server with rps's guards.
+
+- :mod:`rps.team.server`: the command line (start, stop, status, destroy, add-user, grant).
+- :mod:`rps.team.processes`: which processes are the server's and what holds its port (/proc).
+- :mod:`rps.team.accounts`: users, passwords, grants.
+- :mod:`rps.team.auth_app`: the ``rps-auth`` MLflow app (``mlflow server --app-name rps-auth``):
+  MLflow's basic-auth app plus :mod:`~rps.team.signin`, :mod:`~rps.team.ownership`,
+  :mod:`~rps.team.artifact_paths` and :mod:`~rps.team.guard`.
+
+docs/deployment.md says what this guarantees, what it does not, and which upstream MLflow
+behaviour each guard answers.
+"""
