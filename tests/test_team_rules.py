@@ -93,3 +93,10 @@ def test_only_well_formed_basic_credentials_are_read():
 def test_the_password_rule(password, problem):
     found = password_problem("alice", password)
     assert (found is None) if problem is None else (problem in found)
+
+
+def test_a_path_encoded_too_often_to_read_is_refused_not_passed():
+    path = "/api/2.0/" + _encoded("mlflow-artifacts/artifacts/1/x", times=11)
+    assert artifact_paths.mentions_artifact_routes(path)
+    with pytest.raises(artifact_paths.BadArtifactPath):
+        artifact_paths.rewrite(path, "")

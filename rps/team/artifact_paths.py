@@ -31,8 +31,12 @@ class BadArtifactPath(ValueError):
 
 
 def mentions_artifact_routes(path: str) -> bool:
-    """Whether ``path``, however encoded, is aimed at MLflow's proxied artifact routes."""
-    return "mlflow-artifacts" in _decoded(path).lower()
+    """Whether ``path``, however encoded, may be aimed at MLflow's proxied artifact routes (a path
+    encoded too often to tell counts: :func:`rewrite` refuses it)."""
+    try:
+        return "mlflow-artifacts" in _decoded(path).lower()
+    except BadArtifactPath:
+        return True
 
 
 def _decoded(text: str) -> str:

@@ -225,11 +225,12 @@ class Server:
     def stop(self) -> None:
         """End every process of this server (its whole group, even if its main process is gone)
         and wait until its port is free."""
-        left = processes.end(self.processes())
+        mine = self.processes()
+        left = processes.end(mine)
         if left:
             raise ResourceError(f"Could not end {processes.describe(left)}; end them by hand (kill -9).")
         deadline = time.monotonic() + 10
-        while processes.port_taken(self.args.host, self.args.port) and time.monotonic() < deadline:
+        while mine and processes.port_taken(self.args.host, self.args.port) and time.monotonic() < deadline:
             time.sleep(0.2)
         (self.state / "server.pid").unlink(missing_ok=True)
 
