@@ -89,7 +89,7 @@ def test_only_well_formed_basic_credentials_are_read():
 
 @pytest.mark.parametrize("password, problem", [
     ("Sh0rt-pass", "12 characters"), ("aaaaaaaaaaaa", "8 different"), ("abcdabcdabcd", "8 different"),
-    ("My-Alice-pw-2026", "user name"), ("t7#Kq9!mZp2@", None)])
+    ("My-Alice-pw-2026", "user name"), ("password1234", "published"), ("t7#Kq9!mZp2@", None)])
 def test_the_password_rule(password, problem):
     found = password_problem("alice", password)
     assert (found is None) if problem is None else (problem in found)

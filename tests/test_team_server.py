@@ -30,7 +30,8 @@ def team_server(tmp_path_factory):
     port = free_port()
     state = tmp_path_factory.mktemp("server")  # exists already, mode 0755: start must make it private
     server = TeamServer(f"http://127.0.0.1:{port}", state,
-                        ["--state-dir", str(state), "--port", str(port), "--db-name", f"rps_test_{uuid.uuid4().hex[:8]}"])
+                        ["--state-dir", str(state), "--port", str(port), "--db-name", f"rps_test_{uuid.uuid4().hex[:8]}",
+                         "--app", os.environ.get("RPS_TEST_SERVER_APP", "rps-auth")])  # basic-auth: upstream check
     started = server.cli("start", user=None, env_extra={"MLFLOW_AUTH_ADMIN_PASSWORD": PASSWORDS["admin"]})
     try:
         assert started.returncode == 0, started.stderr[-3000:]

@@ -3,8 +3,8 @@
 Password rule (checked by ``add-user``, by the first ``start`` for the admin, and by the server
 itself for every user created or password changed through its API): at least 12 characters
 (MLflow's own minimum), at least 8 different characters (so ``aaaaaaaaaaaa`` and ``abcabcabcabc``
-are refused), and not containing the user name. It is a floor against the obvious, not a
-strength meter: use a password manager's random passwords.
+are refused), not containing the user name, and not MLflow's former default admin password. It
+is a floor against the obvious, not a strength meter: use a password manager's random passwords.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Optional
 from rps.errors import ResourceError
 
 MIN_LENGTH, MIN_DISTINCT = 12, 8
+KNOWN = frozenset({"password1234"})  # MLflow's former default admin password
 ADMIN = "admin"
 GRANTS = ("READ", "USE", "EDIT", "MANAGE", "DENY")  # for one user on one experiment
 
@@ -30,6 +31,8 @@ def password_problem(username: str, password: str) -> Optional[str]:
         return f"A password needs at least {MIN_DISTINCT} different characters."
     if len(username) >= 3 and username.lower() in password.lower():
         return "A password must not contain the user name."
+    if password.lower() in KNOWN:
+        return "That password is published (MLflow's former default)."
     return None
 
 

@@ -52,8 +52,6 @@ def _tracking_store():
 
 def sign_in(username: str, password: str, address: str):
     """(user, None) for right credentials, else (None, a 401 or 429 response); failures are counted."""
-    from mlflow.server import auth
-
     verifier, limiter = _verifier(), _services["limiter"]
     user = verifier.cached(username, password)
     if user is not None:
@@ -62,7 +60,7 @@ def sign_in(username: str, password: str, address: str):
     if wait is not None:
         return None, too_many(wait)
     user = verifier.check(username, password)
-    if user is None or auth._is_disabled_legacy_admin_login(username, password, user):
+    if user is None:
         limiter.record(username, address)
         return None, not_signed_in()
     return user, None
@@ -153,7 +151,9 @@ def create_app():
     asgi = auth.create_app(flask_app)
     if asgi is flask_app:
         raise RuntimeError("rps-auth needs MLflow's default uvicorn server (no --gunicorn-opts/--waitress-opts).")
-    _services["verifier"] = signin.Verifier(auth.store)
+    # MLflow refuses admin logins with the password its old versions shipped (GHSA-gq3w-7jj3-x7gr)
+    legacy = getattr(auth, "_is_disabled_legacy_admin_login", lambda username, password, user: False)
+    _services["verifier"] = signin.Verifier(auth.store, refused=legacy)
     _services["limiter"] = signin.FailureLimiter(auth.store.engine, settings())
     flask_app.before_request(owner_guard)  # after MLflow's own check (registered in create_app)
     flask_app.before_request(password_guard)

@@ -36,6 +36,7 @@ from rps.errors import ResourceError, RpsError
 from rps.team import accounts, processes
 
 APP = "rps-auth"  # the mlflow.app entry point of rps.team.auth_app
+UPSTREAM_APP, UPSTREAM_AUTHENTICATE = "basic-auth", "mlflow.server.auth:authenticate_request_basic_auth"
 DEFAULT_PERMISSIONS = ("READ", "USE", "EDIT", "MANAGE", "NO_PERMISSIONS")  # for every signed-in user
 SECRET_VARIABLES = ("MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_USERNAME",
                     "RPS_NEW_USER_PASSWORD")  # never passed on to the server
@@ -124,13 +125,15 @@ class Server:
         _postgres_sql("\n".join(sql) + "\n", self.args.pg_admin_uri)
 
     def write_auth_config(self) -> None:
+        guarded = self.args.app == APP  # else MLflow's own basic-auth, as rps ran it before rps-auth
         self.write_private("basic_auth.ini",
                            "[mlflow]\n"
                            f"default_permission = {self.args.default_permission}\n"
                            f"database_uri = {self.uri(self.auth_db)}\n"
                            f"admin_username = {accounts.ADMIN}\n"
-                           "authorization_function = rps.team.auth_app:authenticate\n"
-                           "auth_cache_ttl_seconds = 0\n"  # rps.team.signin caches, and never stale
+                           "authorization_function = "
+                           f"{'rps.team.auth_app:authenticate' if guarded else UPSTREAM_AUTHENTICATE}\n"
+                           f"auth_cache_ttl_seconds = {0 if guarded else 60}\n"  # rps.team.signin caches, never stale
                            "\n[rps]\n"
                            "signin_failures_per_user = 10\n"
                            "signin_failures_per_address = 30\n"
@@ -184,7 +187,7 @@ class Server:
             raise ResourceError(f"`mlflow db upgrade` failed; see {self.state / 'server.log'}.")
         server = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", self.uri(self.db),
-             "--artifacts-destination", str(self.state / "artifacts"), "--app-name", APP,
+             "--artifacts-destination", str(self.state / "artifacts"), "--app-name", self.args.app,
              "--host", self.args.host, "--port", str(self.args.port), "--workers", str(self.args.workers)],
             env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         os.close(log)
@@ -279,6 +282,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pg-port", type=int, default=5432)
     p.add_argument("--pg-admin-uri", help="a superuser connection for the set-up (default: the postgres OS user)")
     p.add_argument("--admin", action="store_true", help="add-user: make the user an admin")
+    p.add_argument("--app", default=APP, choices=(APP, UPSTREAM_APP),
+                   help=f"start: {UPSTREAM_APP} runs MLflow's own app without rps's guards, only to check whether "
+                        "a newer MLflow still needs them (docs/deployment.md)")
     return p
 
 

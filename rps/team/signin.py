@@ -44,8 +44,8 @@ class Limits:
 class Verifier:
     """Checks credentials against MLflow's auth store, caching which stored hash accepted them."""
 
-    def __init__(self, store, max_entries: int = 4096):
-        self.store = store
+    def __init__(self, store, refused=lambda username, password, user: False, max_entries: int = 4096):
+        self.store, self.refused = store, refused  # refused: right, but not to be accepted (MLflow's old default)
         self._key = secrets.token_bytes(32)  # the cache holds HMACs of passwords, never passwords
         self._accepted: LRUCache = LRUCache(max_entries)
         self._lock = threading.Lock()
@@ -77,7 +77,7 @@ class Verifier:
         if user is None:
             check_password_hash(self._decoy, password)  # same time as a wrong password: no user oracle
             return None
-        if not check_password_hash(user.password_hash, password):
+        if not check_password_hash(user.password_hash, password) or self.refused(username, password, user):
             return None
         with self._lock:
             self._accepted[self._cache_key(username, password)] = user.password_hash
