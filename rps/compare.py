@@ -1,17 +1,9 @@
-"""Leaderboard of runs from the tracking store, best first.
+"""Leaderboard of runs from the tracking store, best first (the ranking: rps.search.leaderboard).
 
     python -m rps.compare                          # every run of experiment "rps"
     python -m rps.compare --experiment sweep_dropout_lr
     python -m rps.compare --sweep <parent run id>  # the jobs of one sweep
     python -m rps.compare --tracking-uri http://127.0.0.1:5000 --sort test_accuracy
-
-Reads the same store the runner writes: ``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``,
-else ``sqlite:///mlruns/mlflow.db`` under the current directory (a tracking server works too).
-Runs are ranked as a sweep picks its best (validation accuracy, then validation loss, then
-fewer epochs); ``--sort test_accuracy`` ranks by the test split instead, for reporting only.
-Sweep parent runs are left out of experiment listings; their children are listed, and each
-sweep's mean accuracies (± sample std) over its finished jobs follow the table. Runs left
-RUNNING by processes that died are marked FAILED first (see ``rps.tracking.runs``).
 """
 
 from __future__ import annotations
@@ -19,28 +11,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rps.summary import CHOSEN_BY, markdown, rank_key, run_row, stats_line
-from rps.tracking.runs import PARENT_TAG
-
-COLUMNS = ("head.dropout", "optimizer.name", "optimizer.lr", "split.kind", "seed", "epochs")
-
-
-def leaderboard(runs: list, sort: str) -> list[dict]:
-    """Rows of the runs (sweep parents left out), best first, ranked."""
-    table = []
-    for run in runs:
-        if run.data.tags.get("sweep") == "parent":
-            continue
-        row = {"rank": 0} | run_row(run, COLUMNS)
-        row["sweep"] = run.data.tags.get(PARENT_TAG, "")[:8]
-        table.append(row)
-    if sort == "test_accuracy":
-        table.sort(key=lambda r: (r["test_accuracy"] is None, -(r["test_accuracy"] or 0.0)))
-    else:
-        table.sort(key=rank_key)
-    for rank, row in enumerate(table, 1):
-        row["rank"] = rank
-    return table
+import rps  # noqa: F401
+from rps.search.leaderboard import leaderboard
+from rps.search.summary import CHOSEN_BY, markdown, stats_line
+from rps.training.outcome import OBJECTIVE
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,8 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep", metavar="RUN_ID", help="list the jobs of this sweep (parent run id)")
     parser.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db")
     parser.add_argument("--mlruns-dir", default="mlruns", help="local store folder (default: mlruns)")
-    parser.add_argument("--sort", default="best_val_accuracy", choices=("best_val_accuracy", "test_accuracy"),
-                        help="best_val_accuracy (default): as a sweep chooses; test_accuracy: for reporting only")
+    parser.add_argument("--sort", default=OBJECTIVE, choices=(OBJECTIVE, "test_accuracy"),
+                        help=f"{OBJECTIVE} (default): as a sweep chooses; test_accuracy: for reporting only")
     args = parser.parse_args(argv)
 
     import mlflow
@@ -76,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = client.search_runs([experiment.experiment_id], max_results=10000)
         title = f"experiment {args.experiment}"
     table = leaderboard(runs, args.sort)
-    order = CHOSEN_BY if args.sort == "best_val_accuracy" else "test_accuracy (reporting only: choose runs on validation)"
+    order = CHOSEN_BY if args.sort == OBJECTIVE else "test_accuracy (reporting only: choose runs on validation)"
     print(f"{title}: {len(table)} runs ({tracking.redact(uri)}), ranked by {order}\n")
     print(markdown(table), end="")
     for sweep in sorted({row["sweep"] for row in table if row["sweep"]}):
@@ -86,5 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The ``rps-compare`` command (also ``python -m rps.compare``)."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

@@ -20,16 +20,19 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from rps import job
+from rps.runner import job
 from rps.config import register_configs
-from rps.errors import RpsError, Terminated, interrupt_on_signals, release_interrupted
-from rps.quiet import quiet_tensorflow_startup
+from rps.common.errors import RpsError, Terminated, interrupt_on_signals, release_interrupted
+from rps.common.quiet import quiet_tensorflow_startup
 
 log = logging.getLogger(__name__)
 register_configs()
 
+# The checkout's conf/ (absolute: the `rps-run`/`rps-tune` entry points import this module from elsewhere).
+CONF = str(Path(__file__).resolve().parent.parent / "conf")
 
-@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+
+@hydra.main(config_path=CONF, config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     """One run; returns its validation accuracy (a sweeper's objective: never the test split's)."""
     interrupt_on_signals()
@@ -55,6 +58,11 @@ def main(cfg: DictConfig) -> float:
         return float("nan")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The ``rps-run`` command (also ``python -m rps.run``)."""
     quiet_tensorflow_startup()
     main()
+
+
+if __name__ == "__main__":
+    cli()

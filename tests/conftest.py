@@ -13,12 +13,14 @@ import pytest
 
 import rps  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from rps.config import DEFAULT_HANDLE, register_configs
+from rps.search.config import register_tune_configs
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_OFFLINE = ROOT.parent / "shared" / "offline"
 TINY_SPLIT = ["split.val_size=12", "split.test_size=12", "batch_size=16"]
 
 register_configs()
+register_tune_configs()  # conf/tune.yaml's schemas, for tests that compose a study in-process
 
 
 def compose(*overrides: str, return_hydra_config: bool = False):
@@ -38,7 +40,7 @@ def private_feature_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_tfds(tmp_path_factory) -> Path:
     """A TFDS data dir with a prepared tiny rock_paper_scissors/3.0.0 (60 train, 24 test)."""
-    from rps.testing import prepare_tiny_tfds
+    from rps.synthetic import prepare_tiny_tfds
 
     data_dir = tmp_path_factory.mktemp("tfds")
     prepare_tiny_tfds(data_dir)
@@ -49,7 +51,7 @@ def tiny_tfds(tmp_path_factory) -> Path:
 def relabelled_tfds(tmp_path_factory) -> Path:
     """The tiny dataset with every test image labelled as the next class: test accuracy collapses,
     nothing else changes (choices that look only at validation must not move)."""
-    from rps.testing import prepare_tiny_tfds
+    from rps.synthetic import prepare_tiny_tfds
 
     data_dir = tmp_path_factory.mktemp("relabelled")
     prepare_tiny_tfds(data_dir, test_label_shift=1)
@@ -58,7 +60,7 @@ def relabelled_tfds(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_backbone(tmp_path_factory) -> Path:
-    from rps.testing import save_tiny_backbone
+    from rps.synthetic import save_tiny_backbone
 
     return save_tiny_backbone(tmp_path_factory.mktemp("backbone") / "tiny")
 
@@ -66,7 +68,7 @@ def tiny_backbone(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def hub_cache(tmp_path_factory, tiny_backbone) -> Path:
     """A TF Hub cache holding the tiny backbone under the default MobileNet-V2 handle."""
-    from rps.testing import install_in_hub_cache
+    from rps.synthetic import install_in_hub_cache
 
     cache = tmp_path_factory.mktemp("hub")
     install_in_hub_cache(tiny_backbone, cache, DEFAULT_HANDLE)
@@ -79,7 +81,7 @@ def rps_signal_handlers():
     workers started from a background shell ignore SIGINT), and the worker's put back after."""
     import signal
 
-    from rps.errors import interrupt_on_signals
+    from rps.common.errors import interrupt_on_signals
 
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     interrupt_on_signals()
@@ -115,21 +117,21 @@ def run_cli(*overrides: str, cwd: Path, env: dict[str, str], timeout: float = 60
 
 
 def prepared_run(cfg, **changes):
-    """A :class:`rps.pipeline.Prepared` for ``cfg`` (with ``changes`` merged in), as a run sees it."""
+    """A :class:`rps.training.pipeline.Prepared` for ``cfg`` (with ``changes`` merged in), as a run sees it."""
     from omegaconf import OmegaConf
 
-    from rps.pipeline import prepare
+    from rps.training.pipeline import prepare
 
     return prepare(OmegaConf.merge(cfg, changes) if changes else cfg)
 
 
 def split_examples(train, test, split_cfg, seed: int) -> dict:
     """The examples of each split, exactly as a run with this split config and seed takes them."""
-    from rps import data
-    from rps.splits import split_indices, split_sizes
+    from rps.data.examples import concat
+    from rps.data.splits import split_indices, split_sizes
 
     sizes = split_sizes(split_cfg, len(train), len(test))
-    pool = data.concat(train, test)
+    pool = concat(train, test)
     return {name: pool.take(i) for name, i in split_indices(len(train), len(test), split_cfg.kind, sizes, seed).items()}
 
 

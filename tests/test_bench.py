@@ -7,13 +7,21 @@ import sys
 
 import pytest
 
+from conftest import ROOT
+
 pytestmark = pytest.mark.slow
 
 
-def test_benchmark_reports_every_variant_and_thread_setting(tmp_path):
+def bench_env() -> dict[str, str]:
+    """The benchmarks live outside the package, in the repository: make them importable."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TFDS_", "TFHUB_"))}
+    return env | {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))}
+
+
+def test_benchmark_reports_every_variant_and_thread_setting(tmp_path):
+    env = bench_env()
     out = subprocess.run(
-        [sys.executable, "-m", "rps.bench", "--sweep-points", "3", "--uncached-sweep-points", "2", "--threads", "epochs=1"],
+        [sys.executable, "-m", "benchmarks.speed", "--sweep-points", "3", "--uncached-sweep-points", "2", "--threads", "epochs=1"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     text = out.stdout
@@ -43,8 +51,8 @@ def test_benchmark_reports_every_variant_and_thread_setting(tmp_path):
 
 
 def test_validation_benchmark_ranks_recipes_and_chooses_on_validation_only(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TFDS_", "TFHUB_"))}
-    out = subprocess.run([sys.executable, "-m", "rps.bench_validation", "--seeds", "1", "2",
+    env = bench_env()
+    out = subprocess.run([sys.executable, "-m", "benchmarks.validation", "--seeds", "1", "2",
                           "--recipes", "head-2", "head-10", "head-10-lr1e-4"],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]

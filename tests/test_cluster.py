@@ -83,7 +83,7 @@ def test_ray_cluster_jobs_nest_under_the_parent_from_another_directory(ray_head,
 def test_the_expected_number_of_jobs_is_known_before_they_run(overrides, params, expected):
     from omegaconf import OmegaConf
 
-    from rps.sweep import expected_jobs
+    from rps.search.sweep import expected_jobs
 
     config = OmegaConf.create({"hydra": {"sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
                                                      "params": params}}})
@@ -97,7 +97,7 @@ def test_jobs_that_never_reached_the_store_are_counted_missing_and_fail_the_swee
 
     from conftest import store
     from rps import tracking
-    from rps.sweep import summarize
+    from rps.search.sweep import summarize
 
     client = store(tmp_path)
     experiment = client.create_experiment("rps")

@@ -8,8 +8,8 @@ from hydra.errors import ConfigCompositionException
 
 from conftest import compose
 from rps.config import validate
-from rps.errors import ConfigError
-from rps.splits import SplitSizes, split_sizes
+from rps.common.errors import ConfigError
+from rps.data.splits import SplitSizes, split_sizes
 
 
 def test_default_config_is_the_reference_recipe():

@@ -7,20 +7,22 @@ import pytest
 
 import rps  # noqa: F401
 from conftest import compose
-from rps import data, resources
-from rps.errors import DataError
-from rps.splits import SplitSizes, split_indices, split_sizes
+from rps.data.pipelines import augmenter, make_dataset
+from rps.data.examples import concat, load_image_folder, load_tfds
+from rps.data.sources import locate_tfds, scan_image_folder
+from rps.common.errors import DataError
+from rps.data.splits import SplitSizes, split_indices, split_sizes
 
 
 @pytest.fixture(scope="module")
 def tiny_examples(tiny_tfds):
-    source = resources.locate_tfds(compose(f"dataset.data_dir={tiny_tfds}").dataset)
-    train, test, names, version = data.load_tfds(source)
+    source = locate_tfds(compose(f"dataset.data_dir={tiny_tfds}").dataset)
+    train, test, names, version = load_tfds(source)
     return train, test, names
 
 
 def split_examples(train, test, kind, sizes, seed):
-    pool = data.concat(train, test)
+    pool = concat(train, test)
     return {name: pool.take(i) for name, i in split_indices(len(train), len(test), kind, sizes, seed).items()}
 
 
@@ -51,7 +53,7 @@ def test_no_image_crosses_splits_across_two_epochs(tiny_examples):
     train, test, _ = tiny_examples
     sizes = split_sizes(compose("split.val_size=12", "split.test_size=12").split, 60, 24)
     splits = split_examples(train, test, "tutorial", sizes, seed=0)
-    ds = {k: data.make_dataset(v, 32, 16, 3, shuffle_seed=0 if k == "train" else None) for k, v in splits.items()}
+    ds = {k: make_dataset(v, 32, 16, 3, shuffle_seed=0 if k == "train" else None) for k, v in splits.items()}
     epochs = [{k: digests(d) for k, d in ds.items()} for _ in range(2)]
     for split in ("val", "test"):
         assert epochs[0][split] == epochs[1][split], "evaluation splits must be identical every epoch"
@@ -82,33 +84,33 @@ def test_official_split_keeps_the_dataset_test_set(tiny_examples):
 
 def test_pipeline_scales_resizes_and_one_hot_encodes(tiny_examples):
     train, _, _ = tiny_examples
-    images, labels = next(data.make_dataset(train, 40, 8, 3).as_numpy_iterator())
+    images, labels = next(make_dataset(train, 40, 8, 3).as_numpy_iterator())
     assert images.shape == (8, 40, 40, 3) and images.dtype == np.float32
     assert 0.0 <= images.min() and images.max() <= 1.0 and images.max() > 0.5
     assert labels.shape == (8, 3) and np.array_equal(labels.argmax(1), train.labels[:8])
 
 
 def test_image_folder_reports_corrupt_files_by_path(tmp_path):
-    from rps.testing import write_image_folder
+    from rps.synthetic import write_image_folder
 
     root = write_image_folder(tmp_path / "hands", per_class=3)
     (root / "rock" / "truncated.png").write_bytes((root / "rock" / "000.png").read_bytes()[:60])
     (root / "paper" / "notes.jpg").write_text("not an image")
     cfg = compose("dataset=image_folder", f"dataset.path={root}").dataset
-    source = resources.scan_image_folder(cfg)
+    source = scan_image_folder(cfg)
     with pytest.raises(DataError) as err:
-        data.load_image_folder(source, skip_corrupt=False)
+        load_image_folder(source, skip_corrupt=False)
     assert "truncated.png" in str(err.value) and "notes.jpg" in str(err.value)
     assert "dataset.skip_corrupt=true" in str(err.value)
-    train, test, skipped = data.load_image_folder(source, skip_corrupt=True)
+    train, test, skipped = load_image_folder(source, skip_corrupt=True)
     assert skipped == 2 and len(train) == 9 and len(test) == 0
 
 
 def test_augmentation_changes_training_images_every_epoch(tiny_examples):
     train, _, _ = tiny_examples
-    augment = data.augmenter(compose("augment=basic").augment, seed=0)
-    plain = next(data.make_dataset(train, 48, 16, 3).as_numpy_iterator())[0]
-    augmented = data.make_dataset(train, 48, 16, 3, augment=augment)
+    augment = augmenter(compose("augment=basic").augment, seed=0)
+    plain = next(make_dataset(train, 48, 16, 3).as_numpy_iterator())[0]
+    augmented = make_dataset(train, 48, 16, 3, augment=augment)
     first, second = (next(augmented.as_numpy_iterator())[0] for _ in range(2))
     assert first.shape == plain.shape and 0.0 <= first.min() and first.max() <= 1.0
     assert not np.allclose(first, plain) and not np.allclose(first, second)
@@ -116,8 +118,8 @@ def test_augmentation_changes_training_images_every_epoch(tiny_examples):
 
 def test_strong_augmentation_jitters_colour_in_training_only(tiny_examples):
     train, _, _ = tiny_examples
-    augment = data.augmenter(compose("augment=strong").augment, seed=0)
-    plain = next(data.make_dataset(train, 48, 16, 3).as_numpy_iterator())[0]
+    augment = augmenter(compose("augment=strong").augment, seed=0)
+    plain = next(make_dataset(train, 48, 16, 3).as_numpy_iterator())[0]
     jittered = augment(plain, training=True).numpy()
     assert jittered.shape == plain.shape
     mean_colour = lambda x: x.reshape(-1, 3).mean(0) / x.reshape(-1, 3).mean()  # noqa: E731 (hue balance)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from rps.evaluate import confusion_matrix, evaluate
+from rps.training.evaluate import confusion_matrix, evaluate
 
 
 def test_confusion_matrix_counts_actual_by_predicted():

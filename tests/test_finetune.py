@@ -5,10 +5,11 @@ import pytest
 
 import rps  # noqa: F401
 from conftest import TINY_SPLIT, compose
-from rps import data, model
-from rps.config import PHASE2_CACHE
-from rps.pipeline import prepare, train_and_evaluate
-from rps.report import Reporter
+from rps.data.pipelines import make_dataset
+from rps.model.backbone import load_backbone
+from rps.model.features import PHASE2_CACHE
+from rps.training.pipeline import prepare, train_and_evaluate
+from rps.training.report import Reporter
 
 
 @pytest.fixture
@@ -37,7 +38,7 @@ def test_fine_tuning_changes_only_the_unfrozen_top_of_the_backbone(setup):
     assert report.recorded["tags"]["feature_cache_fine_tune"] == PHASE2_CACHE
     assert len(out.history["val_accuracy"]) == 3
     # the returned probabilities are the fine-tuned image model's, not phase 1's head on stale features
-    images = np.concatenate([x for x, _ in data.make_dataset(out.test_examples, 32, 64, 3).as_numpy_iterator()])
+    images = np.concatenate([x for x, _ in make_dataset(out.test_examples, 32, 64, 3).as_numpy_iterator()])
     np.testing.assert_allclose(out.classifier(images, training=False).numpy(), out.probs, atol=1e-5)
 
 
@@ -88,7 +89,7 @@ def test_a_frozen_run_leaves_the_backbone_alone(setup):
 
 
 def test_backbone_runs_in_inference_mode_and_counts_its_top(tiny_backbone):
-    backbone = model.load_backbone(str(tiny_backbone), 32)[0]
+    backbone = load_backbone(str(tiny_backbone), 32)[0]
     assert backbone.unfreeze_top(0.5) == 1 and len(backbone.trainable_weights) == 1
     assert len(backbone.non_trainable_weights) == 1
     assert backbone.unfreeze_top(5) == 2 and len(backbone.trainable_weights) == 2

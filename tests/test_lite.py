@@ -10,31 +10,32 @@ import numpy as np
 import pytest
 
 from conftest import TINY_SPLIT, compose, prepared_run
+from rps.model.backbone import load_backbone, tf_forward
+from rps.model.export import ExportedClassifier
+from rps.model.head import build_classifier, build_head
 
 
 @pytest.fixture(scope="module")
 def backbone_and_images(tiny_backbone):
-    from rps import model
-
-    backbone, _ = model.load_backbone(str(tiny_backbone), 32)
+    backbone, _ = load_backbone(str(tiny_backbone), 32)
     images = np.random.default_rng(0).random((20, 32, 32, 3)).astype(np.float32)
     return backbone, images
 
 
 def test_xnnpack_features_match_tensorflows(backbone_and_images, tmp_path):
-    from rps import lite, model
+    from rps.model import lite
 
     backbone, images = backbone_and_images
     content = lite.cached_conversion("k", lambda: lite.from_layer(backbone, 32), tmp_path)
     assert (tmp_path / "k.tflite").read_bytes() == content, "the conversion is cached"
     assert lite.cached_conversion("k", lambda: pytest.fail("converted twice"), tmp_path) == content
     xnnpack = lite.LiteModel(content)(images)  # batches of 8: 8, 8 and 4
-    np.testing.assert_allclose(xnnpack, model.tf_forward(backbone)(images), atol=1e-4)
+    np.testing.assert_allclose(xnnpack, tf_forward(backbone)(images), atol=1e-4)
     assert lite.LiteModel(content)(images[:0]).shape == (0, 16)
 
 
 def test_tensorflow_features_in_chunks_are_the_whole_batchs(backbone_and_images):
-    from rps import lite, model
+    from rps.model import lite
 
     backbone, images = backbone_and_images  # 20 images: chunks of 8, 8 and 4, in order
     calls = []
@@ -42,13 +43,13 @@ def test_tensorflow_features_in_chunks_are_the_whole_batchs(backbone_and_images)
     assert calls == [8, 8, 4]
     whole = np.asarray(backbone(images, training=False))
     np.testing.assert_allclose(chunks, whole, rtol=1e-5)  # batch size changes float rounding
-    np.testing.assert_allclose(model.tf_forward(backbone)(images), whole, rtol=1e-5)
+    np.testing.assert_allclose(tf_forward(backbone)(images), whole, rtol=1e-5)
 
 
 @pytest.mark.parametrize("cache", [True, False])
 def test_a_run_gives_the_same_results_with_either_engine(tiny_tfds, tiny_backbone, tmp_path, cache):
-    from rps.pipeline import train_and_evaluate
-    from rps.report import Reporter
+    from rps.training.pipeline import train_and_evaluate
+    from rps.training.report import Reporter
 
     results = {}
     for engine in ("xnnpack", "tf"):
@@ -62,15 +63,15 @@ def test_a_run_gives_the_same_results_with_either_engine(tiny_tfds, tiny_backbon
     if cache:
         assert lite_tags["feature_engine"].startswith("xnnpack (LiteRT ") and tf_tags["feature_engine"].startswith("tf")
         assert lite_tags["feature_cache_key"] != tf_tags["feature_cache_key"], "the engine is part of the key"
-    for key in ("best_val_accuracy", "best_val_loss", "test_accuracy", "test_loss"):
+    for key in ("selection_val_accuracy", "selection_val_loss", "test_accuracy", "test_loss"):
         assert round(lite_out.metrics[key], 3) == round(tf_out.metrics[key], 3), key
     assert np.array_equal(lite_out.probs.argmax(1), tf_out.probs.argmax(1))
 
 
 def test_a_backbone_that_does_not_convert_falls_back_to_tensorflow_and_says_why(tiny_tfds, tmp_path, caplog):
-    from rps.pipeline import train_and_evaluate
-    from rps.report import Reporter
-    from rps.testing import save_tiny_backbone
+    from rps.training.pipeline import train_and_evaluate
+    from rps.training.report import Reporter
+    from rps.synthetic import save_tiny_backbone
 
     odd = save_tiny_backbone(tmp_path / "odd", tflite_ops=False)
     cfg = compose(f"dataset.data_dir={tiny_tfds}", f"backbone.handle={odd}", *TINY_SPLIT, "backbone.image_size=32",
@@ -85,14 +86,14 @@ def test_a_backbone_that_does_not_convert_falls_back_to_tensorflow_and_says_why(
 @pytest.fixture(scope="module")
 def exported(backbone_and_images, tmp_path_factory):
     """An exported classifier (tiny backbone + untrained head) as a run writes it."""
-    from rps import model
-    from rps.outputs import model_info
-    from rps.serving import INFO_FILE
+
+    from rps.model.export import model_info
+    from rps.model.export import INFO_FILE
 
     backbone, _ = backbone_and_images
-    clf = model.build_classifier(backbone, model.build_head(16, 3, compose().head), 32)
+    clf = build_classifier(backbone, build_head(16, 3, compose().head), 32)
     saved = tmp_path_factory.mktemp("export") / "saved_model"
-    model.ExportedClassifier(*clf.layers, ["rock", "paper", "scissors"], 32).save(str(saved))
+    ExportedClassifier(*clf.layers, ["rock", "paper", "scissors"], 32).save(str(saved))
     (saved / INFO_FILE).write_text(json.dumps(model_info(["rock", "paper", "scissors"], 32)))
     return saved, clf
 
@@ -101,9 +102,9 @@ def test_the_classifier_takes_photos_in_every_form_and_agrees_with_training(expo
     import pandas as pd
     from PIL import Image
 
-    from rps.images import preprocess
-    from rps.serving import Classifier
-    from rps.testing import tiny_image
+    from rps.data.images import preprocess
+    from rps.inference.classifier import Classifier
+    from rps.synthetic import tiny_image
 
     saved, clf = exported
     photo = tiny_image(2, np.random.default_rng(3), 75)  # uint8, not the model's size

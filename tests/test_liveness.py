@@ -102,7 +102,7 @@ def test_a_signal_during_a_collection_is_delivered_after_it_not_lost(rps_signal_
     import gc
     import weakref
 
-    from rps.errors import Terminated, signals_held
+    from rps.common.errors import Terminated, signals_held
 
     class Garbage:
         pass

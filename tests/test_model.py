@@ -5,24 +5,26 @@ import pytest
 
 import rps  # noqa: F401
 from conftest import compose
-from rps import model
-from rps.errors import ConfigError
+from rps.model.export import ExportedClassifier
+from rps.model.head import build_classifier, build_head, compile_for_training
+from rps.model.backbone import count_params, load_backbone
+from rps.common.errors import ConfigError
 
 import tensorflow as tf
 
 
 @pytest.fixture(scope="module")
 def classifier(tiny_backbone):
-    backbone, dim = model.load_backbone(str(tiny_backbone), 32)
-    head = model.build_head(dim, 3, compose().head)
-    clf = model.build_classifier(backbone, head, 32)
-    model.compile_for_training(clf, compose().optimizer)
+    backbone, dim = load_backbone(str(tiny_backbone), 32)
+    head = build_head(dim, 3, compose().head)
+    clf = build_classifier(backbone, head, 32)
+    compile_for_training(clf, compose().optimizer)
     return clf, head, dim
 
 
 def test_only_the_head_is_trainable(classifier):
     clf, head, dim = classifier
-    counts = model.count_params(clf)
+    counts = count_params(clf)
     assert dim == 16
     assert counts == {"trainable": dim * 3 + 3, "frozen": 8 * 8 * 3 * 16 + 16}
     before = [w.numpy().copy() for w in clf.layers[0].weights]
@@ -35,11 +37,11 @@ def test_only_the_head_is_trainable(classifier):
 
 
 def test_hidden_layer_and_loss_match_the_outputs(tiny_backbone):
-    head = model.build_head(16, 3, compose("head.hidden_units=8").head)
+    head = build_head(16, 3, compose("head.hidden_units=8").head)
     assert [layer.__class__.__name__ for layer in head.layers] == ["Dense", "Dropout", "Dense"]
     assert head.layers[-1].activation.__name__ == "softmax"
-    clf = model.build_classifier(model.load_backbone(str(tiny_backbone), 32)[0], head, 32)
-    model.compile_for_training(clf, compose("optimizer=sgd").optimizer)
+    clf = build_classifier(load_backbone(str(tiny_backbone), 32)[0], head, 32)
+    compile_for_training(clf, compose("optimizer=sgd").optimizer)
     assert clf.loss.get_config()["from_logits"] is False
     assert isinstance(clf.optimizer, tf.keras.optimizers.SGD)
 
@@ -47,7 +49,7 @@ def test_hidden_layer_and_loss_match_the_outputs(tiny_backbone):
 def test_export_is_self_contained_and_predicts_the_same(classifier, tmp_path):
     clf, _, _ = classifier
     x = np.random.default_rng(1).random((5, 32, 32, 3)).astype(np.float32)
-    exported = model.ExportedClassifier(*clf.layers, ["rock", "paper", "scissors"], 32)
+    exported = ExportedClassifier(*clf.layers, ["rock", "paper", "scissors"], 32)
     exported.save(str(tmp_path / "m"))
     loaded = tf.saved_model.load(str(tmp_path / "m"))
     np.testing.assert_allclose(loaded(x).numpy(), clf(x, training=False).numpy(), atol=1e-6)
@@ -56,9 +58,9 @@ def test_export_is_self_contained_and_predicts_the_same(classifier, tmp_path):
 
 
 def test_image_size_the_backbone_cannot_take_is_a_config_error(tmp_path):
-    from rps.testing import save_tiny_backbone
+    from rps.synthetic import save_tiny_backbone
 
     fixed = save_tiny_backbone(tmp_path / "fixed", input_size=32)
-    model.load_backbone(str(fixed), 32)
+    load_backbone(str(fixed), 32)
     with pytest.raises(ConfigError, match=r"backbone.image_size=48 .* shape \(None, 32, 32, 3\)"):
-        model.load_backbone(str(fixed), 48)
+        load_backbone(str(fixed), 48)

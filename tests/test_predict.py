@@ -31,7 +31,7 @@ def exported_run(tiny_tfds, hub_cache, tmp_path_factory):
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
     """Images of other sizes and formats (WebP and TIFF only Pillow decodes), and a corrupt one."""
-    from rps.testing import tiny_image
+    from rps.synthetic import tiny_image
 
     folder = tmp_path_factory.mktemp("photos")
     rng = np.random.default_rng(5)
@@ -50,7 +50,7 @@ def predict_cli(cwd, env, *args):
 def test_cli_matches_the_model_in_process_and_skips_the_corrupt_file(exported_run, images, tmp_path):
     import mlflow
 
-    from rps.predict import load_image
+    from rps.inference.predict import load_image
 
     cwd, run, env = exported_run
     out = tmp_path / "out.json"
@@ -111,7 +111,7 @@ def test_tflite_export_matches_the_saved_model(exported_run, tmp_path):
     import mlflow
     import tensorflow as tf
 
-    from rps.lite import LiteModel
+    from rps.model.lite import LiteModel
 
     cwd, run, env = exported_run
     metrics, tags = run.data.metrics, run.data.tags

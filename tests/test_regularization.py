@@ -5,7 +5,8 @@ import pytest
 
 import rps  # noqa: F401
 from conftest import compose
-from rps import model, train
+from rps.model.head import build_head, compile_for_training, make_optimizer
+from rps.training.loop import fit, schedule_callbacks
 
 import tensorflow as tf
 
@@ -13,13 +14,13 @@ keras = tf.keras
 
 
 def test_l2_and_label_smoothing_reach_the_model():
-    head = model.build_head(8, 3, compose("head.l2=0.01", "head.hidden_units=4").head)
+    head = build_head(8, 3, compose("head.l2=0.01", "head.hidden_units=4").head)
     assert all(layer.kernel_regularizer is not None for layer in head.layers if isinstance(layer, keras.layers.Dense))
     head(np.ones((2, 8), np.float32))
     assert len(head.losses) == 2
-    model.compile_for_training(head, compose().optimizer, 10, label_smoothing=0.1)
+    compile_for_training(head, compose().optimizer, 10, label_smoothing=0.1)
     assert head.loss.get_config()["label_smoothing"] == pytest.approx(0.1)
-    plain = model.build_head(8, 3, compose().head)
+    plain = build_head(8, 3, compose().head)
     plain(np.ones((2, 8), np.float32))
     assert plain.losses == []
 
@@ -34,12 +35,12 @@ def test_schedules():
                 seen.append(float(optimizer.learning_rate))
         return seen
 
-    at_20, at_40 = lrs(model.make_optimizer(compose("optimizer.schedule=cosine").optimizer, total_steps=40))
+    at_20, at_40 = lrs(make_optimizer(compose("optimizer.schedule=cosine").optimizer, total_steps=40))
     assert 4e-4 < at_20 < 6e-4 and at_40 < 1e-5  # cosine: half-way down at 20 of 40 steps, ~0 at the end
-    assert lrs(model.make_optimizer(compose().optimizer, total_steps=40)) == pytest.approx([1e-3, 1e-3])
-    plateau = train.schedule_callbacks(compose("optimizer.schedule=plateau"))
+    assert lrs(make_optimizer(compose().optimizer, total_steps=40)) == pytest.approx([1e-3, 1e-3])
+    plateau = schedule_callbacks(compose("optimizer.schedule=plateau"))
     assert [type(c).__name__ for c in plateau] == ["ReduceLROnPlateau"]
-    assert train.schedule_callbacks(compose()) == []
+    assert schedule_callbacks(compose()) == []
 
 
 def test_early_stopping_restores_the_best_epochs_weights():
@@ -53,9 +54,9 @@ def test_early_stopping_restores_the_best_epochs_weights():
     keras.utils.set_random_seed(0)
     net = keras.Sequential([keras.layers.InputLayer(input_shape=(16,)), keras.layers.Dense(64, activation="relu"),
                             keras.layers.Dense(2, activation="softmax")])
-    model.compile_for_training(net, compose("optimizer.lr=0.05").optimizer)
+    compile_for_training(net, compose("optimizer.lr=0.05").optimizer)
     cfg = compose("early_stopping.enabled=true", "early_stopping.patience=3")
-    history = train.fit(net, tr, val, 40, lambda m, e: None, train.schedule_callbacks(cfg))
+    history = fit(net, tr, val, 40, lambda m, e: None, schedule_callbacks(cfg))
     curve = history["val_accuracy"]
     assert len(curve) < 40, "stopped early"
     final = np.mean(net.predict(x[200:], verbose=0).argmax(1) == y[200:])

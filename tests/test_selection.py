@@ -9,11 +9,11 @@ from __future__ import annotations
 import numpy as np
 
 from conftest import compose, store
-from rps.summary import choose_best, rank_key
+from rps.search.summary import choose_best, rank_key
 
 
 def row(name, val, loss=None, epochs=None, test=None, status="FINISHED"):
-    return {"run_name": name, "status": status, "best_val_accuracy": val, "best_val_loss": loss,
+    return {"run_name": name, "status": status, "selection_val_accuracy": val, "selection_val_loss": loss,
             "epochs_trained": epochs, "test_accuracy": test, "run_id": name}
 
 
@@ -49,7 +49,7 @@ def _fake_sweep(cwd, children: list[tuple[str, float, float, int, float]]) -> st
     parent = tracking.open_parent_run(experiment, "sweep", {"sweep": "parent", "sweep.keys": "head.dropout"}, {})
     for i, (name, val, loss, epochs, test) in enumerate(children):
         run = client.create_run(experiment, run_name=name, tags={tracking.PARENT_TAG: parent}, start_time=1000 + i)
-        values = {"best_val_accuracy": val, "best_val_loss": loss, "epochs_trained": epochs, "test_accuracy": test}
+        values = {"selection_val_accuracy": val, "selection_val_loss": loss, "epochs_trained": epochs, "test_accuracy": test}
         client.log_batch(run.info.run_id, params=[Param("head.dropout", name)],
                          metrics=[Metric(k, v, 0, 0) for k, v in values.items()])
         client.set_terminated(run.info.run_id, "FINISHED")
@@ -57,7 +57,7 @@ def _fake_sweep(cwd, children: list[tuple[str, float, float, int, float]]) -> st
 
 
 def test_the_sweep_summary_picks_its_best_job_on_validation(tmp_path):
-    from rps.sweep import summarize
+    from rps.search.sweep import summarize
 
     children = [("0.2", 0.95, 0.30, 3, 1.00), ("0.5", 0.95, 0.10, 3, 0.60), ("0.8", 0.90, 0.05, 2, 0.99)]
     chosen = {}
@@ -68,16 +68,16 @@ def test_the_sweep_summary_picks_its_best_job_on_validation(tmp_path):
         assert summarize(parent) == 0
         run = store(cwd).get_run(parent)
         chosen[name] = run.data.tags["best_run_name"]
-        assert run.data.metrics["best_val_accuracy"] == 0.95
-        assert run.data.metrics["best_test_accuracy"] == tests[1]  # reported beside the choice
-        assert "best_val_loss (min)" in run.data.tags["best_chosen_by"]
+        assert run.data.metrics["selection_val_accuracy"] == 0.95
+        assert run.data.metrics["chosen_test_accuracy"] == tests[1]  # reported beside the choice
+        assert "selection_val_loss (min)" in run.data.tags["best_chosen_by"]
     assert chosen == {"true": "0.5", "relabelled": "0.5"}
 
 
 def test_relabelling_the_test_split_changes_no_choice_of_a_run(tiny_tfds, relabelled_tfds, tiny_backbone, tmp_path):
     """Early stopping, the exported model and the returned objective; split=official, so the
     dataset's test split is exactly the run's test split."""
-    from rps import job
+    from rps.runner import job
 
     seen = {}
     for name, data_dir in (("true", tiny_tfds), ("relabelled", relabelled_tfds)):
@@ -94,8 +94,8 @@ def test_relabelling_the_test_split_changes_no_choice_of_a_run(tiny_tfds, relabe
         seen[name] = (objective, run.data.metrics, curve)
     (objective, true, curve), (objective_r, relabelled, curve_r) = seen["true"], seen["relabelled"]
     assert true["epochs_trained"] < 30, "early stopping stopped the run"
-    assert objective == objective_r == true["best_val_accuracy"] == relabelled["best_val_accuracy"]
-    for key in ("best_val_loss", "epochs_trained"):
+    assert objective == objective_r == true["selection_val_accuracy"] == relabelled["selection_val_accuracy"]
+    for key in ("selection_val_loss", "epochs_trained"):
         assert true[key] == relabelled[key], key
     assert curve == curve_r
     assert true["test_accuracy"] >= 0.9 and relabelled["test_accuracy"] <= 0.1  # only the report moved

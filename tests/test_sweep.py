@@ -65,23 +65,23 @@ def test_summary_matches_the_children(basic_sweep, tmp_path):
     for row in table:
         child = by_id[row["run_id"]]
         assert float(row["test_accuracy"]) == pytest.approx(child.data.metrics["test_accuracy"])
-        assert float(row["best_val_accuracy"]) == pytest.approx(child.data.metrics["best_val_accuracy"])
+        assert float(row["selection_val_accuracy"]) == pytest.approx(child.data.metrics["selection_val_accuracy"])
         assert row["head.dropout"] == child.data.params["head.dropout"] and row["status"] == "FINISHED"
     with Image.open(f"{local}/summary/accuracy.png") as image:
         image.verify()
     in_start_order = sorted(children, key=lambda c: c.info.start_time)  # last tie-break: the first started
-    best = min(in_start_order, key=lambda c: (-c.data.metrics["best_val_accuracy"], c.data.metrics["best_val_loss"],
+    best = min(in_start_order, key=lambda c: (-c.data.metrics["selection_val_accuracy"], c.data.metrics["selection_val_loss"],
                                               c.data.metrics["epochs_trained"]))  # validation only
     assert parent.data.tags["best_run_id"] == best.info.run_id
-    assert parent.data.metrics["best_val_accuracy"] == pytest.approx(best.data.metrics["best_val_accuracy"])
-    assert parent.data.metrics["best_test_accuracy"] == pytest.approx(best.data.metrics["test_accuracy"])
+    assert parent.data.metrics["selection_val_accuracy"] == pytest.approx(best.data.metrics["selection_val_accuracy"])
+    assert parent.data.metrics["chosen_test_accuracy"] == pytest.approx(best.data.metrics["test_accuracy"])
     assert parent.data.metrics["n_children"] == 4 and parent.data.metrics["n_failed"] == 0
     tests = [c.data.metrics["test_accuracy"] for c in children]  # a sweep over seeds is read by its mean
     assert parent.data.metrics["mean_test_accuracy"] == pytest.approx(sum(tests) / len(tests))
     assert parent.data.metrics["std_test_accuracy"] == pytest.approx(float(np.std(tests, ddof=1)))
-    vals = [c.data.metrics["best_val_accuracy"] for c in children]
-    assert parent.data.metrics["mean_best_val_accuracy"] == pytest.approx(sum(vals) / len(vals))
-    assert "mean best_val_accuracy" in open(f"{local}/summary/summary.md").read()
+    vals = [c.data.metrics["selection_val_accuracy"] for c in children]
+    assert parent.data.metrics["mean_selection_val_accuracy"] == pytest.approx(sum(vals) / len(vals))
+    assert "mean selection_val_accuracy" in open(f"{local}/summary/summary.md").read()
     assert "dropout=0.5 lr=0.01" in open(f"{local}/summary/summary.md").read()
 
 
@@ -94,7 +94,7 @@ def test_compare_ranks_on_validation_and_reports_test_on_request(basic_sweep):
     cwd, _ = basic_sweep
     parent, children = sweep_runs(cwd)
     by_validation = sorted(sorted(children, key=lambda c: c.info.start_time), key=lambda c: (
-        -c.data.metrics["best_val_accuracy"], c.data.metrics["best_val_loss"], c.data.metrics["epochs_trained"]))
+        -c.data.metrics["selection_val_accuracy"], c.data.metrics["selection_val_loss"], c.data.metrics["epochs_trained"]))
     by_test = sorted(children, key=lambda c: -c.data.metrics["test_accuracy"])
     for args, expected in ((["--sweep", parent.info.run_id], by_validation), (["--experiment", "rps"], by_validation),
                            (["--sort", "test_accuracy"], by_test)):
@@ -102,14 +102,14 @@ def test_compare_ranks_on_validation_and_reports_test_on_request(basic_sweep):
                              text=True, check=True).stdout
         column, rows = _board(out)
         assert len(rows) == 4
-        key = "best_val_accuracy" if expected is by_validation else "test_accuracy"
+        key = "selection_val_accuracy" if expected is by_validation else "test_accuracy"
         assert [f"{c.data.metrics[key]:.4f}" for c in expected] == [row[column[key]] for row in rows]
         if expected is by_validation:
             assert [row[column["run_id"]] for row in rows] == [c.info.run_id for c in expected]
         assert [row[column["rank"]] for row in rows] == ["1", "2", "3", "4"]
         assert ("reporting only" in out) == (expected is by_test)
         mean = sum(c.data.metrics["test_accuracy"] for c in children) / 4
-        assert f"test_accuracy {mean:.4f}" in out and f"sweep {parent.info.run_id[:8]}: mean best_val_accuracy" in out
+        assert f"test_accuracy {mean:.4f}" in out and f"sweep {parent.info.run_id[:8]}: mean selection_val_accuracy" in out
     missing = subprocess.run([sys.executable, "-m", "rps.compare", "--experiment", "nope"], cwd=cwd,
                              capture_output=True, text=True)
     assert missing.returncode == 2 and "no experiment 'nope'" in missing.stderr

@@ -4,11 +4,11 @@ import statistics
 
 import pytest
 
-from rps.summary import stats_line, sweep_stats
+from rps.search.summary import stats_line, sweep_stats
 
 
 def row(status, test, val):
-    return {"status": status, "test_accuracy": test, "best_val_accuracy": val}
+    return {"status": status, "test_accuracy": test, "selection_val_accuracy": val}
 
 
 def test_mean_and_sample_std_over_finished_jobs_only():
@@ -18,15 +18,15 @@ def test_mean_and_sample_std_over_finished_jobs_only():
     assert stats["n_finished"] == 3
     assert stats["mean_test_accuracy"] == pytest.approx(0.974)
     assert stats["std_test_accuracy"] == pytest.approx(statistics.stdev([1.0, 0.922, 1.0]))  # ddof=1: 0.045
-    assert stats["mean_best_val_accuracy"] == pytest.approx(0.99)
-    assert stats_line(table).strip() == ("mean best_val_accuracy 0.9900 ± 0.0100, test_accuracy 0.9740 ± 0.0450 "
+    assert stats["mean_selection_val_accuracy"] == pytest.approx(0.99)
+    assert stats_line(table).strip() == ("mean selection_val_accuracy 0.9900 ± 0.0100, test_accuracy 0.9740 ± 0.0450 "
                                          "(reported only; sample std) over 3 finished jobs")
 
 
 def test_one_job_has_a_mean_but_no_spread_and_none_has_neither():
     one = sweep_stats([row("FINISHED", 0.9, 0.95)])
-    assert one == {"n_finished": 1, "mean_test_accuracy": 0.9, "mean_best_val_accuracy": 0.95}
+    assert one == {"n_finished": 1, "mean_test_accuracy": 0.9, "mean_selection_val_accuracy": 0.95}
     assert stats_line([row("FINISHED", 0.9, 0.95)]).strip() == \
-        "mean best_val_accuracy 0.9500, test_accuracy 0.9000 (reported only) over 1 finished job"
+        "mean selection_val_accuracy 0.9500, test_accuracy 0.9000 (reported only) over 1 finished job"
     assert sweep_stats([row("FAILED", None, None)]) == {"n_finished": 0}
     assert stats_line([]) == ""

@@ -100,3 +100,21 @@ def test_a_path_encoded_too_often_to_read_is_refused_not_passed():
     assert artifact_paths.mentions_artifact_routes(path)
     with pytest.raises(artifact_paths.BadArtifactPath):
         artifact_paths.rewrite(path, "")
+
+
+def test_every_mlflow_validator_of_a_run_or_model_change_is_guarded():
+    """The owner rule is keyed on the names of MLflow's validators: a renamed or new one must fail here."""
+    import re
+
+    import mlflow.server.auth as auth
+
+    from rps.team.ownership import GUARDED
+
+    validators = [*auth.BEFORE_REQUEST_VALIDATORS.values(), *auth.LOGGED_MODEL_BEFORE_REQUEST_VALIDATORS.values()]
+    names = {getattr(v, "__name__", "") for v in validators}
+    changes = {n for n in names if re.search(r"run|logged_model|log_", n) and not re.search(r"_(read|search)_", n)}
+    stamped = {"validate_can_create_run", "validate_can_create_promptlab_run"}  # owner set by rps.team.guard
+    assert changes - stamped <= GUARDED, changes - stamped - GUARDED
+    assert [n for n in GUARDED if not hasattr(auth, n)] == []
+    for name in ("_find_validator", "is_unprotected_route", "store", "create_app", "make_basic_auth_response"):
+        assert hasattr(auth, name), name

@@ -83,7 +83,7 @@ def _files_text(folder: Path) -> str:
 def test_runs_sweeps_registry_predict_and_compare_work_against_the_server(team_server, alice):
     import mlflow
 
-    from rps.testing import tiny_image
+    from rps.synthetic import tiny_image
 
     single, tmp_path, as_alice = alice.result, alice.cwd, alice.env
     sweep = run_cli("-m", "head.dropout=0.2,0.5", "epochs=1", *TINY_SPLIT, cwd=tmp_path, env=as_alice)

@@ -97,11 +97,11 @@ def test_a_study_prunes_and_survives_failing_trials_choosing_on_validation_only(
         if trial.state.name == "FAIL":
             assert "head.dropout" in run.data.tags["error"] and trial.params["dropout"] >= 1
         if trial.state.name == "COMPLETE":
-            assert trial.value == pytest.approx(run.data.metrics["best_val_accuracy"])
+            assert trial.value == pytest.approx(run.data.metrics["selection_val_accuracy"])
     assert parent.info.status == "FINISHED" and parent.data.metrics["n_pruned"] == states.count("PRUNED")
     best = by_number[int(parent.data.tags["best_trial_number"])]
     assert parent.data.tags["best_run_id"] == best.info.run_id and best.info.status == "FINISHED"
-    assert parent.data.metrics["best_test_accuracy"] == pytest.approx(best.data.metrics["test_accuracy"])
+    assert parent.data.metrics["chosen_test_accuracy"] == pytest.approx(best.data.metrics["test_accuracy"])
     client = store(tmp_path / "true")
     artifacts = {a.path for folder in ("study", "summary") for a in client.list_artifacts(parent.info.run_id, folder)}
     assert {"study/optimization_history.png", "study/param_importances.png", "study/parallel_coordinate.png",
@@ -178,7 +178,7 @@ def test_a_ctrl_c_between_trials_still_ends_the_study_run_killed(search_dir, off
     from hydra import compose, initialize_config_dir
 
     from conftest import ROOT
-    from rps.tune import Study
+    from rps.search.study import Study
 
     for key in [k for k in os.environ if k not in offline_env]:  # e.g. the store an earlier test pointed MLflow at
         monkeypatch.delenv(key)
@@ -187,7 +187,7 @@ def test_a_ctrl_c_between_trials_still_ends_the_study_run_killed(search_dir, off
     monkeypatch.chdir(tmp_path)
     overrides = ["+experiment=tiny_search", f"hydra.searchpath=[file://{search_dir}]", "search.pruner=none"]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        study = Study(compose(config_name="config", overrides=overrides), overrides, None)
+        study = Study(compose(config_name="tune", overrides=overrides), overrides, None)
         real, calls = getattr(study.study, after), []
 
         def then_ctrl_c(*args, **kwargs):  # Ctrl-C lands as the call returns

@@ -8,8 +8,8 @@ import pytest
 
 from conftest import compose, prepared_run
 from rps.config import validate
-from rps.errors import ConfigError
-from rps.splits import group_folds, grouped_indices, groups_from_features, groups_from_pattern
+from rps.common.errors import ConfigError
+from rps.data.splits import group_folds, grouped_indices, groups_from_features, groups_from_pattern
 
 
 def test_clusters_gather_near_identical_frames_and_validation_takes_whole_groups_of_every_class():
@@ -62,9 +62,9 @@ def test_grouped_validation_is_validated_before_anything_runs():
 
 
 def test_an_image_folder_holds_out_whole_subjects(tmp_path, tiny_backbone):
-    from rps.pipeline import train_and_evaluate
-    from rps.report import Reporter
-    from rps.testing import write_image_folder
+    from rps.training.pipeline import train_and_evaluate
+    from rps.training.report import Reporter
+    from rps.synthetic import write_image_folder
 
     train_dir = write_image_folder(tmp_path / "train", per_class=12, subjects=4)
     test_dir = write_image_folder(tmp_path / "test", per_class=3, seed=1)
@@ -81,8 +81,8 @@ def test_an_image_folder_holds_out_whole_subjects(tmp_path, tiny_backbone):
 
 
 def test_k_fold_judges_a_run_by_its_mean_validation_accuracy(tiny_tfds, tiny_backbone, tmp_path):
-    from rps.pipeline import train_and_evaluate
-    from rps.report import Reporter
+    from rps.training.pipeline import train_and_evaluate
+    from rps.training.report import Reporter
 
     cfg = compose(f"dataset.data_dir={tiny_tfds}", f"backbone.handle={tiny_backbone}", "backbone.image_size=32",
                   "split=official", "split.group_by=clusters", "split.groups=2", "split.folds=3", "epochs=3",
@@ -90,7 +90,7 @@ def test_k_fold_judges_a_run_by_its_mean_validation_accuracy(tiny_tfds, tiny_bac
     report = Reporter()
     out = train_and_evaluate(prepared_run(cfg), report)
     folds = [report.recorded["metrics"][f"cv/fold_{k}_val_accuracy"] for k in range(3)]
-    assert out.metrics["best_val_accuracy"] == pytest.approx(np.mean(folds))
+    assert out.metrics["selection_val_accuracy"] == pytest.approx(np.mean(folds))
     assert report.recorded["metrics"]["model_val_accuracy"] == folds[0]
     assert report.recorded["params"]["data.n_groups"] == 6  # 2 per class
 

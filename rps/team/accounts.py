@@ -15,7 +15,7 @@ import os
 import sys
 from typing import Optional
 
-from rps.errors import ResourceError
+from rps.common.errors import ResourceError
 
 MIN_LENGTH, MIN_DISTINCT = 12, 8
 KNOWN = frozenset({"password1234"})  # MLflow's former default admin password

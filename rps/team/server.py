@@ -32,7 +32,7 @@ import warnings
 from pathlib import Path
 
 import rps  # noqa: F401
-from rps.errors import ResourceError, RpsError
+from rps.common.errors import ResourceError, RpsError
 from rps.team import accounts, processes
 
 APP = "rps-auth"  # the mlflow.app entry point of rps.team.auth_app

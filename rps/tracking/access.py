@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from rps.errors import ResourceError
+from rps.common.errors import ResourceError
 from rps.tracking.record import redact
 
 

@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from rps.report import Reporter
+from rps.training.report import Reporter
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = (
@@ -39,8 +39,15 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def config_params(cfg: DictConfig) -> dict[str, Any]:
-    return {k: redact(v) if isinstance(v, str) else v for k, v in flatten(OmegaConf.to_container(cfg, resolve=True)).items()}
+def config_params(cfg: DictConfig, resolved: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """The flattened config as the run used it: ``resolved`` values replace what the config left
+    open (e.g. ``dataset.version=null`` -> the version loaded), and knobs that changed nothing are
+    left out (the augmentation fields while ``augment.kind=none``). Credentials are redacted."""
+    params = flatten(OmegaConf.to_container(cfg, resolve=True))
+    if params.get("augment.kind") == "none":
+        params = {k: v for k, v in params.items() if not k.startswith("augment.") or k == "augment.kind"}
+    params |= {k: v for k, v in (resolved or {}).items() if k in params and v is not None}
+    return {k: redact(v) if isinstance(v, str) else v for k, v in params.items()}
 
 
 def _git(*args: str) -> Optional[str]:
@@ -77,9 +84,10 @@ def environment_tags() -> dict[str, str]:
     return tags
 
 
-def log_config(report: Reporter, cfg: DictConfig, hydra_dir: Optional[Path]) -> None:
-    """The flattened resolved config as params; the YAML (and Hydra's record) as artifacts."""
-    report.params(config_params(cfg))
+def log_config(report: Reporter, cfg: DictConfig, hydra_dir: Optional[Path],
+               resolved: Optional[dict[str, Any]] = None) -> None:
+    """The config as params (:func:`config_params`); the composed YAML (and Hydra's record) as artifacts."""
+    report.params(config_params(cfg, resolved))
     report.text(redact(OmegaConf.to_yaml(cfg, resolve=True)), "config/config.yaml")
     if hydra_dir is not None and hydra_dir.is_dir():
         report.files(hydra_dir, "config/hydra")
@@ -111,7 +119,7 @@ def log_classifier(saved_dir: Path, info: dict, register_as: Optional[str], name
         warnings.filterwarnings("ignore", message=".*input example was not provided.*")
         logged = mlflow.pyfunc.log_model(
             name=name,
-            python_model=str(PROJECT_ROOT / "rps" / "mlflow_model.py"),  # models from code: no pickle
+            python_model=str(PROJECT_ROOT / "rps" / "inference" / "mlflow_model.py"),  # models from code: no pickle
             artifacts={"saved_model": str(saved_dir)},
             code_paths=[str(PROJECT_ROOT / "rps")],
             # no input schema: inputs come in several forms (rps.serving.as_batch checks them)

@@ -3,7 +3,7 @@
 Each param, tag, metric and artifact goes to the run as soon as it is reported. With a staging
 folder, artifacts are also written there first, so when the tracking server stops answering in
 the middle of a run nothing is lost: the reporter stops writing to the server, asks training to
-end after the current epoch (``stop_reason``), and :meth:`keep` leaves the run's params, tags,
+end after the current epoch (its :class:`~rps.training.outcome.StopSignal`), and :meth:`keep` leaves the run's params, tags,
 metrics, plots and trained model in that folder for ``python -m rps.recover``.
 """
 
@@ -20,8 +20,9 @@ import mlflow
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import Metric, Param, RunTag
 
-from rps.errors import ResourceError
-from rps.report import Reporter
+from rps.common.errors import ResourceError
+from rps.training.outcome import StopKind, StopSignal
+from rps.training.report import Reporter
 from rps.tracking.record import log_classifier, model_name
 
 log = logging.getLogger(__name__)
@@ -71,9 +72,9 @@ def unreachable(err: BaseException) -> bool:
 
 
 class MlflowReporter(Reporter):
-    def __init__(self, run_id: str, staging: Optional[Path] = None):
+    def __init__(self, run_id: str, staging: Optional[Path] = None, stop: Optional[StopSignal] = None):
         super().__init__()
-        self.run_id, self.staging = run_id, staging
+        self.run_id, self.staging, self.stop = run_id, staging, stop or StopSignal()
         self.client = mlflow.MlflowClient()
         self.offline: Optional[str] = None  # why the server is no longer written to
         self.model_meta: Optional[dict] = None
@@ -86,7 +87,8 @@ class MlflowReporter(Reporter):
         except Exception as err:
             if unreachable(err):
                 first = str(err).splitlines()[0][:200] if str(err) else ""
-                self.offline = self.stop_reason = f"the tracking server stopped answering ({type(err).__name__}: {first})"
+                self.offline = f"the tracking server stopped answering ({type(err).__name__}: {first})"
+                self.stop.request(StopKind.SERVER_LOST, self.offline)
                 log.error("Writing %s failed: %s. Training stops after this epoch; everything the run "
                           "produces is kept in %s.", what, self.offline, self.staging)
             elif isinstance(err, OSError):
@@ -124,7 +126,7 @@ class MlflowReporter(Reporter):
 
     def epoch(self, values: dict[str, float], step: int) -> None:
         self._log_metrics(values, step)
-        super().epoch(values, step)  # then the on_epoch hook
+        super().epoch(values, step)
 
     def _log_metrics(self, values: dict[str, float], step: int) -> None:
         now = mlflow.utils.time.get_current_time_millis()

@@ -30,10 +30,11 @@ import mlflow
 from mlflow.entities import Param, RunStatus
 from omegaconf import DictConfig
 
-from rps.errors import ResourceError, release_interrupted
+from rps.common.errors import ResourceError, release_interrupted
 from rps.tracking.access import access_error
 from rps.tracking.record import config_params, environment_tags
 from rps.tracking.reporter import MlflowReporter
+from rps.training.outcome import Ending, StopSignal
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +159,7 @@ class Heartbeat:
 
 @contextmanager
 def tracked_run(experiment_id: str, run_name: str, tags: dict[str, str], staging: Optional[Path] = None,
-                about: Optional[dict] = None) -> Iterator[MlflowReporter]:
+                about: Optional[dict] = None, stop: Optional[StopSignal] = None) -> Iterator[MlflowReporter]:
     """An MLflow run, written through the :class:`MlflowReporter` it yields, that ends FINISHED,
     FAILED (exception) or KILLED (Ctrl-C / SIGTERM).
 
@@ -173,7 +174,7 @@ def tracked_run(experiment_id: str, run_name: str, tags: dict[str, str], staging
         if denied:
             raise denied from None
         raise
-    report = MlflowReporter(run.info.run_id, staging)
+    report = MlflowReporter(run.info.run_id, staging, stop)
     about = (about or {}) | {"run_name": run_name, "start_tags": tags}
     status = RunStatus.FAILED
     try:
@@ -181,7 +182,7 @@ def tracked_run(experiment_id: str, run_name: str, tags: dict[str, str], staging
             yield report
         if report.offline:
             raise TrackingLost(report.keep(about), report.offline)
-        status = RunStatus.from_string(report.end_status) if report.end_status else RunStatus.FINISHED
+        status = RunStatus.from_string(Ending.of(report.stop()).status)
     except KeyboardInterrupt as err:
         release_interrupted(err)  # a store write it cut short must not keep the store locked
         status = RunStatus.KILLED
@@ -261,6 +262,28 @@ def open_parent_run(experiment_id: str, name: str, tags: dict[str, str], params:
     run = client.create_run(experiment_id, run_name=name, tags=environment_tags() | tags | (owner_tags() if owned else {}))
     client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
     return run.info.run_id
+
+
+def shared_parent_run(experiment_id: str, key_tag: str, key: str, name: str, tags: dict[str, str],
+                      params: dict[str, str]) -> str:
+    """The one parent run tagged ``key_tag=key`` (an Optuna study's, shared by all its workers):
+    found, else created (racing workers converge on the oldest and delete their own); marked
+    RUNNING while a worker runs. Returns its id."""
+    client = mlflow.MlflowClient()
+
+    def existing() -> list:
+        return client.search_runs([experiment_id], filter_string=f"tags.`{key_tag}` = '{key}'",
+                                  order_by=["attributes.start_time ASC"], max_results=100)
+
+    found = existing()
+    if not found:
+        mine = open_parent_run(experiment_id, name, tags | {key_tag: key}, params, owned=False)
+        found = existing()
+        if found[0].info.run_id != mine:  # another worker created one first
+            client.delete_run(mine)
+    parent = found[0].info.run_id
+    client.update_run(parent, status="RUNNING")
+    return parent
 
 
 def end_run(run_id: str, status: str) -> None:

@@ -17,8 +17,8 @@ from urllib.parse import urlparse
 import mlflow
 from omegaconf import DictConfig
 
-from rps.errors import ConfigError, ResourceError
-from rps.files import exclusive
+from rps.common.errors import ConfigError, ResourceError
+from rps.common.files import exclusive
 from rps.tracking.access import access_error
 from rps.tracking.record import redact
 from rps.tracking.runs import reap_stale_runs

@@ -1,0 +1,124 @@
+"""Does validation predict the official test? Random vs grouped validation, over many recipes.
+
+    TFDS_DATA_DIR=../shared/offline/tfds TFHUB_CACHE_DIR=../shared/offline/tfhub python -m benchmarks.validation
+    python -m benchmarks.validation --seeds 1 2 --recipes head-2 head-30 finetune   # a subset
+
+For every recipe (frozen heads with different regularization and epochs, fine-tuning variants),
+every seed and both validation modes — ``random`` (a random 10% of the training images) and
+``grouped`` (whole clusters of similar frames, ``split.group_by=clusters``) — it trains on the
+official split and records the validation accuracy a run is chosen by and the official test
+accuracy. Then, per seed and mode, the Spearman rank correlation between them across recipes
+(the higher, the better validation tells recipes apart the way unseen hands do) and the test
+accuracy of the recipe a sweep would choose on that validation. Runs in one
+process through ``rps.training.pipeline`` (no MLflow), on the feature cache where it applies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import rps  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+
+# name -> overrides (all on split=official)
+RECIPES = {
+    "head-2": ["epochs=2"],
+    "head-10": ["epochs=10"],
+    "head-30": ["epochs=30"],
+    "head-10-lr1e-2": ["epochs=10", "optimizer.lr=0.01"],
+    "head-10-lr1e-4": ["epochs=10", "optimizer.lr=0.0001"],
+    "head-10-dropout0.8": ["epochs=10", "head.dropout=0.8"],
+    "head-256-ls-l2-30": ["epochs=30", "head.hidden_units=256", "label_smoothing=0.1", "head.l2=0.0001"],
+    "head-cosine-l2-20": ["epochs=20", "optimizer.schedule=cosine", "head.l2=0.001"],
+    "finetune": ["epochs=5", "backbone.trainable=true", "backbone.fine_tune_epochs=2", "optimizer.fine_tune_lr=3e-5",
+                 "augment=basic", "augment.head_phase=false"],
+    "finetune-strong": ["epochs=5", "backbone.trainable=true", "backbone.fine_tune_epochs=2",
+                        "optimizer.fine_tune_lr=3e-5", "augment=strong", "augment.head_phase=false"],
+}
+MODES = {"random": ["split.group_by=none"], "grouped": ["split.group_by=clusters", "split.groups=5"]}
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    """Spearman's rank correlation (nan when either side is constant: validation that cannot rank)."""
+    from scipy.stats import spearmanr
+
+    if len(set(a)) < 2 or len(set(b)) < 2:
+        return math.nan
+    return float(spearmanr(a, b).statistic)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run")
+    args = parser.parse_args(argv)
+    from benchmarks.speed import _tiny_mirrors
+
+    real = bool(os.environ.get("TFDS_DATA_DIR") and os.environ.get("TFHUB_CACHE_DIR"))
+    with tempfile.TemporaryDirectory(prefix="rps-bench-validation-") as tmp:
+        extra = [] if real else ["split.val_size=30", "batch_size=32", f"feature_cache.dir={tmp}/features"]
+        if not real:
+            _tiny_mirrors(Path(tmp))
+        _measure(["split=official", *extra, *args.overrides], args.recipes, args.seeds, real)
+
+
+def _measure(base: list[str], recipes: list[str], seeds: list[int], real: bool) -> None:
+    from benchmarks.speed import _compose
+    from rps.training.pipeline import prepare, train_and_evaluate
+    from rps.training.report import Reporter
+
+    prepared = prepare(_compose(base))
+    results: dict[tuple[str, str, int], dict] = {}
+    for recipe in recipes:
+        for mode, mode_overrides in MODES.items():
+            for seed in seeds:
+                cfg = _compose(base + RECIPES[recipe] + mode_overrides + [f"seed={seed}"])
+                start = time.monotonic()
+                out = train_and_evaluate(replace(prepared, cfg=cfg), Reporter())
+                row = results[recipe, mode, seed] = {
+                    "recipe": recipe, "status": "FINISHED", **out.metrics, "seconds": time.monotonic() - start}
+                print(f"{recipe:<20}{mode:<8} seed {seed}: val {row['selection_val_accuracy']:.4f} "
+                      f"(loss {row['selection_val_loss']:.4f}) test {row['test_accuracy']:.4f} ({row['seconds']:.0f} s)",
+                      flush=True)
+    print(report(results, recipes, seeds, real))
+
+
+def report(results: dict[tuple[str, str, int], dict], recipes: list[str], seeds: list[int], real: bool) -> str:
+    """Markdown: val / test per recipe and seed; per seed and mode the Spearman correlation of
+    validation and test accuracy across recipes, and what choosing on validation (as sweeps do:
+    accuracy, then loss) would have given on test against the best test accuracy of any recipe."""
+    from rps.search.summary import choose_best
+
+    lines = [f"\nrps validation benchmark: {'REAL mirrors' if real else 'tiny generated data'}, split=official; "
+             "validation accuracy / official test accuracy per recipe and seed\n",
+             "| recipe | " + " | ".join(f"{mode} s{seed}" for mode in MODES for seed in seeds) + " |",
+             "|" + "---|" * (1 + len(MODES) * len(seeds))]
+    for recipe in recipes:
+        cells = [f"{results[recipe, m, s]['selection_val_accuracy']:.3f} / {results[recipe, m, s]['test_accuracy']:.3f}"
+                 for m in MODES for s in seeds]
+        lines.append(f"| {recipe} | " + " | ".join(cells) + " |")
+    lines += ["", "| validation | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |", "|---|" + "---|" * (len(seeds) + 1)]
+    for mode in MODES:
+        rows = {s: [results[r, mode, s] for r in recipes] for s in seeds}
+        rhos = [spearman([x["selection_val_accuracy"] for x in rows[s]], [x["test_accuracy"] for x in rows[s]]) for s in seeds]
+        finite = [r for r in rhos if not math.isnan(r)]
+        lines.append(f"| {mode}: Spearman(val acc, test acc) | " + " | ".join(f"{r:.2f}" for r in rhos)
+                     + f" | {sum(finite) / len(finite) if finite else math.nan:.2f} |")
+        chosen = {s: choose_best(rows[s]) for s in seeds}
+        lines.append(f"| {mode}: chosen recipe's test (best of any) | "
+                     + " | ".join(f"{chosen[s]['recipe']} {chosen[s]['test_accuracy']:.3f} "
+                                  f"({max(x['test_accuracy'] for x in rows[s]):.3f})" for s in seeds)
+                     + f" | {sum(c['test_accuracy'] for c in chosen.values()) / len(seeds):.3f} |")
+    return "\n".join(lines)
+
+if __name__ == "__main__":
+    from rps.common.quiet import quiet_tensorflow_startup
+
+    quiet_tensorflow_startup()
+    main()

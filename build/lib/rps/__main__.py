@@ -1,0 +1,3 @@
+from rps.run import main
+
+main()

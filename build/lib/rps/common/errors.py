@@ -1,0 +1,88 @@
+"""User-facing errors: one paragraph that names what is wrong and how to fix it."""
+
+from contextlib import contextmanager
+from typing import Iterator
+
+
+class RpsError(Exception):
+    """An error caused by the user's input or environment (not a bug in rps).
+
+    The runner prints its message without a traceback and exits non-zero.
+    """
+
+    exit_code = 2
+
+
+class ConfigError(RpsError):
+    """A configuration value is out of range, of the wrong kind, or inconsistent."""
+
+
+class ResourceError(RpsError):
+    """A dataset, backbone, path or tracking server cannot be reached or read."""
+
+
+class DataError(RpsError):
+    """The data itself is unusable (corrupt images, empty classes, too few examples)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived: handled like Ctrl-C, so the MLflow run ends KILLED."""
+
+
+def interrupt_on_signals() -> None:
+    """SIGTERM raises :class:`Terminated` and Ctrl-C ``KeyboardInterrupt`` in the main thread, so
+    the run in progress ends KILLED; Python's Ctrl-C handler is installed explicitly, because
+    shells start background jobs with SIGINT ignored."""
+    import signal
+
+    def on_sigterm(signum, frame):
+        raise Terminated(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def release_interrupted(err: BaseException) -> None:
+    """Free what the frames an interrupt ran through still hold (their local variables), for
+    ``err`` and the exceptions it interrupted; frames still running (the handler's, its callers')
+    are left alone.
+
+    A Ctrl-C landing inside a database call leaves the interrupted cursor in those frames. SQLite
+    cannot close a connection while one of its cursors lives, so the write transaction, and the
+    database's lock, would outlive the call: this process's next write (marking its run KILLED)
+    would wait out MLflow's 20 s busy timeout and fail, three times over.
+    """
+    import traceback
+
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        traceback.clear_frames(err.__traceback__)
+        err = err.__context__
+
+
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM arriving inside the block are held and delivered when it ends.
+
+    For code that runs many finalizers (a garbage collection): Python drops an exception raised
+    inside a finalizer ("Exception ignored in ..."), so a Ctrl-C landing there would be lost.
+    Outside the main thread (where handlers cannot be changed), or where a handler was installed
+    by C code (Python could not put it back), the block runs as it is.
+    """
+    import signal
+    import threading
+
+    held_signals = (signal.SIGINT, signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread() or None in map(signal.getsignal, held_signals):
+        yield
+        return
+    held: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: held.append(signum)) for s in held_signals}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if held:
+            signal.raise_signal(held[0])

@@ -1,0 +1,139 @@
+"""One Hydra job: check, then train and evaluate inside an MLflow run.
+
+Config values are checked before anything heavy is imported, the tracking store next (a server
+that is down fails in seconds), then the dataset and the backbone (``pipeline.prepare``), all
+before the MLflow run starts: a bad value or a missing mirror leaves no run behind (in a sweep, a
+FAILED child saying why). Whatever fails inside the run ends it FAILED (KILLED on Ctrl-C /
+SIGTERM), keeping the epochs finished so far.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Optional
+
+from omegaconf import DictConfig
+
+from rps.common.errors import ConfigError, RpsError
+from rps.config import validate
+from rps.runner.names import child_run_name, default_run_name, swept_keys
+from rps.training.outcome import Ending, Stop, StopKind, StopSignal
+
+Pruner = Callable[[dict[str, float], int], Optional[str]]
+
+log = logging.getLogger(__name__)
+
+
+def _parent(cfg: DictConfig, experiment_id: str):
+    """The run named by ``parent_run_id``, checked to exist in this run's experiment."""
+    import mlflow
+
+    from rps import tracking
+
+    try:
+        parent = tracking.get_run(cfg.parent_run_id)
+    except mlflow.exceptions.MlflowException as err:
+        raise ConfigError(
+            f"parent_run_id={cfg.parent_run_id} is not a run in the tracking store ({err.error_code}). "
+            "Give the id of an existing run of the same experiment, or leave parent_run_id unset."
+        ) from err
+    if parent.info.experiment_id != experiment_id:
+        raise ConfigError(
+            f"parent_run_id={cfg.parent_run_id} belongs to another experiment than "
+            f"experiment_name={cfg.experiment_name}: MLflow nests runs within one experiment. "
+            "Set experiment_name to the parent's experiment."
+        )
+    return parent
+
+
+def _run_name(cfg: DictConfig, parent, overrides: Optional[list[str]]) -> str:
+    """A sweep job is named by its swept values (the keys its parent lists); others by the config."""
+    if parent is not None and overrides is not None:
+        return child_run_name(overrides, swept_keys(parent))
+    return cfg.run_name or default_run_name(cfg)
+
+
+def _record_failure(cfg: DictConfig, experiment_id: Optional[str], overrides, err: RpsError, tags: dict) -> None:
+    """A job nested under a parent (a sweep's) that cannot start still leaves a FAILED run saying why."""
+    from rps import tracking
+
+    try:
+        experiment_id = experiment_id or tracking.setup_experiment(cfg)
+        tracking.record_failed_run(experiment_id, cfg, _run_name(cfg, _parent(cfg, experiment_id), overrides),
+                                   cfg.parent_run_id, err, tags)
+    except Exception as failure:  # the store itself is unusable: nothing can be recorded
+        log.warning("Could not record the failed job in the tracking store: %s", failure)
+
+
+@dataclass
+class Finished:
+    """What a tracked run leaves its caller: its objective, its run and how it ended."""
+
+    objective: float  # OBJECTIVE: the exported model's validation accuracy (or the fold mean)
+    run_id: str
+    ending: Ending
+    stop: Optional[Stop] = None  # why training ended early, if it did
+
+
+def run(cfg: DictConfig, hydra_dir: Optional[Path] = None, overrides: Optional[list[str]] = None) -> float:
+    """Run the experiment ``cfg``; returns its objective, the validation accuracy of the exported model.
+
+    ``overrides`` (a multirun job's own overrides) name a sweep job's run after its swept values.
+    """
+    return execute(cfg, hydra_dir, overrides).objective
+
+
+def execute(cfg: DictConfig, hydra_dir: Optional[Path] = None, overrides: Optional[list[str]] = None,
+            prepared=None, prune: Optional[Pruner] = None, extra_tags: Optional[dict[str, str]] = None) -> Finished:
+    """:func:`run`, for callers that run many: ``prepared`` reuses a loaded backbone (when it is
+    the one ``cfg`` names), ``prune(metrics, epoch)`` sees each epoch and returns a reason when the
+    run should stop there (a search's pruner: the run then ends KILLED, tagged PRUNED), and
+    ``extra_tags`` go on the run from its start."""
+    from rps import tracking
+
+    experiment_id = None
+    try:
+        validate(cfg)
+        experiment_id = tracking.setup_experiment(cfg)  # fails fast when a tracking server is down
+        parent = _parent(cfg, experiment_id) if cfg.parent_run_id else None
+        from rps.training import outputs, pipeline  # imports TensorFlow
+
+        reusable = prepared is not None and (prepared.cfg.backbone.handle, prepared.cfg.backbone.image_size) == \
+            (cfg.backbone.handle, cfg.backbone.image_size) and prepared.cfg.dataset == cfg.dataset
+        prepared = replace(prepared, cfg=cfg) if reusable else pipeline.prepare(cfg)
+    except RpsError as err:
+        if cfg.parent_run_id:
+            _record_failure(cfg, experiment_id, overrides, err, extra_tags or {})
+        raise
+    tags = tracking.environment_tags() | {"dataset": prepared.source.name, "backbone_handle": cfg.backbone.handle}
+    tags |= extra_tags or {}
+    if parent is not None:
+        tags[tracking.PARENT_TAG] = parent.info.run_id
+    name = _run_name(cfg, parent, overrides)
+    about = {"experiment_name": cfg.experiment_name, "run_name": name, "parent_run_id": cfg.parent_run_id}
+    staging = Path(cfg.mlruns_dir).expanduser().resolve() / "unsent" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    stop = StopSignal()
+    with tracking.tracked_run(experiment_id, name, tags, staging, about, stop) as report:
+        log.info("MLflow run %s in experiment '%s'", report.run_id, cfg.experiment_name)
+        resolved = {"dataset.version": prepared.source.version}  # null in the config: the newest prepared
+        tracking.log_config(report, cfg, hydra_dir, resolved)  # first artifact: an unwritable store fails here
+        on_epoch = _pruning(prune, stop, report) if prune else None
+        out = pipeline.train_and_evaluate(prepared, report, stop, on_epoch)
+        outputs.report_outputs(cfg, out, report)
+    return Finished(out.objective, report.run_id, Ending.of(stop()), stop())
+
+
+def _pruning(prune: Pruner, stop: StopSignal, report):
+    """The per-epoch hook that asks ``prune`` and, when it gives a reason, stops the run there."""
+
+    def on_epoch(metrics: dict[str, float], epoch: int) -> None:
+        reason = prune(metrics, epoch) if stop() is None else None
+        if reason:
+            stop.request(StopKind.PRUNED, reason)
+            report.tags({"trial_state": "PRUNED", "pruned_reason": reason})
+
+    return on_epoch

@@ -1,0 +1,132 @@
+"""What a run records: its environment, its config (credentials redacted) and its model."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from rps.training.report import Reporter
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = (
+    "tensorflow", "tf-keras", "tensorflow-hub", "tensorflow-datasets", "ai-edge-litert",
+    "numpy", "hydra-core", "mlflow", "matplotlib",
+)
+MODEL_REQUIREMENTS = ("tensorflow", "ai-edge-litert", "numpy")
+_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+
+
+def redact(text: str) -> str:
+    """``http://user:secret@host`` -> ``http://***@host``: credentials never reach a run."""
+    return _USERINFO.sub("***@", text)
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts -> ``{"a.b": value}``."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def config_params(cfg: DictConfig, resolved: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """The flattened config as the run used it: ``resolved`` values replace what the config left
+    open (e.g. ``dataset.version=null`` -> the version loaded), and knobs that changed nothing are
+    left out (the augmentation fields while ``augment.kind=none``). Credentials are redacted."""
+    params = flatten(OmegaConf.to_container(cfg, resolve=True))
+    if params.get("augment.kind") == "none":
+        params = {k: v for k, v in params.items() if not k.startswith("augment.") or k == "augment.kind"}
+    params |= {k: v for k, v in (resolved or {}).items() if k in params and v is not None}
+    return {k: redact(v) if isinstance(v, str) else v for k, v in params.items()}
+
+
+def _git(*args: str) -> Optional[str]:
+    try:
+        out = subprocess.run(["git", "-C", str(PROJECT_ROOT), *args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def package_version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def command_line() -> str:
+    """The command as typed: ``python -m rps.run ...`` rather than the module's file path."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    program = f"-m {spec.name}" if spec is not None and spec.name else sys.argv[0]
+    return redact(" ".join([os.path.basename(sys.executable), program, *sys.argv[1:]]))
+
+
+def environment_tags() -> dict[str, str]:
+    """Git commit (when the code is a git checkout), Python and package versions, the command."""
+    tags = {f"version.{name}": package_version(name) for name in PACKAGES}
+    tags["version.python"] = platform.python_version()
+    tags["command"] = command_line()
+    commit = _git("rev-parse", "HEAD")
+    if commit:
+        tags["git_commit"] = commit
+        tags["git_dirty"] = str(bool(_git("status", "--porcelain", "--untracked-files=no")))
+    return tags
+
+
+def log_config(report: Reporter, cfg: DictConfig, hydra_dir: Optional[Path],
+               resolved: Optional[dict[str, Any]] = None) -> None:
+    """The config as params (:func:`config_params`); the composed YAML (and Hydra's record) as artifacts."""
+    report.params(config_params(cfg, resolved))
+    report.text(redact(OmegaConf.to_yaml(cfg, resolve=True)), "config/config.yaml")
+    if hydra_dir is not None and hydra_dir.is_dir():
+        report.files(hydra_dir, "config/hydra")
+
+
+def model_name(backbone: str, run_name: str) -> str:
+    """The logged model's name, after the backbone and the run, as MLflow allows it (no / : . % quotes)."""
+    return re.sub(r"[/:.%\"']", "_", f"{backbone}-{run_name}".replace(" ", "-"))[:200]
+
+
+def log_classifier(saved_dir: Path, info: dict, register_as: Optional[str], name: str = "model") -> str:
+    """The exported SavedModel (saved once, copied as is) as the active run's MLflow model ``name``;
+    returns its URI (``models:/<model id>``).
+
+    It is an MLflow pyfunc model (rps.serving.RpsModel, with this package inside it):
+    ``mlflow.pyfunc.load_model("runs:/<id>/model").predict(images)`` returns class probabilities
+    for float arrays in [0, 1], uint8 arrays of any size or encoded photos, and so does
+    ``mlflow models serve``. ``register_as`` also registers it under that name.
+    """
+    import warnings
+
+    import mlflow.pyfunc
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    outputs = Schema([TensorSpec(np.dtype(np.float32), (-1, len(info["class_names"])), "probabilities")])
+    with warnings.catch_warnings():  # no input example on purpose: it would load the model at log time
+        warnings.filterwarnings("ignore", message=".*input example was not provided.*")
+        logged = mlflow.pyfunc.log_model(
+            name=name,
+            python_model=str(PROJECT_ROOT / "rps" / "inference" / "mlflow_model.py"),  # models from code: no pickle
+            artifacts={"saved_model": str(saved_dir)},
+            code_paths=[str(PROJECT_ROOT / "rps")],
+            # no input schema: inputs come in several forms (rps.serving.as_batch checks them)
+            signature=ModelSignature(inputs=None, outputs=outputs),
+            metadata=info,
+            # stated, so MLflow does not reload the model to infer them
+            pip_requirements=[f"{name}=={package_version(name)}" for name in MODEL_REQUIREMENTS],
+            registered_model_name=register_as,
+        )
+    return logged.model_uri

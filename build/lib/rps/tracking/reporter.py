@@ -1,0 +1,215 @@
+"""MlflowReporter: every write rps makes to a run, with a local copy that survives a lost server.
+
+Each param, tag, metric and artifact goes to the run as soon as it is reported. With a staging
+folder, artifacts are also written there first, so when the tracking server stops answering in
+the middle of a run nothing is lost: the reporter stops writing to the server, asks training to
+end after the current epoch (its :class:`~rps.training.outcome.StopSignal`), and :meth:`keep` leaves the run's params, tags,
+metrics, plots and trained model in that folder for ``python -m rps.recover``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import mlflow
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.entities import Metric, Param, RunTag
+
+from rps.common.errors import ResourceError
+from rps.training.outcome import StopKind, StopSignal
+from rps.training.report import Reporter
+from rps.tracking.record import log_classifier, model_name
+
+log = logging.getLogger(__name__)
+MODEL_URI_TAG = "rps.model_uri"  # models:/<id> of the run's logged model (rps.predict runs:/<run id> reads it)
+RECORD_FILE = "record.json"  # in the staging folder: what the run reported, for rps.recover
+# What MLflow's HTTP client says when the server cannot be reached (it wraps requests' errors).
+_UNREACHABLE = ("Connection refused", "Max retries exceeded", "timed out", "Connection aborted",
+                "RemoteDisconnected", "Failed to establish", "Temporary failure in name resolution")
+
+# What SQLite and PostgreSQL say when an insert breaks a unique key (here: a dataset two jobs add at once).
+_DUPLICATE = ("UNIQUE constraint failed", "duplicate key value violates unique constraint")
+
+
+def _pixels(fig):
+    """A drawn matplotlib figure as an RGB array."""
+    import numpy as np
+
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+
+
+class SplitDataset(MetaDataset):
+    """A split as an MLflow dataset: name, source (a local folder), digest and a profile (size,
+    class counts), so the runs table's Dataset column tells which data and split a run used."""
+
+    def __init__(self, source: str, name: str, digest: str, profile: dict[str, Any]):
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+
+        self._profile = profile
+        super().__init__(resolve_dataset_source(source), name=name, digest=digest)
+
+    @property
+    def profile(self) -> dict[str, Any]:
+        return self._profile
+
+    def to_dict(self) -> dict[str, str]:
+        return super().to_dict() | {"profile": json.dumps(self._profile)}
+
+
+def unreachable(err: BaseException) -> bool:
+    """Whether ``err`` means the tracking server did not answer (not that it refused the request)."""
+    import requests
+
+    if isinstance(err, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
+        return True
+    return isinstance(err, mlflow.exceptions.MlflowException) and any(s in str(err) for s in _UNREACHABLE)
+
+
+class MlflowReporter(Reporter):
+    def __init__(self, run_id: str, staging: Optional[Path] = None, stop: Optional[StopSignal] = None):
+        super().__init__()
+        self.run_id, self.staging, self.stop = run_id, staging, stop or StopSignal()
+        self.client = mlflow.MlflowClient()
+        self.offline: Optional[str] = None  # why the server is no longer written to
+        self.model_meta: Optional[dict] = None
+
+    @contextmanager
+    def _sending(self, what: str) -> Iterator[None]:
+        """Server unreachable: go offline (keep staging). Artifacts unwritable: a clear error."""
+        try:
+            yield
+        except Exception as err:
+            if unreachable(err):
+                first = str(err).splitlines()[0][:200] if str(err) else ""
+                self.offline = f"the tracking server stopped answering ({type(err).__name__}: {first})"
+                self.stop.request(StopKind.SERVER_LOST, self.offline)
+                log.error("Writing %s failed: %s. Training stops after this epoch; everything the run "
+                          "produces is kept in %s.", what, self.offline, self.staging)
+            elif isinstance(err, OSError):
+                uri = self.client.get_run(self.run_id).info.artifact_uri
+                raise ResourceError(
+                    f"Could not write {what} to {uri}: {err}. Free disk space or fix that location "
+                    "(mlruns_dir, or the experiment's artifact location); this run is marked FAILED."
+                ) from err
+            else:
+                raise
+
+    def _send(self, what: str, call: Callable[[], Any]) -> None:
+        if self.offline is None:
+            with self._sending(what):
+                call()
+
+    def _local(self, path: str) -> Optional[Path]:
+        if self.staging is None:
+            return None
+        local = self.staging / "artifacts" / path
+        local.parent.mkdir(parents=True, exist_ok=True)
+        return local
+
+    def params(self, values: dict[str, Any]) -> None:
+        super().params(values)
+        self._send("params", lambda: self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in values.items()]))
+
+    def tags(self, values: dict[str, str]) -> None:
+        super().tags(values)
+        self._send("tags", lambda: self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in values.items()]))
+
+    def metrics(self, values: dict[str, float]) -> None:
+        super().metrics(values)
+        self._log_metrics(values, 0)
+
+    def epoch(self, values: dict[str, float], step: int) -> None:
+        self._log_metrics(values, step)
+        super().epoch(values, step)
+
+    def _log_metrics(self, values: dict[str, float], step: int) -> None:
+        now = mlflow.utils.time.get_current_time_millis()
+        metrics = [Metric(k, float(v), now, step) for k, v in values.items()]
+        self._send("metrics", lambda: self.client.log_batch(self.run_id, metrics=metrics))
+
+    def _artifact(self, path: str, write: Callable[[Path], Any], log_directly: Callable[[], Any]) -> None:
+        """Write the artifact into staging and log that file, or (no staging) log it directly."""
+        local = self._local(path)
+        if local is None:
+            self._send(path, log_directly)
+        else:
+            write(local)
+            self._send(path, lambda: self.client.log_artifact(self.run_id, str(local), str(Path(path).parent)))
+
+    def figure(self, fig, path: str, compare_as: Optional[str] = None, step: int = 0) -> None:
+        if compare_as:  # MLflow's chart view shows logged images side by side across runs
+            image = _pixels(fig)
+            self._send(compare_as, lambda: self.client.log_image(self.run_id, image, key=compare_as, step=step))
+        self._artifact(path, fig.savefig, lambda: self.client.log_figure(self.run_id, fig, path))
+        super().figure(fig, path, compare_as, step)
+
+    def dataset(self, context: str, name: str, source: str, digest: str, profile: dict[str, Any]) -> None:
+        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        entity = SplitDataset(source, name, digest, profile)._to_mlflow_entity()
+        inputs = [DatasetInput(entity, tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])]
+        self._send(f"the {context} dataset", lambda: self._log_inputs(inputs))
+        super().dataset(context, name, source, digest, profile)
+
+    def _log_inputs(self, inputs) -> None:
+        """MLflow looks a dataset up, then inserts it: two jobs of one sweep logging the same split
+        at once can both miss it, and the second insert breaks the unique key. The dataset exists
+        by then, so one more call links it to this run."""
+        try:
+            self.client.log_inputs(self.run_id, datasets=inputs)
+        except mlflow.exceptions.MlflowException as err:
+            if not any(s in str(err) for s in _DUPLICATE):
+                raise
+            log.info("Dataset %s was registered by another run at the same moment; linking it", inputs[0].dataset.name)
+            self.client.log_inputs(self.run_id, datasets=inputs)
+
+    def text(self, text: str, path: str) -> None:
+        self._artifact(path, lambda local: local.write_text(text), lambda: self.client.log_text(self.run_id, text, path))
+        super().text(text, path)
+
+    def files(self, local: Path, artifact_dir: str) -> None:
+        copy = self._local(f"{artifact_dir}/{local.name}")
+        if copy is not None:
+            shutil.copytree(local, copy) if local.is_dir() else shutil.copy2(local, copy)
+        if local.is_dir():
+            self._send(artifact_dir, lambda: self.client.log_artifacts(self.run_id, str(local), artifact_dir))
+        else:
+            self._send(artifact_dir, lambda: self.client.log_artifact(self.run_id, str(local), artifact_dir))
+        super().files(local, artifact_dir)
+
+    def model(self, saved_dir: Path, info: dict, register_as: Optional[str] = None) -> None:
+        if self.staging is not None:
+            shutil.copytree(saved_dir, self.staging / "model" / saved_dir.name)
+        self.model_meta = {"info": info, "register_as": register_as, "saved_model": f"model/{saved_dir.name}"}
+
+        def log() -> None:  # named after the backbone and the run; its URI kept as the run's tag
+            name = model_name(info.get("backbone", "model"), self.client.get_run(self.run_id).info.run_name)
+            self.client.set_tag(self.run_id, MODEL_URI_TAG, log_classifier(saved_dir, info, register_as, name))
+
+        self._send("the trained model", log)
+        super().model(saved_dir, info, register_as)
+
+    def keep(self, about: dict[str, Any]) -> Path:
+        """Write what the run reported (and ``about`` it) beside its staged artifacts; returns the folder."""
+        assert self.staging is not None
+        self.staging.mkdir(parents=True, exist_ok=True)
+        record = {"run_id": self.run_id, **about, **self.recorded,
+                  "epochs": [{"step": step, "metrics": values} for step, values in self.epochs],
+                  "model": self.model_meta}
+        (self.staging / RECORD_FILE).write_text(json.dumps(record, indent=2, default=str))
+        return self.staging
+
+    def discard(self) -> None:
+        if self.staging is not None:
+            shutil.rmtree(self.staging, ignore_errors=True)
+            try:
+                self.staging.parent.rmdir()  # mlruns/unsent/, when nothing else is kept there
+            except OSError:
+                pass

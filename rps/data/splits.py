@@ -1,0 +1,149 @@
+"""Splits: how many examples go to train / validation / test, and which ones (NumPy only).
+
+Sizes and membership live together here, free of TensorFlow, so pre-flight can check that a
+split fits the data within a second. Membership is one seeded permutation of example indices
+into the *pool* (the dataset's train examples, then its test examples): every epoch sees exactly
+the same train / val / test membership (the reference tutorial reshuffled on every iteration and
+so leaked val/test images into training). Grouped validation holds out whole groups of similar
+images (clusters of backbone features, or subjects named in file names) instead.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+import numpy as np
+from omegaconf import DictConfig
+
+from rps.common.sizes import resolve_size
+from rps.common.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class SplitSizes:
+    train: int
+    val: int
+    test: int
+
+
+def split_sizes(split: DictConfig, n_train: int, n_test: int) -> SplitSizes:
+    """Sizes of the three splits for a dataset of ``n_train`` + ``n_test`` examples.
+
+    Raises :class:`ConfigError` when the requested split does not fit the data.
+    """
+    if split.kind == "tutorial":
+        pool = n_train + n_test
+        val, test = resolve_size(split.val_size, pool), resolve_size(split.test_size, pool)
+        train = pool - val - test
+        where = f"the pooled {pool} examples"
+    else:
+        if n_test == 0:
+            raise ConfigError(
+                "split=official needs the dataset's own test set, and this dataset has none "
+                "(for an image folder set dataset.test_path). Use split=tutorial instead."
+            )
+        val, test = resolve_size(split.val_size, n_train), n_test
+        train = n_train - val
+        where = f"the dataset's {n_train} training examples"
+    if train < 1:
+        raise ConfigError(
+            f"The split does not fit the data: split.val_size={split.val_size} and "
+            f"split.test_size={split.test_size} take {val + (test if split.kind == 'tutorial' else 0)} "
+            f"of {where}, leaving {train} for training. Use smaller sizes (counts or fractions < 1)."
+        )
+    return SplitSizes(train=train, val=val, test=test)
+
+
+def split_indices(n_train: int, n_test: int, kind: str, sizes: SplitSizes, seed: int) -> dict[str, np.ndarray]:
+    """Disjoint ``train``/``val``/``test`` indices into the pool (train examples, then test ones)."""
+    rng = np.random.default_rng(seed)
+    if kind == "tutorial":
+        order = rng.permutation(n_train + n_test)
+        val_end = sizes.val + sizes.test
+        return {"train": order[val_end:], "val": order[: sizes.val], "test": order[sizes.val : val_end]}
+    order = rng.permutation(n_train)
+    # the test order only matters for which images the sample grid shows
+    return {"train": order[sizes.val :], "val": order[: sizes.val], "test": n_train + rng.permutation(n_test)}
+
+
+# --------------------------------------------------------------------------- grouped validation
+
+
+def groups_from_pattern(paths: list[str], pattern: str) -> np.ndarray:
+    """The subject of each image file: the first group of ``pattern`` in its file name (or the
+    whole match). Raises :class:`ConfigError` naming files the pattern does not match."""
+    regex = re.compile(pattern)
+    groups, unmatched = [], []
+    for path in paths:
+        found = regex.search(os.path.basename(path))
+        if found is None:
+            unmatched.append(os.path.basename(path))
+            groups.append("")
+        else:
+            groups.append(found.group(1) if found.groups() else found.group(0))
+    if unmatched:
+        raise ConfigError(
+            f"split.pattern={pattern!r} matches no subject in {len(unmatched)} file name(s), e.g. "
+            f"{', '.join(unmatched[:5])}. Give a regex that finds the subject in every file name "
+            "(its first group), or use split.group_by=clusters."
+        )
+    return np.asarray(groups, dtype=object)
+
+
+def groups_from_features(features: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """Groups of similar images of each class: k-means (``k`` groups per class, a fixed seed, so
+    every run of every seed sees the same groups) on L2-normalized backbone features; runs of
+    near-identical frames of one hand fall into one group. Ids are ``<label>-<cluster>``."""
+    from sklearn.cluster import KMeans
+
+    normalized = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    groups = np.empty(len(labels), dtype=object)
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        clusters = KMeans(n_clusters=min(k, len(members)), n_init=4, random_state=0).fit_predict(normalized[members])
+        groups[members] = [f"{label}-{c}" for c in clusters]
+    return groups
+
+
+def _strata(groups: np.ndarray, labels: np.ndarray, stratify: bool) -> list[np.ndarray]:
+    """The examples of each stratum: one per class when groups lie within classes, else all."""
+    return [np.flatnonzero(labels == c) for c in np.unique(labels)] if stratify else [np.arange(len(groups))]
+
+
+def group_folds(groups: np.ndarray, labels: np.ndarray, k: int, seed: int, stratify: bool) -> list[np.ndarray]:
+    """The examples of each of ``k`` folds, whole groups each: in every stratum (class) groups in a
+    seeded order, each added to the fold with the fewest examples of that stratum so far."""
+    rng = np.random.default_rng(seed)
+    folds: list[list] = [[] for _ in range(k)]
+    total = np.zeros(k, dtype=int)  # ties between folds go to the one smallest overall
+    for stratum in _strata(groups, labels, stratify):
+        names, sizes = np.unique(groups[stratum], return_counts=True)
+        filled = np.zeros(k, dtype=int)
+        for g in rng.permutation(len(names)):
+            smallest = int(np.lexsort((total, filled))[0])
+            folds[smallest].append(names[g])
+            filled[smallest] += sizes[g]
+            total[smallest] += sizes[g]
+    return [np.flatnonzero(np.isin(groups, fold)) for fold in folds]
+
+
+def grouped_indices(groups: np.ndarray, labels: np.ndarray, n_test: int, n_val: int, seed: int,
+                    stratify: bool) -> dict[str, np.ndarray]:
+    """The official split with whole groups (of the ``len(groups)`` training examples) held out:
+    in every stratum (class, when groups lie within classes) groups are taken in a seeded order
+    until validation holds about its share of ``n_val`` examples."""
+    rng = np.random.default_rng(seed)
+    taken = []
+    for stratum in _strata(groups, labels, stratify):
+        names, sizes = np.unique(groups[stratum], return_counts=True)
+        share, count, chosen = n_val * len(stratum) / len(groups), 0, 0
+        for g in rng.permutation(len(names)):
+            if count >= share or chosen == len(names) - 1:  # leave at least one group to train on
+                break
+            taken.append(names[g])
+            count, chosen = count + sizes[g], chosen + 1
+    val = np.isin(groups, taken)
+    return {"train": rng.permutation(np.flatnonzero(~val)), "val": np.flatnonzero(val),
+            "test": len(groups) + rng.permutation(n_test)}

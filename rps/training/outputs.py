@@ -1,0 +1,85 @@
+"""What a finished run leaves behind: plots, the trained model (saved once), TFLite variants.
+
+Everything goes through the run's :class:`~rps.report.Reporter`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from omegaconf import DictConfig
+
+from rps.model import lite
+
+from rps.training import plots
+
+from rps.data import pipelines
+from rps.training.evaluate import evaluate
+from rps.model.export import ExportedClassifier
+from rps.training.pipeline import Outcome
+from rps.training.report import Reporter
+from rps.model.export import INFO_FILE
+
+log = logging.getLogger(__name__)
+
+
+def model_info(class_names: list[str], image_size: int, backbone: str = "backbone") -> dict:
+    """The exported model's metadata (in its MLflow metadata and in ``rps_model.json``)."""
+    return {
+        "class_names": list(class_names),
+        "image_size": image_size,
+        "backbone": backbone,
+        "input": "images: float32 RGB in [0, 1] of shape [batch, {0}, {0}, 3], uint8 arrays of any size, "
+                 "or encoded JPEG/PNG/BMP/GIF (bytes or base64 text)".format(image_size),
+        "output": "float32 class probabilities, shape [batch, n_classes], in class_names order",
+    }
+
+
+def report_outputs(cfg: DictConfig, out: Outcome, report: Reporter) -> None:
+    """The sample-prediction grid, training curves, confusion matrix and the trained model."""
+    n, step = min(cfg.num_samples, len(out.labels)), len(out.history["val_accuracy"])
+    if n:
+        images = pipelines.decoded_images(out.test_examples, n)
+        report.figure(plots.sample_predictions(images, out.labels[:n], out.probs[:n], out.class_names),
+                      "plots/sample_predictions.png", compare_as="sample_predictions", step=step)
+    report.figure(plots.training_curves(out.history), "plots/training_curves.png")
+    report.figure(plots.confusion_matrix(out.confusion, out.class_names), "plots/confusion_matrix.png",
+                  compare_as="confusion_matrix", step=step)
+    if not (cfg.export.model or cfg.export.tflite):
+        return
+    size = cfg.backbone.image_size
+    info = model_info(out.class_names, size, cfg.backbone.name)
+    with tempfile.TemporaryDirectory() as tmp:
+        saved = Path(tmp) / "saved_model"
+        ExportedClassifier(out.backbone, out.head, out.class_names, size).save(str(saved))  # the one save
+        (saved / INFO_FILE).write_text(json.dumps(info, indent=2))
+        if cfg.export.model:
+            report.model(saved, info, cfg.register_model)
+        if cfg.export.tflite:
+            _report_tflite(cfg, saved, out, report)
+
+
+def _report_tflite(cfg: DictConfig, saved: Path, out: Outcome, report: Reporter) -> None:
+    """TFLite model(s), with their test accuracy against the SavedModel's (a conversion check)."""
+    test = pipelines.make_dataset(out.test_examples, cfg.backbone.image_size, cfg.batch_size, len(out.class_names))
+    reference = out.metrics["test_accuracy"]
+    variants = [("model.tflite", False, "tflite")] + (
+        [("model_dynamic_range.tflite", True, "tflite_dynamic_range")] if cfg.export.tflite_quantize else [])
+    for filename, quantize, metric in variants:
+        content = lite.from_saved_model(saved, quantize)
+        probs = lite.LiteModel(content)(np.concatenate([images for images, _ in test.as_numpy_iterator()]))
+        accuracy = evaluate(probs, out.labels, out.class_names)[0]["test_accuracy"]
+        gap = abs(accuracy - reference)
+        report.metrics({f"{metric}_test_accuracy": accuracy, f"{metric}_accuracy_gap": gap})
+        report.tags({f"{metric}_matches_saved_model": str(gap <= lite.MAX_ACCURACY_GAP).lower()})
+        if gap > lite.MAX_ACCURACY_GAP:
+            log.warning("%s test accuracy %.4f differs from the SavedModel's %.4f by more than %.1f points",
+                        filename, accuracy, reference, 100 * lite.MAX_ACCURACY_GAP)
+        path = saved.parent / filename
+        path.write_bytes(content)
+        report.files(path, "tflite")

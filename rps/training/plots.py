@@ -1,0 +1,115 @@
+"""Figures logged with each run: sample predictions, training curves, confusion matrix."""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display needed
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from rps.training.outcome import OBJECTIVE  # noqa: E402
+
+RIGHT, WRONG = "tab:green", "tab:red"
+
+
+def sample_predictions(
+    images: list[np.ndarray], labels: np.ndarray, probs: np.ndarray, class_names: list[str], ncols: int = 5
+) -> Figure:
+    """A grid of test images titled actual vs predicted (confidence); wrong ones in red."""
+    nrows = max(1, math.ceil(len(images) / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3 * ncols, 3.4 * nrows), squeeze=False, layout="constrained")
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, label, p in zip(axes.flat, images, labels, probs):
+        predicted = int(np.argmax(p))
+        ok = predicted == int(label)
+        ax.imshow(image)
+        ax.set_title(
+            f"actual: {class_names[label]}\npredicted: {class_names[predicted]} ({p[predicted]:.0%})"
+            + ("" if ok else "  WRONG"),
+            color=RIGHT if ok else WRONG,
+            fontsize=10,
+        )
+        if not ok:
+            for spine in ax.spines.values():
+                spine.set(visible=True, color=WRONG, linewidth=4)
+            ax.axis("on")
+            ax.set_xticks([])
+            ax.set_yticks([])
+    correct = sum(int(np.argmax(p)) == int(y) for p, y in zip(probs, labels))
+    fig.suptitle(f"Sample test predictions: {correct}/{len(images)} correct")
+    return fig
+
+
+def training_curves(history: dict[str, list[float]]) -> Figure:
+    """Accuracy and loss per epoch, train vs validation."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, what in zip(axes, ("accuracy", "loss")):
+        for split in ("train", "val"):
+            values = history.get(f"{split}_{what}", [])
+            ax.plot(range(1, len(values) + 1), values, marker="o", label=split)
+        ax.set(title=what, xlabel="epoch", ylabel=what)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def confusion_matrix(cm: np.ndarray, class_names: list[str]) -> Figure:
+    """Counts of actual (rows) vs predicted (columns) classes."""
+    size = 1.2 * len(class_names) + 2
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(cm, cmap="Blues")
+    ticks = range(len(class_names))
+    ax.set(xticks=ticks, yticks=ticks, xticklabels=class_names, yticklabels=class_names,
+           xlabel="predicted", ylabel="actual", title="Test confusion matrix")
+    threshold = cm.max() / 2 if cm.size else 0
+    for (i, j), count in np.ndenumerate(cm):
+        ax.text(j, i, str(count), ha="center", va="center", color="white" if count > threshold else "black")
+    fig.tight_layout()
+    return fig
+
+
+def close(fig: Figure) -> None:
+    plt.close(fig)
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def sweep_accuracy(table: list[dict], keys: list[str]) -> Figure:
+    """Best validation and test accuracy against the first numeric swept key, a line per
+    combination of the other swept keys (e.g. accuracy vs dropout, one line per learning rate)."""
+    done = [row for row in table if row["status"] == "FINISHED" and row["test_accuracy"] is not None]
+    numeric = [k for k in keys if done and all(_number(row[k]) is not None for row in done)]
+    x_key = "head.dropout" if "head.dropout" in numeric else (numeric[0] if numeric else None)
+    others = [k for k in keys if k != x_key]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), squeeze=False)
+    for ax, (metric, title) in zip(axes.flat, ((OBJECTIVE, "validation accuracy (the objective)"),
+                                                ("test_accuracy", "test accuracy"))):
+        series: dict[str, list[tuple[float, float]]] = {}
+        for i, row in enumerate(done):
+            label = " ".join(f"{k.split('.')[-1]}={row[k]}" for k in others) or metric
+            x = _number(row[x_key]) if x_key else float(i)
+            series.setdefault(label, []).append((x, row[metric]))
+        for label, points in sorted(series.items()):
+            points.sort()
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+        ax.set(title=title, xlabel=x_key or "job", ylabel="accuracy")
+        ax.grid(alpha=0.3)
+        if series:
+            ax.legend(fontsize=8)
+    failed = len(table) - len(done)
+    fig.suptitle(f"Sweep: {len(done)} finished" + (f", {failed} failed (not plotted)" if failed else ""))
+    fig.tight_layout()
+    return fig
