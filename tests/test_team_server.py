@@ -218,7 +218,7 @@ def test_bob_cannot_overwrite_the_files_of_alices_logged_model_or_run_even_with_
     model_id = run.data.tags["rps.model_uri"].removeprefix("models:/")
     model_root = f"{run.info.experiment_id}/models/{model_id}/artifacts"
     targets = [f"{model_root}/mlflow_model.py",  # models from code: this file runs when the model loads
-               f"{model_root}/code/rps/serving.py",
+               f"{model_root}/code/rps/__init__.py",
                f"{run.info.experiment_id}/{run.info.run_id}/artifacts/config/config.yaml"]
     before = {path: (team_server.state / "artifacts" / path).read_bytes() for path in targets}
     bob, owner = ("bob", PASSWORDS["bob"]), ("alice", PASSWORDS["alice"])
@@ -278,6 +278,9 @@ def test_runs_and_models_belong_to_whoever_signed_in_whatever_the_client_claims(
         "experiment_id": experiment_id, "source_run_id": alice.run.info.run_id})
     assert on_alices_run.status_code == 403, on_alices_run.text
     assert alice.run.info.user_id == "alice"
+    into_alices = requests.post(f"{team_server.url}/api/2.0/mlflow/experiments/create", auth=bob, json={
+        "name": "bobs-window", "artifact_location": f"mlflow-artifacts:/{experiment_id}"})
+    assert into_alices.status_code == 403, into_alices.text  # its runs' artifacts would be alice's files
 
 
 def test_the_reaper_skips_other_users_dead_runs_quietly(team_server, alice, caplog):
