@@ -107,14 +107,26 @@ def reap_stale_runs(experiment_ids: list[str], client: Optional[mlflow.MlflowCli
     for run in running:
         tags = run.data.tags
         why = owner_gone(tags) if PID in tags else None
-        if why:
-            message = f"left RUNNING by a process that died: {why}; marked FAILED by rps"
-            client.set_tag(run.info.run_id, REAPED, why)
-            client.set_tag(run.info.run_id, "error", message)
-            client.set_terminated(run.info.run_id, "FAILED")
-            log.warning("Run %s (%s) %s", run.info.run_id, run.info.run_name, message)
+        if why and _mark_failed(client, run, why):
             reaped.append(run.info.run_id)
     return reaped
+
+
+def _mark_failed(client: mlflow.MlflowClient, run, why: str) -> bool:
+    """Mark one dead run FAILED; False if the server refuses because it is another user's run
+    (a team server lets only a run's owner change it: that user's next command reaps it)."""
+    message = f"left RUNNING by a process that died: {why}; marked FAILED by rps"
+    try:
+        client.set_tag(run.info.run_id, REAPED, why)
+    except mlflow.exceptions.MlflowException as err:
+        if err.error_code != "PERMISSION_DENIED":
+            raise
+        log.debug("Run %s is %s's; only its owner may mark it FAILED", run.info.run_id, run.info.user_id)
+        return False
+    client.set_tag(run.info.run_id, "error", message)
+    client.set_terminated(run.info.run_id, "FAILED")
+    log.warning("Run %s (%s) %s", run.info.run_id, run.info.run_name, message)
+    return True
 
 
 class Heartbeat:
