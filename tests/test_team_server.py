@@ -17,7 +17,7 @@ import requests
 from mlflow.exceptions import MlflowException
 
 from conftest import TINY_SPLIT, free_port, run_cli
-from team_support import PASSWORDS, TeamServer, postgres_problem, strong_password, together
+from support.team import PASSWORDS, TeamServer, postgres_problem, strong_password, together
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 

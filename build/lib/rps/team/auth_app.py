@@ -90,8 +90,8 @@ def _forbidden(message: str):
 
 def owner_guard():
     """Refuse (403) a non-admin's change of a run or logged model they do not own, and an
-    experiment created with its own artifact location (it could point into another experiment's
-    artifacts, which the user would then read and write as their own)."""
+    experiment created with its own artifact location (the server reads and writes that
+    experiment's files wherever it points: another experiment's folder, its own disk)."""
     from flask import request
     from mlflow.server import auth
 
