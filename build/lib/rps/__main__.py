@@ -1,3 +1,0 @@
-from rps.run import main
-
-main()
