@@ -34,7 +34,8 @@ MANIFEST_TAG = "rps.model_manifest_sha256"
 RECORD_FILE = "record.json"  # in the staging folder: what the run reported, for rps.recover
 # What MLflow's HTTP client says when the server cannot be reached (it wraps requests' errors).
 _UNREACHABLE = ("Connection refused", "Max retries exceeded", "timed out", "Connection aborted",
-                "RemoteDisconnected", "Failed to establish", "Temporary failure in name resolution")
+                "RemoteDisconnected", "Failed to establish", "Temporary failure in name resolution",
+                "Connection broken", "Connection reset")  # the last two: it died while answering
 
 # What SQLite and PostgreSQL say when an insert breaks a unique key (here: a dataset two jobs add at once).
 _DUPLICATE = ("UNIQUE constraint failed", "duplicate key value violates unique constraint")
@@ -70,7 +71,8 @@ def unreachable(err: BaseException) -> bool:
     """Whether ``err`` means the tracking server did not answer (not that it refused the request)."""
     import requests
 
-    if isinstance(err, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
+    if isinstance(err, (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+                        requests.exceptions.ChunkedEncodingError)):
         return True
     return isinstance(err, mlflow.exceptions.MlflowException) and any(s in str(err) for s in _UNREACHABLE)
 
