@@ -46,3 +46,15 @@ def private_files() -> None:
     Hydra's records, the local store, kept runs and caches are never readable by other accounts,
     whatever they hold."""
     os.umask(0o077)
+
+
+def restrict_to_umask(folder: Path) -> None:
+    """Take this process's umask away from the modes of everything under ``folder``: files copied
+    in from elsewhere (say a package's source files, 0644) keep their source's mode otherwise."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                os.chmod(path, os.stat(path).st_mode & 0o7777 & ~mask)

@@ -14,6 +14,7 @@ from typing import Any, Iterator, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+from rps.common.files import restrict_to_umask
 from rps.inference.manifest import write_manifest
 from rps.training.report import Reporter
 
@@ -116,7 +117,8 @@ def model_name(backbone: str, run_name: str) -> str:
 
 @contextmanager
 def _manifest_before_upload(digests: list[str]) -> Iterator[None]:
-    """Write the model's manifest into the folder MLflow is about to upload, keeping its digest.
+    """Write the model's manifest into the folder MLflow is about to upload, keeping its digest
+    (and give its files this process's modes).
 
     MLflow's ``Model.log`` (3.17) saves a model into a temporary folder, completes its MLmodel
     (model id, artifact path) and uploads it with ``MlflowClient.log_model_artifacts(model_id,
@@ -127,6 +129,7 @@ def _manifest_before_upload(digests: list[str]) -> Iterator[None]:
     upload = mlflow.MlflowClient.log_model_artifacts
 
     def with_manifest(self, model_id, local_dir, *args, **kwargs):
+        restrict_to_umask(Path(local_dir))  # the package's source files in code/ came in 0644
         digests.append(write_manifest(Path(local_dir)))
         return upload(self, model_id, local_dir, *args, **kwargs)
 
