@@ -94,6 +94,45 @@ def test_store_stays_in_the_launch_directory(finished_run):
     assert run.info.artifact_uri.startswith((cwd / "mlruns").as_uri())
 
 
+def test_what_a_run_writes_is_its_users_alone_and_the_run_says_how_many_epochs_it_trained(finished_run):
+    """Folders 0700, files 0600: the store, Hydra's records, the artifacts and the feature cache."""
+    cwd, run, env, _ = finished_run
+    written = [cwd / "mlruns", *(cwd / "mlruns").rglob("*"), *Path(env["XDG_CACHE_HOME"]).rglob("*")]
+    assert any(p.name == "config.yaml" and p.parent.name == ".hydra" for p in written)
+    shared = [f"{p} {oct(p.stat().st_mode & 0o777)}" for p in written if p.stat().st_mode & 0o077]
+    assert not shared, shared[:10]
+    tags = run.data.tags
+    assert (tags["rps.epochs_asked"], tags["rps.epochs_done"], tags["rps.partial"]) == ("2", "2", "false")
+
+
+CREDENTIAL_COMMANDS = {
+    "single run": (["rps.run", "tracking_uri=http://alice:{secret}@127.0.0.1:9"], "carries credentials"),
+    "sweep": (["rps.run", "-m", "head.dropout=0.1,0.2", "tracking_uri=http://alice:{secret}@127.0.0.1:9"],
+              "carries credentials"),
+    "study": (["rps.tune", "search.storage=postgresql://rps:{secret}@db/optuna"], "carries a password or token"),
+    "secret key": (["rps.run", "+server.api_token={secret}"], "names a secret"),
+    "environment": (["rps.run", "epochs=1"], "MLFLOW_TRACKING_URI carries credentials"),
+}
+
+
+@pytest.mark.parametrize("command", list(CREDENTIAL_COMMANDS))
+def test_a_credential_on_the_command_line_is_refused_before_anything_is_written(offline_env, tmp_path, command):
+    """Hydra would write it into .hydra/*.yaml under the run's folder: nothing is written at all."""
+    secret = "s3cr3t-" + os.urandom(6).hex()
+    args, expected = CREDENTIAL_COMMANDS[command]
+    env = offline_env | {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    if command == "environment":
+        env["MLFLOW_TRACKING_URI"] = f"http://alice:{secret}@127.0.0.1:9"
+    result = subprocess.run([sys.executable, "-m", *(a.format(secret=secret) for a in args)], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and expected in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and secret not in result.stdout + result.stderr
+    assert "MLFLOW_TRACKING_PASSWORD" in result.stderr and "Nothing was written" in result.stderr
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert not [p for p in written if secret.encode() in p.read_bytes()]
+    assert not (tmp_path / "mlruns").exists(), sorted(map(str, written))
+
+
 def test_artifacts_are_valid_images_and_config(finished_run, tmp_path):
     import mlflow
 

@@ -23,7 +23,7 @@ from rps.tracking.reporter import MANIFEST_TAG, MODEL_URI_TAG
 from rps.tracking.store import use_store
 
 log = logging.getLogger(__name__)
-RUN_URI = re.compile(r"runs:/([0-9a-f]{32})(/.*)?")
+RUN_URI = re.compile(r"runs:/([^/]+)(/.*)?")
 REGISTERED = re.compile(r"models:/([^/@]+)(?:/([^/]+)|@([^/]+))/?")
 LOGGED = re.compile(r"models:/(m-[0-9a-f]{32})/?")
 TRUST_HINT = ("Log the model again with this version of rps (python -m rps.run ...), or, if you trust everyone "
