@@ -1,6 +1,6 @@
 """Peak memory of ``python -m rps.predict`` on folders of 100 to 30,000 tiny images.
 
-    python -m benchmarks.predict_memory <model> [--counts 100 3000 30000] [--side 32]
+    python -m benchmarks.predict_memory <model> [--counts 100 3000 30000] [--side 32] [rps.predict options]
 
 MODEL is anything rps.predict takes (a run, a registered model, a model folder). For each count it
 writes that many tiny PNG files (``--side`` pixels square) into a temporary folder, runs
@@ -52,8 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("model")
     parser.add_argument("--counts", type=int, nargs="+", default=[100, 3000, 30000])
     parser.add_argument("--side", type=int, default=32, help="each image's width and height in pixels (default 32)")
-    parser.add_argument("extra", nargs="*", help="more arguments for rps.predict (e.g. --batch-size 64)")
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)  # the rest goes to rps.predict (e.g. --batch-size 64)
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}; "
           f"model {args.model}; {args.side}x{args.side} PNG files")
     print("| files | peak RSS (MB) | seconds | rows written |\n|---:|---:|---:|---:|")
@@ -62,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
             folder, output = Path(tmp) / "images", Path(tmp) / "out.csv"
             folder.mkdir()
             write_images(folder, count, args.side)
-            peak, seconds, _ = measure(args.model, folder, output, args.extra)
+            peak, seconds, _ = measure(args.model, folder, output, extra)
             rows = sum(1 for _ in open(output)) - 1
             print(f"| {count} | {peak:.0f} | {seconds:.1f} | {rows} |", flush=True)
 
