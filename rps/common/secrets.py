@@ -13,7 +13,8 @@ import re
 from typing import Mapping, Optional
 
 # An override's key (its last dotted part) that names a secret.
-SECRET_KEY = re.compile(r"(pass(word|wd)?|pwd|token|secret|api_?key|access_?key|private_?key|credentials?)$", re.I)
+SECRET_KEY = re.compile(r"(^|[_-])(password|passwd|pass|pwd|token|secret|api_?key|access_?key|private_?key|credentials?)$",
+                        re.I)
 # A value holding a secret: user:password@ in a URI, or a query/connection parameter such as password=...
 PASSWORD_IN_URI = re.compile(r"://[^/@\s:]*:[^/@\s]*@")
 SECRET_PARAMETER = re.compile(r"(^|[?&;,\s'\"])(password|passwd|pwd|token|secret|api_?key|access_?key)=", re.I)

@@ -8,7 +8,10 @@ classes and the input size). It accepts
 - encoded photos (JPEG, PNG, BMP, GIF bytes), raw or base64 text, alone, in a list or array, or as
   the single column of a pandas DataFrame (how ``mlflow models serve`` hands over a JSON column);
 
-and resizes and scales them exactly as in training (rps.images). It runs the model on XNNPACK
+and resizes and scales them exactly as in training (rps.data.images), 32 at a time. An encoded
+image is measured from its header first and refused, never decoded, above the pixel limit
+(``$RPS_MAX_PIXELS``, default 50 Mpx); a bad item raises :class:`InputError` naming its place in
+the request, which the served model answers as HTTP 400 in one line. It runs the model on XNNPACK
 (a cached TFLite conversion, rps.lite) when LiteRT is installed and the conversion works, else
 in TensorFlow. :class:`RpsModel` is the MLflow pyfunc model logged with every run (this package
 travels inside it), so ``mlflow.pyfunc.load_model(...)`` and ``mlflow models serve`` take photos.
