@@ -229,16 +229,20 @@ def test_same_seed_gives_the_same_run(finished_run, tmp_path):
 def test_image_folder_with_local_backbone_and_skipped_corrupt_file(tiny_backbone, offline_env, tmp_path):
     from rps.synthetic import write_image_folder
 
+    from rps.synthetic import bomb_png
+
     root = write_image_folder(tmp_path / "hands", per_class=10)
     (root / "rock" / "broken.png").write_bytes(b"\x89PNG not really")
+    (root / "paper" / "bomb.png").write_bytes(bomb_png())  # 20000x20000 pixels: never decoded
     env = {k: v for k, v in offline_env.items() if k != "TFHUB_CACHE_DIR"}
     result = run_cli("dataset=image_folder", f"dataset.path={root}", "dataset.skip_corrupt=true",
-                     f"backbone.handle={tiny_backbone}", "split.val_size=0.2", "split.test_size=0.2",
-                     "epochs=1", "batch_size=8", "num_samples=4", cwd=tmp_path, env=env)
+                     "dataset.max_pixels=2000000", f"backbone.handle={tiny_backbone}", "split.val_size=0.2",
+                     "split.test_size=0.2", "epochs=1", "batch_size=8", "num_samples=4", cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "bomb.png is 20000x20000 pixels (400 Mpx), more than the limit of 2 Mpx" in result.stdout + result.stderr
     (run,) = all_runs(tmp_path)
     assert run.info.status == "FINISHED"
-    assert run.data.metrics["skipped_corrupt_images"] == 1
+    assert run.data.metrics["skipped_corrupt_images"] == 2
     assert run.data.params["data.class_names"] == "paper,rock,scissors"
     assert run.data.params["data.n_val"] == "6" and run.data.params["data.n_train"] == "18"
 
