@@ -12,6 +12,7 @@ import argparse
 import sys
 
 import rps  # noqa: F401
+from rps.common.files import private_files
 from rps.search.leaderboard import leaderboard
 from rps.search.summary import CHOSEN_BY, markdown, stats_line
 from rps.training.outcome import OBJECTIVE
@@ -62,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def cli() -> None:
     """The ``rps-compare`` command (also ``python -m rps.compare``)."""
+    private_files()  # a local store it creates is this user's only
     sys.exit(main())
 
 

@@ -4,8 +4,9 @@
     python -m rps.predict models:/rps-classifier/1 photos/ --output predictions.csv
     python -m rps.predict <downloaded model>/artifacts/saved_model photos/ --output out.json
 
-The exit code is 1 when any file failed, 2 when the model or the inputs cannot be used at all,
-0 otherwise.
+A logged model is checked against the manifest its run recorded before it is loaded
+(rps.tracking.models). The exit code is 1 when any file failed, 2 when the model or the inputs
+cannot be used at all (a model that fails its check included), 0 otherwise.
 """
 
 from __future__ import annotations
@@ -14,31 +15,44 @@ import argparse
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import rps  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from rps.common.errors import ResourceError, RpsError
-from rps.data.sources import PREDICT_EXTENSIONS
+from rps.common.files import private_files
 from rps.common.quiet import quiet_tensorflow_startup
+from rps.data.images import DEFAULT_MAX_PIXELS
+from rps.data.sources import PREDICT_EXTENSIONS
+from rps.inference.predict import TableWriter, check_output, image_files, load_predictor, output_file, predictions
 from rps.tracking.models import local_model
-from rps.inference.predict import _table, image_files, load_predictor, predict_files, write_output
 
 
-def _positive(text: str) -> int:
+def positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, not {value}")
     return value
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Classify image files with a trained rps model.")
+def model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments rps.predict and rps.serve share: which model, from where, how far to trust it."""
     parser.add_argument("model", help="runs:/<run id>, models:/<name>/<version>, an MLflow model folder, "
                                       "or a run's exported SavedModel directory")
+    parser.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db")
+    parser.add_argument("--max-pixels", type=positive, default=DEFAULT_MAX_PIXELS,
+                        help="images whose header declares more pixels are refused, never decoded (default 50000000)")
+    parser.add_argument("--trust-unverified", action="store_true",
+                        help="load a model whose run recorded no manifest (logged before rps checked models); "
+                             "a model whose files differ from its manifest is refused regardless")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Classify image files with a trained rps model.")
+    model_arguments(parser)
     parser.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
     parser.add_argument("--output", type=Path, help="also write the predictions to this .csv or .json file")
-    parser.add_argument("--batch-size", type=_positive, default=32, help="images per model call (default 32)")
-    parser.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db")
+    parser.add_argument("--batch-size", type=positive, default=32, help="images per model call (default 32)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="rps-model-") as tmp:  # a downloaded model lives here meanwhile
         return _predict(args, Path(tmp))
@@ -46,33 +60,43 @@ def main(argv: list[str] | None = None) -> int:
 
 def _predict(args: argparse.Namespace, tmp: Path) -> int:
     try:
-        if args.output and not args.output.parent.resolve().is_dir():
-            raise ResourceError(f"--output {args.output}: the folder {args.output.parent} does not exist.")
+        check_output(args.output)
         files = image_files(args.inputs)
         if not files:
             raise ResourceError(f"No image files in {', '.join(args.inputs)} (looked for {', '.join(sorted(PREDICT_EXTENSIONS))}).")
-        predictor = load_predictor(local_model(args.model, args.tracking_uri, into=tmp))
+        predictor = load_predictor(local_model(args.model, args.tracking_uri, into=tmp,
+                                               trust_unverified=args.trust_unverified))
     except RpsError as err:
         print(f"rps.predict: error: {err}", file=sys.stderr)
         return 2
-    start = time.monotonic()
-    rows, failed = predict_files(predictor, files, args.batch_size, progress=sys.stdout.isatty())
+    start, rows, failed = time.monotonic(), 0, 0
+    with ExitStack() as outputs:
+        writers = [TableWriter(sys.stdout, predictor.class_names, files)]
+        if args.output:
+            writers.append(outputs.enter_context(output_file(args.output, predictor.class_names)))
+        for path, row, error in predictions(predictor, files, args.batch_size, args.max_pixels,
+                                            progress=sys.stdout.isatty()):
+            if error is not None:
+                print(f"rps.predict: skipped {path}: {error}", file=sys.stderr)
+                failed += 1
+                continue
+            for writer in writers:
+                writer.write(row)
+            rows += 1
+        writers[0].close()
     seconds = time.monotonic() - start
-    print(_table(rows))
-    print(f"rps.predict: {len(rows)} images in {seconds:.2f} s after loading the model "
-          f"({len(rows) / max(seconds, 1e-9):.0f} images/s, reading included; engine: {predictor.engine})", file=sys.stderr)
-    for path, reason in failed:
-        print(f"rps.predict: skipped {path}: cannot decode it as an image ({reason})", file=sys.stderr)
+    print(f"rps.predict: {rows} images in {seconds:.2f} s after loading the model "
+          f"({rows / max(seconds, 1e-9):.0f} images/s, reading included; engine: {predictor.engine})", file=sys.stderr)
     if args.output:
-        write_output(rows, args.output)
-        print(f"\n{len(rows)} predictions written to {args.output}")
+        print(f"\n{rows} predictions written to {args.output}")
     if failed:
-        print(f"rps.predict: {len(failed)} of {len(files)} file(s) failed.", file=sys.stderr)
+        print(f"rps.predict: {failed} of {len(files)} file(s) failed.", file=sys.stderr)
     return 1 if failed else 0
 
 
 def cli() -> None:
     """The ``rps-predict`` command (also ``python -m rps.predict``)."""
+    private_files()
     quiet_tensorflow_startup()
     sys.exit(main())
 

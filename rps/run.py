@@ -11,6 +11,7 @@ Examples::
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -23,7 +24,9 @@ from omegaconf import DictConfig
 from rps.runner import job
 from rps.config import register_configs
 from rps.common.errors import RpsError, Terminated, interrupt_on_signals, release_interrupted
+from rps.common.files import private_files
 from rps.common.quiet import quiet_tensorflow_startup
+from rps.common.secrets import exit_if_secret
 
 log = logging.getLogger(__name__)
 register_configs()
@@ -35,6 +38,7 @@ CONF = str(Path(__file__).resolve().parent.parent / "conf")
 @hydra.main(config_path=CONF, config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     """One run; returns its validation accuracy (a sweeper's objective: never the test split's)."""
+    private_files()  # also where a launcher runs the job in a process of its own (Ray, SLURM)
     interrupt_on_signals()
     hc = HydraConfig.get()
     hydra_dir = Path(hc.runtime.output_dir) / hc.output_subdir
@@ -60,6 +64,8 @@ def main(cfg: DictConfig) -> float:
 
 def cli() -> None:
     """The ``rps-run`` command (also ``python -m rps.run``)."""
+    private_files()  # run folders, Hydra's records, the local store: this user's only
+    exit_if_secret("rps", sys.argv[1:], os.environ)  # before Hydra writes the command line down
     quiet_tensorflow_startup()
     main()
 

@@ -7,6 +7,7 @@
   interface (``__call__(x, training)``, ``variables``, ``trainable_variables``,
   ``regularization_losses``); put it in a TF Hub cache with :func:`install_in_hub_cache`.
 - :func:`write_image_folder` writes a class-per-folder dataset of PNG/JPEG files.
+- :func:`bomb_png` is a decompression bomb: a small valid PNG that decodes to gigabytes.
 
 Classes differ by their dominant colour, so a head on the tiny backbone learns them in a
 few epochs: tests can check that training works, not only that it runs.
@@ -129,3 +130,19 @@ def write_image_folder(root: str | Path, per_class: int = 12, seed: int = 0, fmt
             stem = f"subject{i % subjects}_{i:03d}" if subjects else f"{i:03d}"
             Image.fromarray(tiny_image(label, rng)).save(root / name / f"{stem}.{fmt}")
     return root
+
+
+def bomb_png(side: int = 20000) -> bytes:
+    """A valid black 1-bit PNG of ``side`` x ``side`` pixels: 48 KB for 20000x20000 (deflate packs
+    the zero rows ~1000:1), which an RGB decoder turns into ``3 * side**2`` bytes (1.2 GB)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = bytes(1 + (side + 7) // 8)  # filter byte 0, then the row's bits, all black
+    packer = zlib.compressobj(9)
+    pixels = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)  # 1 bit per pixel, greyscale
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -16,7 +17,9 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from rps.common.files import private_files
 from rps.common.quiet import quiet_tensorflow_startup
+from rps.common.secrets import exit_if_secret
 from rps.common.errors import RpsError, Terminated, interrupt_on_signals
 from rps.search.config import register_tune_configs
 from rps.search.study import Study
@@ -29,6 +32,7 @@ CONF = str(Path(__file__).resolve().parent.parent / "conf")
 
 @hydra.main(config_path=CONF, config_name="tune", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    private_files()  # also where a launcher runs the job in a process of its own (Ray, SLURM)
     interrupt_on_signals()
     hc = HydraConfig.get()
     try:
@@ -47,6 +51,8 @@ def main(cfg: DictConfig) -> None:
 
 def cli() -> None:
     """The ``rps-tune`` command (also ``python -m rps.tune``)."""
+    private_files()  # run folders, Hydra's records, the local store: this user's only
+    exit_if_secret("rps.tune", sys.argv[1:], os.environ)  # before Hydra writes the command line down
     quiet_tensorflow_startup()
     main()
 

@@ -153,3 +153,32 @@ def test_forcing_the_cache_on_an_augmented_head_phase_is_rejected():
     with pytest.raises(ConfigError, match="feature_cache.enabled"):
         validate(compose(*augmented_head))  # augment.head_phase=true: phase 1 sees augmented images
     validate(compose(*augmented_head, "augment.head_phase=false"))  # phase 1 clean: the cache is valid
+
+
+def test_dataset_max_pixels_must_be_a_positive_count():
+    validate(compose("dataset=image_folder", "dataset.path=/data/hands", "dataset.max_pixels=1000"))
+    with pytest.raises(ConfigError, match="dataset.max_pixels"):
+        validate(compose("dataset=image_folder", "dataset.path=/data/hands", "dataset.max_pixels=0"))
+
+
+@pytest.mark.parametrize("args, env, refused", [
+    (["tracking_uri=http://alice:S3CRET@host:5000"], {}, "tracking URI given as tracking_uri=... carries credentials"),
+    (["tracking_uri=http://S3CRET@host:5000"], {}, "carries credentials"),
+    (["-m", "head.dropout=0.1,0.2", "++tracking_uri='https://a:S3CRET@h'"], {}, "carries credentials"),
+    (["search.storage=postgresql+psycopg2://rps:S3CRET@db/optuna"], {}, "carries a password or token"),
+    (["search.storage=postgresql://db/optuna?password=S3CRET"], {}, "carries a password or token"),
+    (["+server.api_token=S3CRET"], {}, "names a secret"),
+    (["+db.password=S3CRET"], {}, "names a secret"),
+    (["epochs=1"], {"MLFLOW_TRACKING_URI": "http://alice:S3CRET@host"}, "MLFLOW_TRACKING_URI carries credentials"),
+    # what docs/ show: a user name alone in a database URL (its password from PGPASSFILE), plain values
+    (["search.storage=postgresql+psycopg2://rps_mlflow@db-host/optuna", "head.dropout=0.2"], {}, None),
+    (["tracking_uri=http://127.0.0.1:5000", "run_name=tokens", "--cfg", "job"], {"MLFLOW_TRACKING_URI": "http://h"}, None),
+])
+def test_a_secret_on_the_command_line_is_found_and_never_repeated(args, env, refused):
+    from rps.common.secrets import secret_in_command
+
+    problem = secret_in_command(args, env)
+    if refused is None:
+        assert problem is None
+    else:
+        assert refused in problem and "Nothing was written" in problem and "S3CRET" not in problem

@@ -138,3 +138,48 @@ def test_strong_augmentation_jitters_colour_in_training_only(tiny_examples):
     mean_colour = lambda x: x.reshape(-1, 3).mean(0) / x.reshape(-1, 3).mean()  # noqa: E731 (hue balance)
     assert np.abs(mean_colour(jittered) - mean_colour(plain)).max() > 0.01, "colours change"
     np.testing.assert_array_equal(augment(plain, training=False).numpy(), plain)
+
+
+def _peak_since_reset_mb() -> tuple[float, float]:
+    """(peak since the last reset, current) resident memory of this process in MB (Linux resets
+    the peak when 5 is written to /proc/self/clear_refs)."""
+    from pathlib import Path
+
+    fields = {line.split(":")[0]: int(line.split()[1]) / 1024 for line in Path("/proc/self/status").read_text().splitlines()
+              if line.startswith(("VmHWM", "VmRSS"))}
+    return fields["VmHWM"], fields["VmRSS"]
+
+
+def test_image_headers_are_measured_without_decoding():
+    from rps.data.images import OversizeImage, check_pixels, image_dimensions
+    from rps.synthetic import bomb_png
+
+    bomb = bomb_png()
+    assert len(bomb) < 64_000 and image_dimensions(bomb) == (20000, 20000)
+    with pytest.raises(OversizeImage, match=r"bomb.png is 20000x20000 pixels \(400 Mpx\), more than the limit of 50 Mpx"):
+        check_pixels(bomb, 50_000_000, "bomb.png")
+    check_pixels(bomb_png(64), 64 * 64)  # at the limit: allowed
+    with pytest.raises(OSError):
+        check_pixels(b"not an image", 100)
+
+
+def test_an_image_folder_bomb_is_left_out_by_name_without_being_decoded(tmp_path):
+    """The bomb counts as unusable (named, with its size) and costs no memory: TensorFlow would
+    decode it to 1.2 GB."""
+    from pathlib import Path
+
+    from rps.synthetic import bomb_png, write_image_folder
+
+    root = write_image_folder(tmp_path / "hands", per_class=3)
+    (root / "paper" / "bomb.png").write_bytes(bomb_png())
+    source = scan_image_folder(compose("dataset=image_folder", f"dataset.path={root}").dataset)
+    with pytest.raises(DataError, match="bomb.png is 20000x20000 pixels.*dataset.max_pixels"):
+        load_image_folder(source, skip_corrupt=False)
+    Path("/proc/self/clear_refs").write_text("5")  # the peak (VmHWM) starts again from here
+    _, before = _peak_since_reset_mb()
+    train, _, skipped = load_image_folder(source, skip_corrupt=True)
+    peak, _ = _peak_since_reset_mb()
+    assert skipped == 1 and len(train) == 9 and "bomb.png" not in {Path(p).name for p in train.images}
+    assert peak - before < 100, (before, peak)
+    _, _, skipped = load_image_folder(source, skip_corrupt=True, max_pixels=48 * 48 - 1)  # the 48x48 images too
+    assert skipped == 10

@@ -94,6 +94,45 @@ def test_store_stays_in_the_launch_directory(finished_run):
     assert run.info.artifact_uri.startswith((cwd / "mlruns").as_uri())
 
 
+def test_what_a_run_writes_is_its_users_alone_and_the_run_says_how_many_epochs_it_trained(finished_run):
+    """Folders 0700, files 0600: the store, Hydra's records, the artifacts and the feature cache."""
+    cwd, run, env, _ = finished_run
+    written = [cwd / "mlruns", *(cwd / "mlruns").rglob("*"), *Path(env["XDG_CACHE_HOME"]).rglob("*")]
+    assert any(p.name == "config.yaml" and p.parent.name == ".hydra" for p in written)
+    shared = [f"{p} {oct(p.stat().st_mode & 0o777)}" for p in written if p.stat().st_mode & 0o077]
+    assert not shared, shared[:10]
+    tags = run.data.tags
+    assert (tags["rps.epochs_asked"], tags["rps.epochs_done"], tags["rps.partial"]) == ("2", "2", "false")
+
+
+CREDENTIAL_COMMANDS = {
+    "single run": (["rps.run", "tracking_uri=http://alice:{secret}@127.0.0.1:9"], "carries credentials"),
+    "sweep": (["rps.run", "-m", "head.dropout=0.1,0.2", "tracking_uri=http://alice:{secret}@127.0.0.1:9"],
+              "carries credentials"),
+    "study": (["rps.tune", "search.storage=postgresql://rps:{secret}@db/optuna"], "carries a password or token"),
+    "secret key": (["rps.run", "+server.api_token={secret}"], "names a secret"),
+    "environment": (["rps.run", "epochs=1"], "MLFLOW_TRACKING_URI carries credentials"),
+}
+
+
+@pytest.mark.parametrize("command", list(CREDENTIAL_COMMANDS))
+def test_a_credential_on_the_command_line_is_refused_before_anything_is_written(offline_env, tmp_path, command):
+    """Hydra would write it into .hydra/*.yaml under the run's folder: nothing is written at all."""
+    secret = "s3cr3t-" + os.urandom(6).hex()
+    args, expected = CREDENTIAL_COMMANDS[command]
+    env = offline_env | {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    if command == "environment":
+        env["MLFLOW_TRACKING_URI"] = f"http://alice:{secret}@127.0.0.1:9"
+    result = subprocess.run([sys.executable, "-m", *(a.format(secret=secret) for a in args)], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and expected in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and secret not in result.stdout + result.stderr
+    assert "MLFLOW_TRACKING_PASSWORD" in result.stderr and "Nothing was written" in result.stderr
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert not [p for p in written if secret.encode() in p.read_bytes()]
+    assert not (tmp_path / "mlruns").exists(), sorted(map(str, written))
+
+
 def test_artifacts_are_valid_images_and_config(finished_run, tmp_path):
     import mlflow
 
@@ -190,16 +229,20 @@ def test_same_seed_gives_the_same_run(finished_run, tmp_path):
 def test_image_folder_with_local_backbone_and_skipped_corrupt_file(tiny_backbone, offline_env, tmp_path):
     from rps.synthetic import write_image_folder
 
+    from rps.synthetic import bomb_png
+
     root = write_image_folder(tmp_path / "hands", per_class=10)
     (root / "rock" / "broken.png").write_bytes(b"\x89PNG not really")
+    (root / "paper" / "bomb.png").write_bytes(bomb_png())  # 20000x20000 pixels: never decoded
     env = {k: v for k, v in offline_env.items() if k != "TFHUB_CACHE_DIR"}
     result = run_cli("dataset=image_folder", f"dataset.path={root}", "dataset.skip_corrupt=true",
-                     f"backbone.handle={tiny_backbone}", "split.val_size=0.2", "split.test_size=0.2",
-                     "epochs=1", "batch_size=8", "num_samples=4", cwd=tmp_path, env=env)
+                     "dataset.max_pixels=2000000", f"backbone.handle={tiny_backbone}", "split.val_size=0.2",
+                     "split.test_size=0.2", "epochs=1", "batch_size=8", "num_samples=4", cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "bomb.png is 20000x20000 pixels (400 Mpx), more than the limit of 2 Mpx" in result.stdout + result.stderr
     (run,) = all_runs(tmp_path)
     assert run.info.status == "FINISHED"
-    assert run.data.metrics["skipped_corrupt_images"] == 1
+    assert run.data.metrics["skipped_corrupt_images"] == 2
     assert run.data.params["data.class_names"] == "paper,rock,scissors"
     assert run.data.params["data.n_val"] == "6" and run.data.params["data.n_train"] == "18"
 

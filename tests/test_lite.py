@@ -122,3 +122,36 @@ def test_the_classifier_takes_photos_in_every_form_and_agrees_with_training(expo
             np.testing.assert_allclose(classifier(data), expected, atol=1e-4, err_msg=name)
     with pytest.raises(ValueError, match="base64"):
         xnnpack("not an image")
+
+
+def test_the_classifier_names_the_bad_item_and_never_decodes_a_bomb(exported):
+    """Requests are decoded a chunk at a time; a bad item is named by its place in the whole
+    request, in one line; the served model answers it as MLflow's HTTP 400 with that line."""
+    from PIL import Image
+
+    from rps.inference.classifier import CHUNK, Classifier, InputError, RequestError, RpsModel
+    from rps.synthetic import bomb_png, tiny_image
+
+    saved, _ = exported
+    png = io.BytesIO()
+    Image.fromarray(tiny_image(1, np.random.default_rng(4), 40)).save(png, "PNG")
+    photo = base64.b64encode(png.getvalue()).decode()
+    classifier = Classifier(saved, max_pixels=40 * 40)
+    many = classifier([photo] * (2 * CHUNK + 3))
+    assert many.shape == (2 * CHUNK + 3, 3) and np.allclose(many, many[0])
+    assert classifier([]).shape == (0, 3)
+    late = [photo] * (CHUNK + 5) + [base64.b64encode(bomb_png()).decode()]
+    with pytest.raises(InputError, match=rf"^input item {CHUNK + 5}: the image is 20000x20000 pixels"):
+        classifier(late)
+    with pytest.raises(InputError, match=r"^input item 0: the image is 41x40 pixels"):
+        classifier([np.zeros((40, 41, 3), np.uint8)])
+    with pytest.raises(InputError, match="expected an image or a list of images, not dict"):
+        classifier({"image": photo})
+    model = RpsModel()
+    model.classifier = classifier
+    with pytest.raises(RequestError) as refused:
+        model.predict(None, [photo, "bm90IGFuIGltYWdl"])
+    refused.value.message = "Failed to predict data '<the request>'. \nError: ..."  # what MLflow's server does
+    assert refused.value.get_http_status_code() == 400
+    assert json.loads(refused.value.serialize_as_json())["message"] == \
+        "input item 1: not an image file TensorFlow decodes (JPEG, PNG, BMP or GIF)"

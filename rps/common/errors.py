@@ -25,6 +25,10 @@ class DataError(RpsError):
     """The data itself is unusable (corrupt images, empty classes, too few examples)."""
 
 
+class IntegrityError(RpsError):
+    """A model's files are not the ones its run recorded (or cannot be checked): nothing is loaded."""
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM arrived: handled like Ctrl-C, so the MLflow run ends KILLED."""
 

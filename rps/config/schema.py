@@ -73,9 +73,12 @@ class ImageFolderConfig(DatasetConfig):
     path: str = MISSING
     # Optional second folder of the same layout: the dataset's own test set (split=official).
     test_path: Optional[str] = None
-    # false: any undecodable image stops the run before training and lists the files;
+    # false: any undecodable or oversize image stops the run before training and lists the files;
     # true: such files are left out and their number is logged.
     skip_corrupt: bool = False
+    # Images whose header declares more pixels are never decoded (a small PNG can declare
+    # 20000x20000 and decode to GBs); they count as corrupt (see skip_corrupt).
+    max_pixels: int = 50_000_000
 
 
 def dataset_checks(cfg: DictConfig) -> list[Check]:
@@ -89,6 +92,8 @@ def dataset_checks(cfg: DictConfig) -> list[Check]:
     if ds.kind == "image_folder" and "path" in fields:
         checks.append(("dataset.path", not OmegaConf.is_missing(ds, "path") and bool(ds.path),
                        "a folder with one sub-directory of images per class, e.g. dataset.path=/data/hands"))
+        checks.append(("dataset.max_pixels", ds.get("max_pixels", 1) >= 1,
+                       "a pixel count >= 1 (width x height), e.g. dataset.max_pixels=50000000"))
     return checks
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from rps.common.errors import DataError, ResourceError
-from rps.data.images import decode
+from rps.data.images import DEFAULT_MAX_PIXELS, OversizeImage, check_pixels, decode
 from rps.data.sources import DatasetSource
 
 log = logging.getLogger(__name__)
@@ -102,32 +102,38 @@ def _file_examples(files: list[tuple[str, int]]) -> Examples:
     return Examples(paths, np.array([y for _, y in files], dtype=np.int64), from_files=True)
 
 
-def find_corrupt(paths: list[str]) -> list[str]:
-    """The files among ``paths`` that TensorFlow cannot decode as an image."""
-    bad = []
+def find_corrupt(paths: list[str], max_pixels: int = DEFAULT_MAX_PIXELS) -> dict[str, str]:
+    """The files among ``paths`` that cannot be used, with why: more pixels than ``max_pixels``
+    (read from the header: such a file is never decoded), or not decodable by TensorFlow."""
+    bad = {}
     for path in paths:
         try:
+            check_pixels(path, max_pixels, path)
             decode(tf.io.read_file(path))
-        except (tf.errors.OpError, ValueError):
-            bad.append(path)
+        except OversizeImage as err:
+            bad[path] = str(err)
+        except (OSError, tf.errors.OpError, ValueError):
+            bad[path] = f"{path} cannot be decoded"
     return bad
 
 
-def load_image_folder(source: DatasetSource, skip_corrupt: bool) -> tuple[Examples, Examples, int]:
-    """Train and test examples of an image folder, checked for undecodable files.
+def load_image_folder(source: DatasetSource, skip_corrupt: bool,
+                      max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Examples, Examples, int]:
+    """Train and test examples of an image folder, checked for undecodable or oversize files.
 
-    Returns the examples and the number of corrupt files left out (only with ``skip_corrupt``).
+    Returns the examples and the number of such files left out (only with ``skip_corrupt``).
     """
     all_files = source.train_files + source.test_files
-    bad = set(find_corrupt([p for p, _ in all_files]))
+    bad = find_corrupt([p for p, _ in all_files], max_pixels)
     if bad and not skip_corrupt:
-        listed = ", ".join(sorted(bad)[:20]) + (" ..." if len(bad) > 20 else "")
+        listed = "; ".join(bad[p] for p in sorted(bad)[:20]) + (" ..." if len(bad) > 20 else "")
         raise DataError(
-            f"{len(bad)} image file(s) cannot be decoded: {listed}. Remove or fix them, or set "
-            "dataset.skip_corrupt=true to leave them out (their number is logged)."
+            f"{len(bad)} image file(s) cannot be used: {listed}. Remove or fix them, raise dataset.max_pixels "
+            "for images that are really that big, or set dataset.skip_corrupt=true to leave them out "
+            "(their number is logged)."
         )
     if bad:
-        log.warning("Leaving out %d undecodable image file(s): %s", len(bad), ", ".join(sorted(bad)))
+        log.warning("Leaving out %d unusable image file(s): %s", len(bad), "; ".join(bad[p] for p in sorted(bad)))
     train = _file_examples([(p, y) for p, y in source.train_files if p not in bad])
     test = _file_examples([(p, y) for p, y in source.test_files if p not in bad])
     return train, test, len(bad)

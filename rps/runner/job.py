@@ -121,7 +121,9 @@ def execute(cfg: DictConfig, hydra_dir: Optional[Path] = None, overrides: Option
         if cfg.parent_run_id:
             _record_failure(cfg, experiment_id, overrides, err, extra_tags or {})
         raise
-    tags = tracking.environment_tags() | {"dataset": prepared.source.name, "backbone_handle": cfg.backbone.handle}
+    asked = tracking.epochs_asked(cfg)
+    tags = tracking.environment_tags() | {"dataset": prepared.source.name, "backbone_handle": cfg.backbone.handle,
+                                          tracking.EPOCHS_ASKED: str(asked)}
     tags |= (extra_tags or {}) | ({JOB_KEY: key} if key else {})
     if parent is not None:
         tags[tracking.PARENT_TAG] = parent.info.run_id
@@ -140,6 +142,7 @@ def execute(cfg: DictConfig, hydra_dir: Optional[Path] = None, overrides: Option
             checkpoints.start({"run_id": report.run_id, "config": OmegaConf.to_container(cfg, resolve=True)})
         on_epoch = _pruning(prune, stop, report) if prune else None
         out = pipeline.train_and_evaluate(prepared, report, stop, on_epoch, checkpoints)
+        report.tags(tracking.epoch_tags(asked, int(out.metrics["epochs_trained"]), out.stop is not None))
         outputs.report_outputs(cfg, out, report)
         if not report.offline:  # finished (or pruned): nothing left to resume
             checkpoints.clear()

@@ -6,7 +6,9 @@ Every MLflow write of rps is in this package: a run's content goes through
 ``runs.py``.
 """
 
-from rps.tracking.record import config_params, environment_tags, log_config, redact
+from rps.tracking.record import (
+    EPOCHS_ASKED, config_params, environment_tags, epoch_tags, epochs_asked, log_config, redact,
+)
 from rps.tracking.reporter import MlflowReporter
 from rps.tracking.runs import (
     PARENT_TAG, child_runs, end_run, get_run, open_parent_run, reap_stale_runs, record_failed_run, shared_parent_run,
@@ -15,7 +17,8 @@ from rps.tracking.runs import (
 from rps.tracking.store import resolve_tracking_uri, setup_experiment, use_store
 
 __all__ = [
-    "MlflowReporter", "config_params", "environment_tags", "log_config", "redact",
+    "MlflowReporter", "EPOCHS_ASKED", "config_params", "environment_tags", "epoch_tags", "epochs_asked", "log_config",
+    "redact",
     "PARENT_TAG", "child_runs", "end_run", "get_run", "open_parent_run", "reap_stale_runs", "record_failed_run",
     "shared_parent_run",
     "logged_epochs", "tracked_run", "unfinished_runs", "resolve_tracking_uri", "setup_experiment", "use_store",

@@ -9,10 +9,13 @@ import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Optional
+from contextlib import contextmanager
+from typing import Any, Iterator, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+from rps.common.files import restrict_to_umask
+from rps.inference.manifest import write_manifest
 from rps.training.report import Reporter
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -21,6 +24,9 @@ PACKAGES = (
     "numpy", "hydra-core", "mlflow", "matplotlib",
 )
 MODEL_REQUIREMENTS = ("tensorflow", "ai-edge-litert", "numpy")
+# How much of its training a run did: epochs asked (set at its start), epochs done, and whether
+# something stopped it short (a lost tracking server, a pruned trial): rps.partial=true.
+EPOCHS_ASKED, EPOCHS_DONE, PARTIAL = "rps.epochs_asked", "rps.epochs_done", "rps.partial"
 _USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
 
 
@@ -93,16 +99,53 @@ def log_config(report: Reporter, cfg: DictConfig, hydra_dir: Optional[Path],
         report.files(hydra_dir, "config/hydra")
 
 
+def epochs_asked(cfg: DictConfig) -> int:
+    """The epochs a run's config asks for: head training, plus fine-tuning when the backbone trains."""
+    return int(cfg.epochs) + (int(cfg.backbone.fine_tune_epochs) if cfg.backbone.trainable else 0)
+
+
+def epoch_tags(asked: int, done: int, stopped: bool) -> dict[str, str]:
+    """:data:`EPOCHS_ASKED`, :data:`EPOCHS_DONE` and :data:`PARTIAL` (``stopped``: training was
+    ended by a stop request, not by early stopping or its last epoch)."""
+    return {EPOCHS_ASKED: str(asked), EPOCHS_DONE: str(done), PARTIAL: str(stopped and done < asked).lower()}
+
+
 def model_name(backbone: str, run_name: str) -> str:
     """The logged model's name, after the backbone and the run, as MLflow allows it (no / : . % quotes)."""
     return re.sub(r"[/:.%\"']", "_", f"{backbone}-{run_name}".replace(" ", "-"))[:200]
 
 
-def log_classifier(saved_dir: Path, info: dict, register_as: Optional[str], name: str = "model") -> str:
-    """The exported SavedModel (saved once, copied as is) as the active run's MLflow model ``name``;
-    returns its URI (``models:/<model id>``).
+@contextmanager
+def _manifest_before_upload(digests: list[str]) -> Iterator[None]:
+    """Write the model's manifest into the folder MLflow is about to upload, keeping its digest
+    (and give its files this process's modes).
 
-    It is an MLflow pyfunc model (rps.serving.RpsModel, with this package inside it):
+    MLflow's ``Model.log`` (3.17) saves a model into a temporary folder, completes its MLmodel
+    (model id, artifact path) and uploads it with ``MlflowClient.log_model_artifacts(model_id,
+    folder)``: hashing that folder then is hashing exactly what the store receives.
+    """
+    import mlflow
+
+    upload = mlflow.MlflowClient.log_model_artifacts
+
+    def with_manifest(self, model_id, local_dir, *args, **kwargs):
+        restrict_to_umask(Path(local_dir))  # the package's source files in code/ came in 0644
+        digests.append(write_manifest(Path(local_dir)))
+        return upload(self, model_id, local_dir, *args, **kwargs)
+
+    mlflow.MlflowClient.log_model_artifacts = with_manifest
+    try:
+        yield
+    finally:
+        mlflow.MlflowClient.log_model_artifacts = upload
+
+
+def log_classifier(saved_dir: Path, info: dict, register_as: Optional[str], name: str = "model") -> tuple[str, str]:
+    """The exported SavedModel (saved once, copied as is) as the active run's MLflow model ``name``;
+    returns its URI (``models:/<model id>``) and the SHA-256 of its manifest
+    (rps.inference.manifest: every file of the logged model, written into it before upload).
+
+    It is an MLflow pyfunc model (rps.inference.classifier.RpsModel, with this package inside it):
     ``mlflow.pyfunc.load_model("runs:/<id>/model").predict(images)`` returns class probabilities
     for float arrays in [0, 1], uint8 arrays of any size or encoded photos, and so does
     ``mlflow models serve``. ``register_as`` also registers it under that name.
@@ -115,18 +158,23 @@ def log_classifier(saved_dir: Path, info: dict, register_as: Optional[str], name
     from mlflow.types import Schema, TensorSpec
 
     outputs = Schema([TensorSpec(np.dtype(np.float32), (-1, len(info["class_names"])), "probabilities")])
-    with warnings.catch_warnings():  # no input example on purpose: it would load the model at log time
-        warnings.filterwarnings("ignore", message=".*input example was not provided.*")
+    digests: list[str] = []
+    with warnings.catch_warnings(), _manifest_before_upload(digests):
+        warnings.filterwarnings("ignore", message=".*input example was not provided.*")  # on purpose (below)
         logged = mlflow.pyfunc.log_model(
             name=name,
             python_model=str(PROJECT_ROOT / "rps" / "inference" / "mlflow_model.py"),  # models from code: no pickle
             artifacts={"saved_model": str(saved_dir)},
             code_paths=[str(PROJECT_ROOT / "rps")],
-            # no input schema: inputs come in several forms (rps.serving.as_batch checks them)
+            # no input schema: inputs come in several forms (rps.inference.classifier checks them);
+            # no input example: it would load the model at log time
             signature=ModelSignature(inputs=None, outputs=outputs),
             metadata=info,
             # stated, so MLflow does not reload the model to infer them
             pip_requirements=[f"{name}=={package_version(name)}" for name in MODEL_REQUIREMENTS],
             registered_model_name=register_as,
         )
-    return logged.model_uri
+    if len(digests) != 1:  # MLflow uploaded the model some other way: its files were not hashed
+        raise RuntimeError(f"rps could not record the manifest of model {logged.model_uri}: this MLflow "
+                           f"version ({mlflow.__version__}) no longer uploads models through log_model_artifacts")
+    return logged.model_uri, digests[0]

@@ -21,16 +21,21 @@ from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import Metric, Param, RunTag
 
 from rps.common.errors import ResourceError
+from rps.inference.manifest import file_hashes
 from rps.training.outcome import StopKind, StopSignal
 from rps.training.report import Reporter
 from rps.tracking.record import log_classifier, model_name
 
 log = logging.getLogger(__name__)
 MODEL_URI_TAG = "rps.model_uri"  # models:/<id> of the run's logged model (rps.predict runs:/<run id> reads it)
+# SHA-256 of the logged model's manifest (rps.inference.manifest): what predict, serve and recover
+# check a model's files against before anything in them is loaded.
+MANIFEST_TAG = "rps.model_manifest_sha256"
 RECORD_FILE = "record.json"  # in the staging folder: what the run reported, for rps.recover
 # What MLflow's HTTP client says when the server cannot be reached (it wraps requests' errors).
 _UNREACHABLE = ("Connection refused", "Max retries exceeded", "timed out", "Connection aborted",
-                "RemoteDisconnected", "Failed to establish", "Temporary failure in name resolution")
+                "RemoteDisconnected", "Failed to establish", "Temporary failure in name resolution",
+                "Connection broken", "Connection reset")  # the last two: it died while answering
 
 # What SQLite and PostgreSQL say when an insert breaks a unique key (here: a dataset two jobs add at once).
 _DUPLICATE = ("UNIQUE constraint failed", "duplicate key value violates unique constraint")
@@ -66,15 +71,18 @@ def unreachable(err: BaseException) -> bool:
     """Whether ``err`` means the tracking server did not answer (not that it refused the request)."""
     import requests
 
-    if isinstance(err, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
+    if isinstance(err, (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+                        requests.exceptions.ChunkedEncodingError)):
         return True
     return isinstance(err, mlflow.exceptions.MlflowException) and any(s in str(err) for s in _UNREACHABLE)
 
 
 class MlflowReporter(Reporter):
-    def __init__(self, run_id: str, staging: Optional[Path] = None, stop: Optional[StopSignal] = None):
+    def __init__(self, run_id: str, staging: Optional[Path] = None, stop: Optional[StopSignal] = None,
+                 go_offline: bool = True):
+        """``go_offline=False``: an unreachable server raises at once (rps.recover: nothing to keep)."""
         super().__init__()
-        self.run_id, self.staging, self.stop = run_id, staging, stop or StopSignal()
+        self.run_id, self.staging, self.stop, self.go_offline = run_id, staging, stop or StopSignal(), go_offline
         self.client = mlflow.MlflowClient()
         self.offline: Optional[str] = None  # why the server is no longer written to
         self.model_meta: Optional[dict] = None
@@ -85,7 +93,7 @@ class MlflowReporter(Reporter):
         try:
             yield
         except Exception as err:
-            if unreachable(err):
+            if unreachable(err) and self.go_offline:
                 first = str(err).splitlines()[0][:200] if str(err) else ""
                 self.offline = f"the tracking server stopped answering ({type(err).__name__}: {first})"
                 self.stop.request(StopKind.SERVER_LOST, self.offline)
@@ -185,13 +193,15 @@ class MlflowReporter(Reporter):
         super().files(local, artifact_dir)
 
     def model(self, saved_dir: Path, info: dict, register_as: Optional[str] = None) -> None:
-        if self.staging is not None:
-            shutil.copytree(saved_dir, self.staging / "model" / saved_dir.name)
         self.model_meta = {"info": info, "register_as": register_as, "saved_model": f"model/{saved_dir.name}"}
+        if self.staging is not None:  # kept with the SHA-256 of each file, checked before rps.recover logs it
+            shutil.copytree(saved_dir, self.staging / "model" / saved_dir.name)
+            self.model_meta["files"] = file_hashes(self.staging / "model" / saved_dir.name)
 
-        def log() -> None:  # named after the backbone and the run; its URI kept as the run's tag
+        def log() -> None:  # named after the backbone and the run; its URI and manifest kept as the run's tags
             name = model_name(info.get("backbone", "model"), self.client.get_run(self.run_id).info.run_name)
-            self.client.set_tag(self.run_id, MODEL_URI_TAG, log_classifier(saved_dir, info, register_as, name))
+            uri, manifest = log_classifier(saved_dir, info, register_as, name)
+            self.client.log_batch(self.run_id, tags=[RunTag(MODEL_URI_TAG, uri), RunTag(MANIFEST_TAG, manifest)])
 
         self._send("the trained model", log)
         super().model(saved_dir, info, register_as)

@@ -75,7 +75,7 @@ def load_examples(prepared: Prepared, report: Reporter) -> tuple[Examples, Examp
             train_ex, test_ex, class_names, version = load_tfds(source)
             facts = {"tags": {"dataset_version": version}}
         else:
-            train_ex, test_ex, skipped = load_image_folder(source, cfg.dataset.skip_corrupt)
+            train_ex, test_ex, skipped = load_image_folder(source, cfg.dataset.skip_corrupt, cfg.dataset.max_pixels)
             class_names, facts = source.class_names, {"metrics": {"skipped_corrupt_images": skipped}}
         prepared.loaded[key] = (train_ex, test_ex, class_names, facts)
     train_ex, test_ex, class_names, facts = prepared.loaded[key]
