@@ -39,15 +39,16 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def config_params(cfg: DictConfig, resolved: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+def config_params(cfg: DictConfig, resolved: Optional[dict[str, Any]] = None, keep: tuple[str, ...] = ()) -> dict[str, Any]:
     """The flattened config as the run used it: ``resolved`` values replace what the config left
-    open (e.g. ``dataset.version=null`` -> the version loaded), and knobs that changed nothing are
-    left out (the augmentation fields while ``augment.kind=none``). Credentials are redacted."""
+    open (e.g. ``dataset.version=null`` -> the version loaded), and plumbing, unset values and knobs
+    that changed nothing are left out (:mod:`rps.tracking.params`), except the ``keep`` keys (a
+    sweep's swept ones). Credentials are redacted."""
+    from rps.tracking.params import run_params
+
     params = flatten(OmegaConf.to_container(cfg, resolve=True))
-    if params.get("augment.kind") == "none":
-        params = {k: v for k, v in params.items() if not k.startswith("augment.") or k == "augment.kind"}
     params |= {k: v for k, v in (resolved or {}).items() if k in params and v is not None}
-    return {k: redact(v) if isinstance(v, str) else v for k, v in params.items()}
+    return {k: redact(v) if isinstance(v, str) else v for k, v in run_params(params, keep).items()}
 
 
 def _git(*args: str) -> Optional[str]:
@@ -85,27 +86,32 @@ def environment_tags() -> dict[str, str]:
 
 
 def log_config(report: Reporter, cfg: DictConfig, hydra_dir: Optional[Path],
-               resolved: Optional[dict[str, Any]] = None) -> None:
+               resolved: Optional[dict[str, Any]] = None, keep: tuple[str, ...] = ()) -> None:
     """The config as params (:func:`config_params`); the composed YAML (and Hydra's record) as artifacts."""
-    report.params(config_params(cfg, resolved))
+    report.params(config_params(cfg, resolved, keep))
     report.text(redact(OmegaConf.to_yaml(cfg, resolve=True)), "config/config.yaml")
     if hydra_dir is not None and hydra_dir.is_dir():
         report.files(hydra_dir, "config/hydra")
 
 
-def model_name(backbone: str, run_name: str) -> str:
-    """The logged model's name, after the backbone and the run, as MLflow allows it (no / : . % quotes)."""
-    return re.sub(r"[/:.%\"']", "_", f"{backbone}-{run_name}".replace(" ", "-"))[:200]
+MODEL_NAME_LENGTH = 64  # the UI's model-name column shows ~30 characters; the name says what differs first
 
 
-def log_classifier(saved_dir: Path, info: dict, register_as: Optional[str], name: str = "model") -> str:
+def model_name(run_name: str) -> str:
+    """The logged model's name: its run's (a sweep child's swept values, a single run's main
+    hyper-parameters, which start with the backbone), as MLflow allows it (no / : . % quotes)."""
+    return re.sub(r"[/:.%\"']", "_", run_name.strip().replace(" ", "-"))[:MODEL_NAME_LENGTH] or "model"
+
+
+def log_classifier(saved_dir: Path, info: dict, register_as: Optional[str], name: str = "model", step: int = 0) -> str:
     """The exported SavedModel (saved once, copied as is) as the active run's MLflow model ``name``;
     returns its URI (``models:/<model id>``).
 
     It is an MLflow pyfunc model (rps.serving.RpsModel, with this package inside it):
     ``mlflow.pyfunc.load_model("runs:/<id>/model").predict(images)`` returns class probabilities
     for float arrays in [0, 1], uint8 arrays of any size or encoded photos, and so does
-    ``mlflow models serve``. ``register_as`` also registers it under that name.
+    ``mlflow models serve``. ``register_as`` also registers it under that name. ``step``: the
+    run's step it is the output of (MLflow links the run's metrics at that step to it).
     """
     import warnings
 
@@ -128,5 +134,6 @@ def log_classifier(saved_dir: Path, info: dict, register_as: Optional[str], name
             # stated, so MLflow does not reload the model to infer them
             pip_requirements=[f"{name}=={package_version(name)}" for name in MODEL_REQUIREMENTS],
             registered_model_name=register_as,
+            step=step,
         )
     return logged.model_uri

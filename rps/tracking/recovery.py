@@ -20,7 +20,7 @@ def log_kept_run(folder: Path, record: dict) -> str:
     reap_stale_runs([experiment_id])  # the lost run, left RUNNING, among them
     tags = record.get("start_tags", {}) | record["tags"] | {RECOVERED_FROM: record["run_id"]}
     with mlflow.start_run(experiment_id=experiment_id, run_name=record["run_name"], tags=tags) as run:
-        report = MlflowReporter(run.info.run_id)
+        report = MlflowReporter(run.info.run_id, training=True)
         report.params(record["params"])
         for epoch in record["epochs"]:
             report.epoch(epoch["metrics"], epoch["step"])
@@ -30,4 +30,5 @@ def log_kept_run(folder: Path, record: dict) -> str:
         if record.get("model"):
             model = record["model"]
             report.model(folder / model["saved_model"], model["info"], model["register_as"])
+        report.finish()
     return run.info.run_id

@@ -23,6 +23,7 @@ from mlflow.entities import Metric, Param, RunTag
 from rps.common.errors import ResourceError
 from rps.training.outcome import StopKind, StopSignal
 from rps.training.report import Reporter
+from rps.tracking.ordering import MetricOrder
 from rps.tracking.record import log_classifier, model_name
 
 log = logging.getLogger(__name__)
@@ -49,10 +50,13 @@ class SplitDataset(MetaDataset):
     class counts), so the runs table's Dataset column tells which data and split a run used."""
 
     def __init__(self, source: str, name: str, digest: str, profile: dict[str, Any]):
-        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.dataset_source_registry import get_dataset_source_from_json
 
         self._profile = profile
-        super().__init__(resolve_dataset_source(source), name=name, digest=digest)
+        # A local folder, said so: MLflow's guess from a path alone finds two local sources (for
+        # "" and "file:" URIs) and warns on every run that the path is ambiguous.
+        local = get_dataset_source_from_json(json.dumps({"uri": source}), source_type="local")
+        super().__init__(local, name=name, digest=digest)
 
     @property
     def profile(self) -> dict[str, Any]:
@@ -72,12 +76,22 @@ def unreachable(err: BaseException) -> bool:
 
 
 class MlflowReporter(Reporter):
-    def __init__(self, run_id: str, staging: Optional[Path] = None, stop: Optional[StopSignal] = None):
+    """Writes what a run reports to its MLflow run (and its staging folder).
+
+    A training run's reporter (``training=True``) writes metrics in the order and at the steps
+    :class:`~rps.tracking.ordering.MetricOrder` decides (the objective first, the final values
+    linked to the exported model, diagnostics last); :meth:`finish` writes what still waits.
+    Other reporters (a sweep's parent) write each metric at once, at step 0.
+    """
+
+    def __init__(self, run_id: str, staging: Optional[Path] = None, stop: Optional[StopSignal] = None,
+                 training: bool = False):
         super().__init__()
         self.run_id, self.staging, self.stop = run_id, staging, stop or StopSignal()
         self.client = mlflow.MlflowClient()
         self.offline: Optional[str] = None  # why the server is no longer written to
         self.model_meta: Optional[dict] = None
+        self.order = MetricOrder() if training else None
 
     @contextmanager
     def _sending(self, what: str) -> Iterator[None]:
@@ -122,16 +136,22 @@ class MlflowReporter(Reporter):
 
     def metrics(self, values: dict[str, float]) -> None:
         super().metrics(values)
-        self._log_metrics(values, 0)
+        self._write(self.order.summary(values) if self.order else [(values, 0)])
 
     def epoch(self, values: dict[str, float], step: int) -> None:
-        self._log_metrics(values, step)
+        self._write(self.order.epoch(values, step) if self.order else [(values, step)])
         super().epoch(values, step)
 
-    def _log_metrics(self, values: dict[str, float], step: int) -> None:
+    def finish(self) -> None:
+        """The run's end: write the metrics that still wait (a run that logged no model)."""
+        if self.order:
+            self._write(self.order.rest())
+
+    def _write(self, batches: list, model_id: Optional[str] = None) -> None:
         now = mlflow.utils.time.get_current_time_millis()
-        metrics = [Metric(k, float(v), now, step) for k, v in values.items()]
-        self._send("metrics", lambda: self.client.log_batch(self.run_id, metrics=metrics))
+        for values, step in batches:
+            metrics = [Metric(k, float(v), now, step, model_id=model_id) for k, v in values.items()]
+            self._send("metrics", lambda: self.client.log_batch(self.run_id, metrics=metrics))
 
     def _artifact(self, path: str, write: Callable[[Path], Any], log_directly: Callable[[], Any]) -> None:
         """Write the artifact into staging and log that file, or (no staging) log it directly."""
@@ -189,9 +209,12 @@ class MlflowReporter(Reporter):
             shutil.copytree(saved_dir, self.staging / "model" / saved_dir.name)
         self.model_meta = {"info": info, "register_as": register_as, "saved_model": f"model/{saved_dir.name}"}
 
-        def log() -> None:  # named after the backbone and the run; its URI kept as the run's tag
-            name = model_name(info.get("backbone", "model"), self.client.get_run(self.run_id).info.run_name)
-            self.client.set_tag(self.run_id, MODEL_URI_TAG, log_classifier(saved_dir, info, register_as, name))
+        def log() -> None:  # named after its run; its URI kept as the run's tag; the final metrics linked
+            name = model_name(self.client.get_run(self.run_id).info.run_name)
+            uri = log_classifier(saved_dir, info, register_as, name, step=self.order.end_step if self.order else 0)
+            self.client.set_tag(self.run_id, MODEL_URI_TAG, uri)
+            if self.order:
+                self._write(self.order.for_model(), model_id=uri.rsplit("/", 1)[-1])
 
         self._send("the trained model", log)
         super().model(saved_dir, info, register_as)
