@@ -244,8 +244,8 @@ def main(argv: list[str] | None = None) -> None:
             verdict = "" if target is None else f"  target <= {target:.2f}x: {_verdict(ratio <= target)}"
             return f"  {label:<38}{seconds:9.1f} s  {ratio:6.2f}x (a)  peak {peaks.get(stage, 0.0):.2f} GB{verdict}"
 
-        lite_rate = n_images / max(cold.recorded["metrics"]["timing/feature_extraction_seconds"], 1e-9)
-        tf_rate = n_images / max(tf_cold.recorded["metrics"]["timing/feature_extraction_seconds"], 1e-9)
+        lite_rate = n_images / max(cold.recorded["metrics"]["timing_feature_extraction_seconds"], 1e-9)
+        tf_rate = n_images / max(tf_cold.recorded["metrics"]["timing_feature_extraction_seconds"], 1e-9)
         print(f"\nCPU: {_cpu()}; backbone load {load_s:.1f} s (once, not counted below); features by "
               f"{cold.recorded['tags']['feature_engine']}")
         print(line("(a) uncached run", uncached_s, "a"))

@@ -90,10 +90,22 @@ def rps_signal_handlers():
         signal.signal(s, handler)
 
 
+# What the calling shell may have set that changes what rps does or prints: tests build their own.
+INHERITED = ("MLFLOW_", "TFDS_", "TFHUB_", "TF_CPP_MIN_LOG_LEVEL", "RPS_TF_LOG_LEVEL", "RPS_QUIET_FILTER", "RPS_VERBOSE")
+
+
+def clean_env() -> dict[str, str]:
+    """The environment a subprocess of a test runs in, whatever the shell running pytest has set
+    (a TF log level, a tracking URI, an unactivated venv): this interpreter's bin/ first on PATH."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(INHERITED)}
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
+
+
 @pytest.fixture
 def offline_env(tiny_tfds, hub_cache, tmp_path) -> dict[str, str]:
     """Environment for a CLI run on the tiny mirrors, with its own empty tracking store."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TFDS_", "TFHUB_"))}
+    env = clean_env()
     env.update(TFDS_DATA_DIR=str(tiny_tfds), TFHUB_CACHE_DIR=str(hub_cache), PYTHONUNBUFFERED="1")
     return env
 

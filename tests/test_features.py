@@ -131,9 +131,9 @@ def test_full_model_equals_head_on_cached_features(tiny_cfg, tmp_path):
     again = Reporter()
     train_and_evaluate(prepared, again)
     assert again.recorded["tags"]["feature_cache"] == "hit"
-    assert "timing/feature_extraction_seconds" not in again.recorded["metrics"]  # nothing was extracted
-    assert 0 < again.recorded["metrics"]["timing/feature_load_seconds"] < report.recorded["metrics"][
-        "timing/feature_extraction_seconds"]
+    assert "timing_feature_extraction_seconds" not in again.recorded["metrics"]  # nothing was extracted
+    assert 0 < again.recorded["metrics"]["timing_feature_load_seconds"] < report.recorded["metrics"][
+        "timing_feature_extraction_seconds"]
 
 
 def test_cached_and_uncached_training_agree(tiny_cfg, tmp_path):

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from conftest import SHARED_OFFLINE, all_runs, run_cli
+from conftest import SHARED_OFFLINE, all_runs, clean_env, run_cli
 
 pytestmark = [
     pytest.mark.slow,
@@ -19,7 +19,7 @@ pytestmark = [
 
 @pytest.fixture
 def mirror_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TFDS_", "TFHUB_"))}
+    env = clean_env()
     env.update(TFDS_DATA_DIR=str(SHARED_OFFLINE / "tfds"), TFHUB_CACHE_DIR=str(SHARED_OFFLINE / "tfhub"))
     return env
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TINY_SPLIT, free_port, run_cli, store, sweep_runs, wait_until_up
+from conftest import TINY_SPLIT, clean_env, free_port, run_cli, store, sweep_runs, wait_until_up
 
 pytestmark = pytest.mark.slow
 GRID = ["head.dropout=0.2,0.5", "optimizer.lr=0.01,0.001"]
@@ -27,7 +27,7 @@ GRID = ["head.dropout=0.2,0.5", "optimizer.lr=0.01,0.001"]
 @pytest.fixture(scope="module")
 def basic_sweep(tiny_tfds, hub_cache, tmp_path_factory):
     cwd = tmp_path_factory.mktemp("sweep")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TFDS_", "TFHUB_"))}
+    env = clean_env()
     env.update(TFDS_DATA_DIR=str(tiny_tfds), TFHUB_CACHE_DIR=str(hub_cache))
     result = run_cli("-m", *GRID, "epochs=2", *TINY_SPLIT, cwd=cwd, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -47,7 +47,8 @@ def test_sweep_is_one_parent_with_named_nested_children(basic_sweep):
     assert names == ["dropout=0.2 lr=0.001", "dropout=0.2 lr=0.01", "dropout=0.5 lr=0.001", "dropout=0.5 lr=0.01"]
     for child in children:
         assert child.info.status == "FINISHED"
-        assert child.data.params["parent_run_id"] == parent.info.run_id  # it came with the job's config
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id  # it came with the job's config
+        assert "parent_run_id" not in child.data.params and "tracking_uri" not in child.data.params  # plumbing
         dropout, lr = (part.split("=")[1] for part in child.info.run_name.split())
         assert child.data.params["head.dropout"] == dropout and float(child.data.params["optimizer.lr"]) == float(lr)
         assert child.data.params["epochs"] == "2"

@@ -74,13 +74,14 @@ def study_runs(cwd: Path):
 
 def test_a_study_prunes_and_survives_failing_trials_choosing_on_validation_only(
         search_dir, offline_env, tmp_path, relabelled_tfds):
-    seen = {}
+    seen, seen_output = {}, {}
     for name, data in (("true", None), ("relabelled", relabelled_tfds)):
         cwd = tmp_path / name
         cwd.mkdir()
         result = run_tune(search_dir, cwd, offline_env, *([f"dataset.data_dir={data}"] if data else []))
         assert result.returncode == 0, result.stderr[-3000:]
         seen[name] = (trials(cwd), *study_runs(cwd))
+        seen_output[name] = result.stdout
     study, parent, children = seen["true"]
     states = [t.state.name for t in study]
     assert len(study) == 6 and {"COMPLETE", "PRUNED", "FAIL"} <= set(states), states
@@ -105,7 +106,11 @@ def test_a_study_prunes_and_survives_failing_trials_choosing_on_validation_only(
     client = store(tmp_path / "true")
     artifacts = {a.path for folder in ("study", "summary") for a in client.list_artifacts(parent.info.run_id, folder)}
     assert {"study/optimization_history.png", "study/param_importances.png", "study/parallel_coordinate.png",
-            "summary/summary.md", "summary/summary.csv"} <= artifacts
+            "summary/summary.md", "summary/summary.csv", "summary/comparison.png"} <= artifacts
+    output = seen_output["true"]  # rps.tune ends saying what it chose, and how to get its model
+    assert f"Chosen: {best.info.run_name} (run {best.info.run_id})" in output
+    assert f"Rerun it alone, with its model: {best.data.tags['rps.rerun']}" in output
+    assert "export.model=true" in best.data.tags["rps.rerun"]  # trials log no model: the rerun does
 
     relabelled, parent_r, children_r = seen["relabelled"]
     assert [(t.state.name, t.params, t.value) for t in relabelled] == [(t.state.name, t.params, t.value) for t in study]

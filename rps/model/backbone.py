@@ -17,6 +17,7 @@ import tensorflow as tf
 import tensorflow_hub as hub
 
 from rps.common.errors import ConfigError, ResourceError
+from rps.common.progress import Progress
 from rps.common.sizes import resolve_size
 
 log = logging.getLogger(__name__)
@@ -97,13 +98,13 @@ def tf_forward(backbone: Backbone):
 
 
 def extract_features(forward, images: tf.data.Dataset, total: int) -> np.ndarray:
-    """``forward(batch)`` of every batch of ``images``, with a progress bar (images/s at the end)."""
-    progress = keras.utils.Progbar(total, unit_name="image", stateful_metrics=["images/s"])
+    """``forward(batch)`` of every batch of ``images``, showing its progress (images/s at the end)."""
+    progress = Progress(total, "image", log)
     out, start, done = [], time.monotonic(), 0
     for batch in images:
         out.append(np.asarray(forward(batch)))
         done += len(out[-1])
-        progress.update(done, values=[("images/s", done / max(time.monotonic() - start, 1e-9))])
+        progress.update(done)
     seconds = time.monotonic() - start
     log.info("Backbone features of %d images in %.1f s (%.1f images/s)", total, seconds, total / max(seconds, 1e-9))
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)

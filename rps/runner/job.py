@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from rps.common.errors import ConfigError, RpsError
 from rps.config import validate
 from rps.training.preflight import preflight
+from rps.common.quiet import quiet_libraries
 from rps.runner.names import child_run_name, default_run_name, swept_keys
 from rps.runner.resume import JOB_KEY, backfill, checkpoints_of, job_key, requeued_run, resumed_config
 from rps.training.outcome import Ending, Stop, StopKind, StopSignal
@@ -71,6 +72,15 @@ def _record_failure(cfg: DictConfig, experiment_id: Optional[str], overrides, er
         log.warning("Could not record the failed job in the tracking store: %s", failure)
 
 
+def _job_number(tags: dict[str, str]) -> int:
+    """A study trial's number, else the Hydra multirun job's (0 outside one)."""
+    if tags.get("optuna.trial_number", "").isdigit():
+        return int(tags["optuna.trial_number"])
+    from hydra.core.hydra_config import HydraConfig
+
+    return int(HydraConfig.get().job.get("num") or 0) if HydraConfig.initialized() else 0
+
+
 @dataclass
 class Finished:
     """What a tracked run leaves its caller: its objective, its run and how it ended."""
@@ -100,6 +110,7 @@ def execute(cfg: DictConfig, hydra_dir: Optional[Path] = None, overrides: Option
     ``extra_tags`` go on the run from its start."""
     from rps import tracking
 
+    quiet_libraries()  # also in a launcher's worker process, which no command started
     experiment_id = None
     resume = cfg.resume
     if resume:
@@ -121,24 +132,31 @@ def execute(cfg: DictConfig, hydra_dir: Optional[Path] = None, overrides: Option
         if cfg.parent_run_id:
             _record_failure(cfg, experiment_id, overrides, err, extra_tags or {})
         raise
+    from rps.runner.rerun import RERUN_TAG, rerun_command
+    from rps.tracking.store import ui_link
+
     asked = tracking.epochs_asked(cfg)
     tags = tracking.environment_tags() | {"dataset": prepared.source.name, "backbone_handle": cfg.backbone.handle,
-                                          tracking.EPOCHS_ASKED: str(asked)}
+                                          tracking.EPOCHS_ASKED: str(asked), RERUN_TAG: rerun_command(cfg)}
     tags |= (extra_tags or {}) | ({JOB_KEY: key} if key else {})
     if parent is not None:
         tags[tracking.PARENT_TAG] = parent.info.run_id
+        tags[tracking.RUN_COLOR] = tracking.child_color(_job_number(tags))
     name = _run_name(cfg, parent, overrides)
     about = {"experiment_name": cfg.experiment_name, "run_name": name, "parent_run_id": cfg.parent_run_id}
     staging = Path(cfg.mlruns_dir).expanduser().resolve() / "unsent" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     stop = StopSignal()
     with tracking.tracked_run(experiment_id, name, tags, staging, about, stop, resume) as report:
-        log.info("MLflow run %s in experiment '%s'%s", report.run_id, cfg.experiment_name, " (resumed)" if resume else "")
+        link = ui_link(experiment_id, report.run_id)
+        log.info("MLflow run %s in experiment '%s'%s%s", report.run_id, cfg.experiment_name,
+                 " (resumed)" if resume else "", f": {link}" if link else "")
         checkpoints = checkpoints_of(cfg, report.run_id)
         if resume:
             backfill(report, cfg, checkpoints)
         else:
             resolved = {"dataset.version": prepared.source.version}  # null in the config: the newest prepared
-            tracking.log_config(report, cfg, hydra_dir, resolved)  # first artifact: an unwritable store fails here
+            keep = tuple(swept_keys(parent)) if parent is not None else ()  # a sweep's table shows them all
+            tracking.log_config(report, cfg, hydra_dir, resolved, keep)  # first artifact: an unwritable store fails
             checkpoints.start({"run_id": report.run_id, "config": OmegaConf.to_container(cfg, resolve=True)})
         on_epoch = _pruning(prune, stop, report) if prune else None
         out = pipeline.train_and_evaluate(prepared, report, stop, on_epoch, checkpoints)

@@ -243,5 +243,9 @@ class Study:
         from rps.search.study_report import report_study
 
         complete = not self.budget_left() and not any(t.state.name == "RUNNING" for t in self.study.get_trials())
-        report_study(self.study, self.parent_id, space_keys(self.cfg.search.space),
-                     status="FINISHED" if complete else ("KILLED" if interrupted else None))
+        choice = report_study(self.study, self.parent_id, space_keys(self.cfg.search.space),
+                              status="FINISHED" if complete else ("KILLED" if interrupted else None))
+        states = [t.state.name for t in self.study.get_trials(deepcopy=False)]
+        counts = ", ".join(f"{states.count(s)} {s.lower()}" for s in ("COMPLETE", "PRUNED", "FAIL") if states.count(s))
+        print(f"\nStudy {self.name} (MLflow run {self.parent_id}): {len(states)} trials ({counts or 'none'})"
+              f"{'' if complete else ', not complete yet'}\n{choice.console() or 'No trial finished: nothing chosen.'}")

@@ -8,7 +8,7 @@ import warnings
 from typing import Optional
 
 from rps.search import summary
-from rps.training.outcome import OBJECTIVE
+from rps.search.chosen import Choice, record_choice
 
 from rps import tracking
 
@@ -41,8 +41,9 @@ def _plots(study) -> dict[str, object]:
     return figures
 
 
-def report_study(study, parent_id: str, keys: list[str], status: Optional[str]) -> None:
-    """The table of trials (csv, markdown), counts, the best trial and plots; ``status`` ends the parent."""
+def report_study(study, parent_id: str, keys: list[str], status: Optional[str]) -> Choice:
+    """The best trial (recorded first), the table of trials (csv, markdown), counts and plots;
+    ``status`` ends the parent. Returns the choice, in words."""
     report = tracking.MlflowReporter(parent_id)
     runs = tracking.child_runs(parent_id)
     table = []
@@ -52,18 +53,16 @@ def report_study(study, parent_id: str, keys: list[str], status: Optional[str]) 
         table.append({"trial": run.data.tags.get("optuna.trial_number", ""), "state": state}
                      | summary.run_row(run, keys))
     table.sort(key=lambda row: int(row["trial"] or -1))
+    choice = record_choice(report, parent_id, table, runs, f"study {study.study_name}", study.study_name)
+    best = summary.choose_best(table)
+    if best is not None:
+        report.tags({"best_trial_number": str(best["trial"])} | {f"best.{key}": str(best[key]) for key in keys})
     report.text(summary.to_csv(table), "summary/summary.csv")
-    report.text(summary.markdown(table) + summary.stats_line(table), "summary/summary.md")
+    report.text(summary.markdown(table) + summary.stats_line(table) + choice.markdown(), "summary/summary.md")
     for path, figure in _plots(study).items():
         report.figure(figure, path)
     states = [t.state.name for t in study.get_trials(deepcopy=False)]
     report.metrics({f"n_{name.lower()}": states.count(name) for name in ("COMPLETE", "PRUNED", "FAIL")})
-    best = summary.choose_best(table)
-    if best is not None:
-        report.metrics({k: v for k, v in {OBJECTIVE: best[OBJECTIVE],
-                                          "chosen_test_accuracy": best["test_accuracy"]}.items() if v is not None})
-        report.tags({"best_run_id": best["run_id"], "best_run_name": best["run_name"],
-                     "best_trial_number": str(best["trial"]), "best_chosen_by": summary.CHOSEN_BY}
-                    | {f"best.{key}": str(best[key]) for key in keys})
     if status:
         tracking.end_run(parent_id, status)
+    return choice

@@ -50,6 +50,45 @@ def choose_best(table: list[dict[str, Any]]) -> Optional[dict[str, Any]]:
     return min(finished, default=None, key=rank_key)
 
 
+def runner_up(table: list[dict[str, Any]], best: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """The best finished row after ``best`` (the one the choice beat), or None."""
+    rest = [r for r in table if r is not best and r["status"] == "FINISHED" and r[OBJECTIVE] is not None]
+    return min(rest, default=None, key=rank_key)
+
+
+def _value(row: dict[str, Any], key: str) -> str:
+    value = row.get(key)
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def decided_by(best: dict[str, Any], second: dict[str, Any]) -> str:
+    """Which step of :data:`CHOSEN_BY` separated the chosen row from the runner-up."""
+    tied = []
+    for key in (OBJECTIVE, OBJECTIVE_LOSS, "epochs_trained"):
+        if best.get(key) != second.get(key):
+            lead = f"tied on {' and '.join(tied)}; " if tied else ""
+            return f"{lead}decided by {key} ({_value(best, key)} against {_value(second, key)})"
+        tied.append(key)
+    return f"tied on {', '.join(tied)}; decided by start order (it started first)"
+
+
+def choice_lines(table: list[dict[str, Any]], best: dict[str, Any], rerun: Optional[str],
+                 model: Optional[str]) -> list[str]:
+    """What was chosen and why, in words: the chosen row and its objective, the runner-up's, the
+    rule (on validation only), where its model is and the command that trains it again."""
+    lines = [f"Chosen: {best['run_name']} (run {best['run_id']}), {OBJECTIVE} {_value(best, OBJECTIVE)}"]
+    second = runner_up(table, best)
+    if second is not None:
+        lines.append(f"Runner-up: {second['run_name']}, {OBJECTIVE} {_value(second, OBJECTIVE)}: "
+                     f"{decided_by(best, second)}")
+    lines.append(f"Rule: {CHOSEN_BY}; on validation only: the test split was not looked at "
+                 "(its accuracy is reported beside it)")
+    lines.append(f"Its model: {model}" if model else "Its model: none logged (export.model=false): rerun it")
+    if rerun:
+        lines.append(f"Rerun it alone, with its model: {rerun}")
+    return lines
+
+
 def markdown(table: list[dict[str, Any]]) -> str:
     if not table:
         return "(no jobs)\n"

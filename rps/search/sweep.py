@@ -23,8 +23,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, read_write
 
 from rps.runner.names import PARENT_KEY, swept_keys
+from rps.common.quiet import quiet_libraries
 from rps.search import summary
-from rps.training.outcome import OBJECTIVE
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,7 @@ class MlflowSweepCallback(Callback):
         from rps import tracking
         from rps.tracking.runs import Heartbeat
 
+        quiet_libraries()  # MLflow creating its tables, say
         sweep_dir = Path(config.hydra.sweep.dir)
         experiment_id = tracking.setup_experiment(config)
         # What every job must see the same way, wherever it runs: the parent, the store, the folder.
@@ -164,14 +165,15 @@ class MlflowSweepCallback(Callback):
 def summarize(parent_id: str) -> int:
     """Write the sweep summary into the parent run; returns the number of failed or missing jobs.
 
-    The best job is chosen on validation only (:func:`rps.summary.choose_best`); its test
-    accuracy is logged beside it, reported and never compared.
+    The best job is chosen on validation only (:func:`rps.search.summary.choose_best`) and
+    recorded first (rps.search.chosen); its test accuracy is logged beside it, reported and
+    never compared.
     """
     import mlflow
 
-    from rps.training import plots
-
     from rps import tracking
+    from rps.search.chosen import record_choice
+    from rps.training import plots
 
     client = mlflow.MlflowClient()
     for run in tracking.child_runs(parent_id, client):
@@ -179,23 +181,19 @@ def summarize(parent_id: str) -> int:
             tracking.end_run(run.info.run_id, "KILLED")
     parent = tracking.get_run(parent_id)
     keys = swept_keys(parent)
-    table = [summary.run_row(run, keys) for run in tracking.child_runs(parent_id, client)]
+    children = tracking.child_runs(parent_id, client)
+    table = [summary.run_row(run, keys) for run in children]
     failed = [r for r in table if r["status"] != "FINISHED"]
     expected = int(parent.data.tags.get("sweep.expected_jobs", len(table)))
     missing = max(0, expected - len(table))  # jobs that could not even record a FAILED run
     note = (f"\n{missing} of {expected} jobs never reported to the tracking store (a machine that cannot reach "
             "it? their logs, under the sweep directory or the cluster's job logs, say why)\n") if missing else ""
     report = tracking.MlflowReporter(parent_id)
+    choice = record_choice(report, parent_id, table, children, parent.info.run_name, f"sweep-{parent_id[:8]}")
     report.text(summary.to_csv(table), "summary/summary.csv")
-    report.text(summary.markdown(table) + summary.stats_line(table) + note, "summary/summary.md")
+    report.text(summary.markdown(table) + summary.stats_line(table) + note + choice.markdown(), "summary/summary.md")
     report.figure(plots.sweep_accuracy(table, keys), "summary/accuracy.png")
     report.metrics({"n_children": len(table), "n_failed": len(failed), "n_missing": missing} | summary.sweep_stats(table))
-    best = summary.choose_best(table)
-    if best is not None:
-        chosen = {OBJECTIVE: best[OBJECTIVE], "chosen_test_accuracy": best["test_accuracy"]}
-        report.metrics({k: v for k, v in chosen.items() if v is not None})
-        report.tags({"best_run_id": best["run_id"], "best_run_name": best["run_name"],
-                     "best_chosen_by": summary.CHOSEN_BY})
     print(f"\nSweep {parent_id}: {len(table)} jobs, {len(failed)} failed\n"
-          f"{summary.markdown(table)}{summary.stats_line(table)}{note}")
+          f"{summary.markdown(table)}{summary.stats_line(table)}{note}\n{choice.console()}")
     return len(failed) + missing

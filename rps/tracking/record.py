@@ -45,15 +45,16 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def config_params(cfg: DictConfig, resolved: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+def config_params(cfg: DictConfig, resolved: Optional[dict[str, Any]] = None, keep: tuple[str, ...] = ()) -> dict[str, Any]:
     """The flattened config as the run used it: ``resolved`` values replace what the config left
-    open (e.g. ``dataset.version=null`` -> the version loaded), and knobs that changed nothing are
-    left out (the augmentation fields while ``augment.kind=none``). Credentials are redacted."""
+    open (e.g. ``dataset.version=null`` -> the version loaded), and plumbing, unset values and knobs
+    that changed nothing are left out (:mod:`rps.tracking.params`), except the ``keep`` keys (a
+    sweep's swept ones). Credentials are redacted."""
+    from rps.tracking.params import run_params
+
     params = flatten(OmegaConf.to_container(cfg, resolve=True))
-    if params.get("augment.kind") == "none":
-        params = {k: v for k, v in params.items() if not k.startswith("augment.") or k == "augment.kind"}
     params |= {k: v for k, v in (resolved or {}).items() if k in params and v is not None}
-    return {k: redact(v) if isinstance(v, str) else v for k, v in params.items()}
+    return {k: redact(v) if isinstance(v, str) else v for k, v in run_params(params, keep).items()}
 
 
 def _git(*args: str) -> Optional[str]:
@@ -91,9 +92,9 @@ def environment_tags() -> dict[str, str]:
 
 
 def log_config(report: Reporter, cfg: DictConfig, hydra_dir: Optional[Path],
-               resolved: Optional[dict[str, Any]] = None) -> None:
+               resolved: Optional[dict[str, Any]] = None, keep: tuple[str, ...] = ()) -> None:
     """The config as params (:func:`config_params`); the composed YAML (and Hydra's record) as artifacts."""
-    report.params(config_params(cfg, resolved))
+    report.params(config_params(cfg, resolved, keep))
     report.text(redact(OmegaConf.to_yaml(cfg, resolve=True)), "config/config.yaml")
     if hydra_dir is not None and hydra_dir.is_dir():
         report.files(hydra_dir, "config/hydra")
@@ -110,9 +111,13 @@ def epoch_tags(asked: int, done: int, stopped: bool) -> dict[str, str]:
     return {EPOCHS_ASKED: str(asked), EPOCHS_DONE: str(done), PARTIAL: str(stopped and done < asked).lower()}
 
 
-def model_name(backbone: str, run_name: str) -> str:
-    """The logged model's name, after the backbone and the run, as MLflow allows it (no / : . % quotes)."""
-    return re.sub(r"[/:.%\"']", "_", f"{backbone}-{run_name}".replace(" ", "-"))[:200]
+MODEL_NAME_LENGTH = 64  # the UI's model-name column shows ~30 characters; the name says what differs first
+
+
+def model_name(run_name: str) -> str:
+    """The logged model's name: its run's (a sweep child's swept values, a single run's main
+    hyper-parameters, which start with the backbone), as MLflow allows it (no / : . % quotes)."""
+    return re.sub(r"[/:.%\"']", "_", run_name.strip().replace(" ", "-"))[:MODEL_NAME_LENGTH] or "model"
 
 
 @contextmanager
@@ -140,7 +145,8 @@ def _manifest_before_upload(digests: list[str]) -> Iterator[None]:
         mlflow.MlflowClient.log_model_artifacts = upload
 
 
-def log_classifier(saved_dir: Path, info: dict, register_as: Optional[str], name: str = "model") -> tuple[str, str]:
+def log_classifier(saved_dir: Path, info: dict, register_as: Optional[str], name: str = "model",
+                   step: int = 0) -> tuple[str, str]:
     """The exported SavedModel (saved once, copied as is) as the active run's MLflow model ``name``;
     returns its URI (``models:/<model id>``) and the SHA-256 of its manifest
     (rps.inference.manifest: every file of the logged model, written into it before upload).
@@ -148,7 +154,8 @@ def log_classifier(saved_dir: Path, info: dict, register_as: Optional[str], name
     It is an MLflow pyfunc model (rps.inference.classifier.RpsModel, with this package inside it):
     ``mlflow.pyfunc.load_model("runs:/<id>/model").predict(images)`` returns class probabilities
     for float arrays in [0, 1], uint8 arrays of any size or encoded photos, and so does
-    ``mlflow models serve``. ``register_as`` also registers it under that name.
+    ``mlflow models serve``. ``register_as`` also registers it under that name. ``step``: the
+    run's step it is the output of (MLflow links the run's metrics at that step to it).
     """
     import warnings
 
@@ -173,6 +180,7 @@ def log_classifier(saved_dir: Path, info: dict, register_as: Optional[str], name
             # stated, so MLflow does not reload the model to infer them
             pip_requirements=[f"{name}=={package_version(name)}" for name in MODEL_REQUIREMENTS],
             registered_model_name=register_as,
+            step=step,
         )
     if len(digests) != 1:  # MLflow uploaded the model some other way: its files were not hashed
         raise RuntimeError(f"rps could not record the manifest of model {logged.model_uri}: this MLflow "

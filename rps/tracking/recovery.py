@@ -67,7 +67,7 @@ def _epochs_of(record: dict) -> dict[str, str]:
 
 
 def _replay(run_id: str, folder: Path, record: dict) -> None:
-    report = MlflowReporter(run_id, go_offline=False)  # a lost server raises: nothing may be skipped
+    report = MlflowReporter(run_id, training=True, go_offline=False)  # a lost server raises: nothing may be skipped
     report.params(record["params"])
     for epoch in record["epochs"]:
         report.epoch(epoch["metrics"], epoch["step"])
@@ -77,6 +77,7 @@ def _replay(run_id: str, folder: Path, record: dict) -> None:
     if record.get("model"):
         model = record["model"]
         report.model(folder / model["saved_model"], model["info"], model["register_as"])
+    report.finish()
 
 
 def log_kept_run(folder: Path, record: dict) -> str:

@@ -24,6 +24,7 @@ from rps.common.errors import ResourceError
 from rps.inference.manifest import file_hashes
 from rps.training.outcome import StopKind, StopSignal
 from rps.training.report import Reporter
+from rps.tracking.ordering import MetricOrder
 from rps.tracking.record import log_classifier, model_name
 
 log = logging.getLogger(__name__)
@@ -54,10 +55,13 @@ class SplitDataset(MetaDataset):
     class counts), so the runs table's Dataset column tells which data and split a run used."""
 
     def __init__(self, source: str, name: str, digest: str, profile: dict[str, Any]):
-        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.dataset_source_registry import get_dataset_source_from_json
 
         self._profile = profile
-        super().__init__(resolve_dataset_source(source), name=name, digest=digest)
+        # A local folder, said so: MLflow's guess from a path alone finds two local sources (for
+        # "" and "file:" URIs) and warns on every run that the path is ambiguous.
+        local = get_dataset_source_from_json(json.dumps({"uri": source}), source_type="local")
+        super().__init__(local, name=name, digest=digest)
 
     @property
     def profile(self) -> dict[str, Any]:
@@ -78,14 +82,23 @@ def unreachable(err: BaseException) -> bool:
 
 
 class MlflowReporter(Reporter):
+    """Writes what a run reports to its MLflow run (and its staging folder).
+
+    A training run's reporter (``training=True``) writes metrics in the order and at the steps
+    :class:`~rps.tracking.ordering.MetricOrder` decides (the objective first, the final values
+    linked to the exported model, diagnostics last); :meth:`finish` writes what still waits.
+    Other reporters (a sweep's parent) write each metric at once, at step 0. ``go_offline=False``:
+    an unreachable server raises at once (rps.recover: nothing to keep).
+    """
+
     def __init__(self, run_id: str, staging: Optional[Path] = None, stop: Optional[StopSignal] = None,
-                 go_offline: bool = True):
-        """``go_offline=False``: an unreachable server raises at once (rps.recover: nothing to keep)."""
+                 training: bool = False, go_offline: bool = True):
         super().__init__()
         self.run_id, self.staging, self.stop, self.go_offline = run_id, staging, stop or StopSignal(), go_offline
         self.client = mlflow.MlflowClient()
         self.offline: Optional[str] = None  # why the server is no longer written to
         self.model_meta: Optional[dict] = None
+        self.order = MetricOrder() if training else None
 
     @contextmanager
     def _sending(self, what: str) -> Iterator[None]:
@@ -130,16 +143,22 @@ class MlflowReporter(Reporter):
 
     def metrics(self, values: dict[str, float]) -> None:
         super().metrics(values)
-        self._log_metrics(values, 0)
+        self._write(self.order.summary(values) if self.order else [(values, 0)])
 
     def epoch(self, values: dict[str, float], step: int) -> None:
-        self._log_metrics(values, step)
+        self._write(self.order.epoch(values, step) if self.order else [(values, step)])
         super().epoch(values, step)
 
-    def _log_metrics(self, values: dict[str, float], step: int) -> None:
+    def finish(self) -> None:
+        """The run's end: write the metrics that still wait (a run that logged no model)."""
+        if self.order:
+            self._write(self.order.rest())
+
+    def _write(self, batches: list, model_id: Optional[str] = None) -> None:
         now = mlflow.utils.time.get_current_time_millis()
-        metrics = [Metric(k, float(v), now, step) for k, v in values.items()]
-        self._send("metrics", lambda: self.client.log_batch(self.run_id, metrics=metrics))
+        for values, step in batches:
+            metrics = [Metric(k, float(v), now, step, model_id=model_id) for k, v in values.items()]
+            self._send("metrics", lambda: self.client.log_batch(self.run_id, metrics=metrics))
 
     def _artifact(self, path: str, write: Callable[[Path], Any], log_directly: Callable[[], Any]) -> None:
         """Write the artifact into staging and log that file, or (no staging) log it directly."""
@@ -198,10 +217,13 @@ class MlflowReporter(Reporter):
             shutil.copytree(saved_dir, self.staging / "model" / saved_dir.name)
             self.model_meta["files"] = file_hashes(self.staging / "model" / saved_dir.name)
 
-        def log() -> None:  # named after the backbone and the run; its URI and manifest kept as the run's tags
-            name = model_name(info.get("backbone", "model"), self.client.get_run(self.run_id).info.run_name)
-            uri, manifest = log_classifier(saved_dir, info, register_as, name)
+        def log() -> None:  # named after its run; its URI and manifest kept as its tags; the final metrics linked
+            name = model_name(self.client.get_run(self.run_id).info.run_name)
+            uri, manifest = log_classifier(saved_dir, info, register_as, name,
+                                           step=self.order.end_step if self.order else 0)
             self.client.log_batch(self.run_id, tags=[RunTag(MODEL_URI_TAG, uri), RunTag(MANIFEST_TAG, manifest)])
+            if self.order:
+                self._write(self.order.for_model(), model_id=uri.rsplit("/", 1)[-1])
 
         self._send("the trained model", log)
         super().model(saved_dir, info, register_as)

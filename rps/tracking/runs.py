@@ -41,6 +41,12 @@ log = logging.getLogger(__name__)
 PARENT_TAG = "mlflow.parentRunId"  # nests a run under another in the UI
 HOST, BOOT_ID, PID, PROCESS_START = "rps.host", "rps.boot_id", "rps.pid", "rps.process_start"
 HEARTBEAT, REAPED = "rps.heartbeat", "rps.reaped"
+RUN_COLOR = "mlflow.runColor"  # the colour the UI draws a run in (hex), as its colour picker sets it
+PARENT_COLOR = "#000000"  # a sweep's or study's parent: black, which the UI never picks for a run
+# Children, by job or trial number: MLflow's own palette without its greys, neighbours far apart in hue.
+CHILD_COLORS = ("#2272b4", "#c83243", "#308613", "#de7921", "#8a63bf", "#04867d", "#b45091", "#a6630c",
+                "#137dae", "#9e102c", "#3ba65e", "#434a93", "#facb66", "#e65b77", "#115026", "#be501e",
+                "#4299e0", "#93320b", "#277c43", "#0e538b")
 HEARTBEAT_SECONDS = 60.0
 STALE_AFTER_SECONDS = 15 * 60.0
 
@@ -177,7 +183,7 @@ def tracked_run(experiment_id: str, run_name: str, tags: dict[str, str], staging
         if denied:
             raise denied from None
         raise
-    report = MlflowReporter(run.info.run_id, staging, stop)
+    report = MlflowReporter(run.info.run_id, staging, stop, training=True)
     about = (about or {}) | {"run_name": run_name, "start_tags": tags}
     status = RunStatus.FAILED
     try:
@@ -199,6 +205,7 @@ def tracked_run(experiment_id: str, run_name: str, tags: dict[str, str], staging
         raise
     finally:
         if report.offline is None:
+            _quietly("log the run's last metrics", report.finish)
             report.discard()
         else:  # the server is gone: one quick attempt to close the run, not MLflow's retry budget
             os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="5")
@@ -283,15 +290,25 @@ def record_failed_run(experiment_id: str, cfg: DictConfig, name: str, parent_run
     client.set_terminated(run.info.run_id, "FAILED")
 
 
+def child_color(number: int) -> str:
+    """The colour of a sweep's job or a study's trial ``number``: distinct from its neighbours' and the parent's."""
+    return CHILD_COLORS[number % len(CHILD_COLORS)]
+
+
 def open_parent_run(experiment_id: str, name: str, tags: dict[str, str], params: dict[str, str],
                     owned: bool = True) -> str:
     """A RUNNING parent run (a sweep's), owned by this process; returns its id.
 
-    ``owned=False``: no process owns it (a search study's parent, which workers on several
-    machines share and close when the study completes), so it is never reaped.
+    It carries what MLflow gives a run it starts itself (user, source, git commit: the UI's
+    "Created by" and "Source") and its own colour. ``owned=False``: no process owns it (a search
+    study's parent, which workers on several machines share and close when the study
+    completes), so it is never reaped.
     """
+    from mlflow.tracking.context.registry import resolve_tags
+
     client = mlflow.MlflowClient()
-    run = client.create_run(experiment_id, run_name=name, tags=environment_tags() | tags | (owner_tags() if owned else {}))
+    tags = resolve_tags(environment_tags() | {RUN_COLOR: PARENT_COLOR} | tags | (owner_tags() if owned else {}))
+    run = client.create_run(experiment_id, run_name=name, tags=tags)
     client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
     return run.info.run_id
 

@@ -7,6 +7,7 @@ tracking server) take precedence.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from contextlib import nullcontext
@@ -22,6 +23,8 @@ from rps.common.files import exclusive
 from rps.tracking.access import access_error
 from rps.tracking.record import redact
 from rps.tracking.runs import reap_stale_runs
+
+log = logging.getLogger(__name__)
 
 
 def resolve_tracking_uri(configured: Optional[str], mlruns_dir: str) -> tuple[str, Optional[Path]]:
@@ -105,6 +108,9 @@ def setup_experiment(cfg: DictConfig) -> str:
     try:
         lock = _store_lock(uri)
         with exclusive(lock) if lock else nullcontext():
+            db = _sqlite_file(uri)
+            if db is not None and not db.exists():  # (MLflow's own lines about it are kept quiet)
+                log.info("New tracking store %s: creating its tables (first use only)", db)
             experiment_id = _experiment_id(cfg.experiment_name, artifact_root)
         reap_stale_runs([experiment_id])
     except ResourceError:
@@ -136,3 +142,17 @@ def _experiment_id(name: str, artifact_root: Optional[Path]) -> str:
         return mlflow.create_experiment(name, artifact_location=artifact_root.as_uri() if artifact_root else None)
     except mlflow.exceptions.MlflowException:  # created meanwhile by a job on another store client
         return mlflow.get_experiment_by_name(name).experiment_id
+
+
+TRAINING_VIEW = "workflowType=machine_learning"  # the UI's "Model training" view (a fresh browser opens on GenAI)
+
+
+def ui_link(experiment_id: str, run_id: Optional[str] = None) -> str:
+    """The run's (or experiment's) page in the tracking server's UI, in its Model training view;
+    "" for a local store (no server: `mlflow ui` serves it, docs/tracking.md)."""
+    uri = mlflow.get_tracking_uri()
+    if urlparse(uri).scheme not in ("http", "https"):
+        return ""
+    page = f"#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "/runs")
+    return f"{redact(uri).rstrip('/')}/{page}?{TRAINING_VIEW}"
+

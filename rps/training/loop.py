@@ -20,12 +20,13 @@ from rps.model.head import compile_for_training
 
 keras = tf.keras
 
-# Keras history key -> the metric name logged per epoch.
+# Keras history key -> the metric name logged per epoch, in the order they are logged (validation
+# first: MLflow lists a run's metrics in the order they first arrive).
 EPOCH_METRICS = {
-    "loss": "train_loss",
-    "accuracy": "train_accuracy",
-    "val_loss": "val_loss",
     "val_accuracy": "val_accuracy",
+    "val_loss": "val_loss",
+    "accuracy": "train_accuracy",
+    "loss": "train_loss",
 }
 
 EpochSink = Callable[[dict[str, float], int], None]

@@ -6,6 +6,7 @@ benchmarks): the one metric it is judged by, how it stopped, and what it leaves.
   epoch's weights, or the best epoch's when early stopping restored them — or, with
   ``split.folds=K``, the mean over the K folds. The tag :data:`OBJECTIVE_TAG` says which.
   Runs logged before it was renamed carry :data:`LEGACY_OBJECTIVE` instead.
+- :class:`RunningObjective` is the objective as it stands after each epoch (reported with it).
 - :class:`Stop` is why training ended before its last epoch (a pruned trial, a lost tracking
   server), set once by whoever decides it and read by the training loop after each epoch.
 - :class:`Ending` is how a run ended, as callers (and MLflow statuses) see it.
@@ -23,6 +24,9 @@ OBJECTIVE = "selection_val_accuracy"
 OBJECTIVE_LOSS = "selection_val_loss"  # the tie-break: validation loss of the same model (or fold mean)
 OBJECTIVE_TAG = "selection.measures"  # what OBJECTIVE measured in this run, in words
 LEGACY_OBJECTIVE, LEGACY_OBJECTIVE_LOSS = "best_val_accuracy", "best_val_loss"  # before 2026-12
+# What a run leaves for its sweep's parent to compare (rps.training.outputs writes them): every test
+# example's label, predicted class and confidence; the first test images as one strip of thumbnails.
+PREDICTIONS, SAMPLES, THUMBNAIL = "eval/test_predictions.json", "eval/test_samples.jpg", 96
 
 
 def objective_of(metrics: dict[str, float]) -> Optional[float]:
@@ -32,6 +36,31 @@ def objective_of(metrics: dict[str, float]) -> Optional[float]:
 
 def objective_loss_of(metrics: dict[str, float]) -> Optional[float]:
     return metrics.get(OBJECTIVE_LOSS, metrics.get(LEGACY_OBJECTIVE_LOSS))
+
+
+class RunningObjective:
+    """The objective as it stands after each epoch, put first in that epoch's metrics (so MLflow,
+    which lists metrics in the order they were first logged, opens on it): the validation
+    accuracy and loss of the model the run would export if training ended after this epoch — the
+    best epoch of the phase so far when early stopping restores the best weights (Keras restores
+    them at the end of every phase, the first best epoch winning ties), else this epoch's. It is
+    measured on the run's own validation carve-out: with ``split.folds=K`` the objective itself is
+    the mean over K folds, known only at the end, where the run logs it as the last point."""
+
+    def __init__(self, best_of_phase: bool):
+        self.best_of_phase = best_of_phase
+        self.phase: Optional[float] = None
+        self.best: Optional[tuple[float, float]] = None
+
+    def __call__(self, metrics: dict[str, float]) -> dict[str, float]:
+        if "val_accuracy" not in metrics:
+            return metrics
+        if metrics.get("phase") != self.phase:  # a new phase: a new early-stopping record
+            self.phase, self.best = metrics.get("phase"), None
+        accuracy, loss = metrics["val_accuracy"], metrics.get("val_loss", float("nan"))
+        if not self.best_of_phase or self.best is None or accuracy > self.best[0]:
+            self.best = (accuracy, loss)
+        return {OBJECTIVE: self.best[0], OBJECTIVE_LOSS: self.best[1]} | metrics
 
 
 class StopKind(enum.Enum):

@@ -36,7 +36,7 @@ from rps.training.evaluate import evaluate
 from rps.training.checkpoints import Checkpoints
 from rps.training.loop import PhaseCheckpoints, predict, release_memory, seed_everything, train_phase
 from rps.training.preflight import preflight
-from rps.training.outcome import OBJECTIVE, OBJECTIVE_LOSS, OBJECTIVE_TAG, Outcome, StopSignal
+from rps.training.outcome import OBJECTIVE, OBJECTIVE_LOSS, OBJECTIVE_TAG, Outcome, RunningObjective, StopSignal
 from rps.training.report import Reporter
 from rps.training.validation import cross_validate, make_split, train_on_features
 
@@ -125,7 +125,7 @@ def pool_features(prepared: Prepared, pool: Examples, report: Reporter) -> np.nd
     result = cached_features(key, pool.labels, prepared.feature_dim, compute, cache_dir, meta)
     log.info("Feature cache %s: %s (features by %s)", result.status, result.path, engine_name)
     report.tags({"feature_cache": result.status, "feature_cache_key": key, "feature_engine": engine_name})
-    timing = "timing/feature_load_seconds" if result.status == "hit" else "timing/feature_extraction_seconds"
+    timing = "timing_feature_load_seconds" if result.status == "hit" else "timing_feature_extraction_seconds"
     report.metrics({timing: result.seconds})  # a diagnostic: kept apart
     return result.features
 
@@ -299,8 +299,10 @@ def train_and_evaluate(prepared: Prepared, report: Optional[Reporter] = None, st
     in progress once anybody requests it; ``on_epoch`` sees each epoch's metrics after the report;
     ``checkpoints`` keeps a checkpoint of every epoch, and a run that has one resumes from it."""
     cfg, report, stop = prepared.cfg, report or Reporter(), stop or StopSignal()
+    running = RunningObjective(cfg.early_stopping.enabled and cfg.early_stopping.restore_best_weights)
 
     def sink(metrics: dict[str, float], epoch: int) -> None:
+        metrics = running(metrics)  # the objective as it stands, first
         report.epoch(metrics, epoch)
         if on_epoch is not None:
             on_epoch(metrics, epoch)

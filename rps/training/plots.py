@@ -113,3 +113,48 @@ def sweep_accuracy(table: list[dict], keys: list[str]) -> Figure:
     fig.suptitle(f"Sweep: {len(done)} finished" + (f", {failed} failed (not plotted)" if failed else ""))
     fig.tight_layout()
     return fig
+
+
+CHOSEN = "tab:green"
+
+
+def comparison_sheet(rows: list[dict], class_names: list[str], title: str) -> Figure:
+    """A sweep's children side by side, one row each in the given order: its test confusion
+    matrix, then its predictions on the same first test images (green right, red wrong). A row is
+    ``{"label", "objective", "chosen", "confusion", "thumbnails", "labels", "predicted", "confidence"}``;
+    the chosen row is framed and says so."""
+    n_samples = max((len(r["thumbnails"]) for r in rows), default=0)
+    height = 1.0 + 1.9 * len(rows)
+    layout = {"width_ratios": [2.2] + [1] * n_samples, "left": 0.05, "right": 0.99, "bottom": 0.04 / height * 10,
+              "top": 1 - 1.0 / height, "hspace": 0.75, "wspace": 0.12}  # fixed: tight_layout takes seconds here
+    fig, axes = plt.subplots(len(rows), 1 + n_samples, figsize=(2.6 + 1.25 * n_samples, height), squeeze=False,
+                             gridspec_kw=layout)
+    for ax in axes.flat:
+        ax.axis("off")
+    for row_axes, row in zip(axes, rows):
+        _confusion_cell(row_axes[0], row, class_names)
+        for ax, image, label, predicted, confidence in zip(row_axes[1:], row["thumbnails"], row["labels"],
+                                                           row["predicted"], row["confidence"]):
+            ok = predicted == label
+            ax.imshow(image)
+            ax.set_title(f"{class_names[predicted]} {confidence:.0%}", fontsize=8, color=RIGHT if ok else WRONG)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def _confusion_cell(ax, row: dict, class_names: list[str]) -> None:
+    """One child's confusion matrix, titled with its swept values and objective (framed if chosen)."""
+    cm = np.asarray(row["confusion"])
+    ax.axis("on")
+    ax.imshow(cm, cmap="Blues", vmin=0, vmax=max(int(cm.sum(axis=1).max()), 1))
+    ticks = range(len(class_names))
+    ax.set_xticks(ticks, [c[:8] for c in class_names], fontsize=6)
+    ax.set_yticks(ticks, [c[:8] for c in class_names], fontsize=6)
+    threshold = cm.max() / 2 if cm.size else 0
+    for (i, j), count in np.ndenumerate(cm):
+        ax.text(j, i, str(count), ha="center", va="center", fontsize=7, color="white" if count > threshold else "black")
+    mark = "CHOSEN  " if row["chosen"] else ""
+    ax.set_title(f"{mark}{row['label']}\n{OBJECTIVE} {row['objective']:.4f}", fontsize=8,
+                 color=CHOSEN if row["chosen"] else "black", fontweight="bold" if row["chosen"] else "normal")
+    for spine in ax.spines.values():
+        spine.set(visible=True, color=CHOSEN if row["chosen"] else "lightgrey", linewidth=4 if row["chosen"] else 1)
