@@ -3,6 +3,7 @@
     python -m rps.predict runs:/<run id> photos/ hand.jpg
     python -m rps.predict models:/rps-classifier/1 photos/ --output predictions.csv
     python -m rps.predict <downloaded model>/artifacts/saved_model photos/ --output out.json
+    python -m rps.predict runs:/<run id>/export/model_int8.tflite photos/     # a format the run exported
 
 The exit code is 1 when any file failed, 2 when the model or the inputs cannot be used at all,
 0 otherwise.
@@ -34,7 +35,8 @@ def _positive(text: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Classify image files with a trained rps model.")
     parser.add_argument("model", help="runs:/<run id>, models:/<name>/<version>, an MLflow model folder, "
-                                      "or a run's exported SavedModel directory")
+                                      "a run's exported SavedModel directory, or a .tflite file it exported "
+                                      "(runs:/<run id>/export/model_<format>.tflite, or a local path)")
     parser.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
     parser.add_argument("--output", type=Path, help="also write the predictions to this .csv or .json file")
     parser.add_argument("--batch-size", type=_positive, default=32, help="images per model call (default 32)")

@@ -22,6 +22,7 @@ NOISE = "|".join((
     r"cuda_platform\.cc:[0-9]+\] failed call to cuInit",
     r"cuda_executor\.cc:[0-9]+\] .*(CUDA|cuInit)",
     r"^INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.$",
+    r"^fully_quantize: [0-9], inference_type: [0-9]+, input_inference_type: ",  # the int8 converter
 ))
 
 

@@ -1,6 +1,7 @@
 """Where a run's logged model is, and a local copy of it to load: ``runs:/<run id>`` (the model the
 run's tag ``rps.model_uri`` names), ``models:/<name>/<version>`` or ``models:/<model id>`` and other
-MLflow model URIs are downloaded from the tracking store; a local folder is used as it is."""
+MLflow model URIs (``runs:/<run id>/export/model_int8.tflite`` too) are downloaded from the
+tracking store; a local folder or ``.tflite`` file is used as it is."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def local_model(model: str, tracking_uri: Optional[str] = None, mlruns_dir: str 
     """A local folder holding ``model``: the folder itself, or the MLflow model the URI names,
     downloaded into ``into`` (a new temporary folder by default)."""
     path = Path(model).expanduser()
-    if path.is_dir():
+    if path.is_dir() or (path.is_file() and path.suffix == ".tflite"):  # a local model, used as it is
         return path.resolve()
     if "://" not in model and ":/" not in model:
         raise ResourceError(f"MODEL {model} is not a folder nor an MLflow model URI (runs:/<id>, models:/<name>/<v>).")
