@@ -123,6 +123,7 @@ def execute(cfg: DictConfig, hydra_dir: Optional[Path] = None, overrides: Option
         log.info("MLflow run %s in experiment '%s'", report.run_id, cfg.experiment_name)
         resolved = {"dataset.version": prepared.source.version}  # null in the config: the newest prepared
         tracking.log_config(report, cfg, hydra_dir, resolved)  # first artifact: an unwritable store fails here
+        tracking.log_provenance(report, cfg)  # what rps.reproduce needs: the package lock, machine, diff, digests
         on_epoch = _pruning(prune, stop, report) if prune else None
         out = pipeline.train_and_evaluate(prepared, report, stop, on_epoch)
         outputs.report_outputs(cfg, out, report)
