@@ -14,6 +14,8 @@ from typing import Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from rps.model.formats import FORMATS  # the TFLite formats export.formats may name (no TensorFlow import)
+
 DEFAULT_HANDLE = "https://tfhub.dev/google/tf2-preview/mobilenet_v2/feature_vector/4"
 SPLIT_KINDS = ("tutorial", "official")
 GROUPINGS = ("none", "clusters", "pattern")
@@ -311,8 +313,6 @@ class ExportConfig:
 
 
 def export_checks(cfg: DictConfig) -> list[Check]:
-    from rps.model.formats import FORMATS
-
     ex = cfg.export
     formats = list(ex.formats)
     return [

@@ -6,6 +6,7 @@ Every MLflow write of rps is in this package: a run's content goes through
 ``runs.py``.
 """
 
+from rps.tracking.champion import card_registered_versions, promote, promote_chosen
 from rps.tracking.provenance import log_provenance
 from rps.tracking.record import config_params, environment_tags, log_config, redact
 from rps.tracking.reporter import MlflowReporter
@@ -16,6 +17,7 @@ from rps.tracking.runs import (
 from rps.tracking.store import resolve_tracking_uri, setup_experiment, use_store
 
 __all__ = [
+    "card_registered_versions", "promote", "promote_chosen",
     "MlflowReporter", "config_params", "environment_tags", "log_config", "log_provenance", "redact",
     "PARENT_TAG", "child_runs", "end_run", "get_run", "open_parent_run", "reap_stale_runs", "record_failed_run",
     "shared_parent_run",
