@@ -195,3 +195,34 @@ def test_a_study_trades_the_validation_objective_against_latency_or_size_only():
     assert not _search(OBJECTIVE, "test_accuracy")["search.objectives"]  # never the test split
     assert not _search(OBJECTIVE, "export/int4/latency_ms")["search.objectives"]
     assert not _search(OBJECTIVE, "export/int8/latency_ms", pruner="median")["search.pruner"]
+
+
+# --------------------------------------------------------------------------- judging a rerun's metrics
+
+
+ORIGINAL = {OBJECTIVE: 0.95, "test_accuracy": 0.9, "test_loss": 0.3, "export/int8/test_accuracy": 0.88,
+            "export/int8/latency_ms": 2.0, "timing/feature_load_seconds": 0.1, "export/saved_model/size_bytes": 100.0,
+            "val_loss": float("nan")}
+
+
+def test_a_rerun_on_the_same_machine_must_match_bit_for_bit():
+    from rps.runner.reproduce import compare
+
+    same = compare(ORIGINAL, dict(ORIGINAL, **{"export/int8/latency_ms": 9.0, "export/saved_model/size_bytes": 98.0}),
+                   exact=True, tolerance=0.01)
+    assert [r.metric for r in same] == sorted([OBJECTIVE, "test_accuracy", "test_loss", "export/int8/test_accuracy",
+                                               "val_loss"])  # timings, latency and SavedModel size not compared
+    assert all(r.ok for r in same)
+    off = compare(ORIGINAL, dict(ORIGINAL, test_loss=0.3 + 1e-12), exact=True, tolerance=0.01)
+    assert [r.metric for r in off if not r.ok] == ["test_loss"]
+    missing = {k: v for k, v in ORIGINAL.items() if k != "test_accuracy"}
+    assert [r.metric for r in compare(ORIGINAL, missing, exact=True, tolerance=0.01) if r.ok is False] == ["test_accuracy"]
+
+
+def test_elsewhere_only_the_accuracies_are_judged_within_the_tolerance():
+    from rps.runner.reproduce import compare
+
+    rerun = dict(ORIGINAL, **{OBJECTIVE: 0.955, "test_accuracy": 0.88, "test_loss": 0.9})
+    rows = {r.metric: r.ok for r in compare(ORIGINAL, rerun, exact=False, tolerance=0.01)}
+    assert rows[OBJECTIVE] is True and rows["test_accuracy"] is False  # 0.005 within, 0.02 not
+    assert rows["test_loss"] is None and rows["export/int8/test_accuracy"] is True  # losses shown, not judged
