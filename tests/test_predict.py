@@ -86,6 +86,8 @@ def test_saved_model_path_and_registry_uri_predict_the_same(exported_run, images
     assert outputs[0] == outputs[1] == outputs[2] == outputs[3] and len(outputs[0]) == 3
     version = mlflow.MlflowClient().get_model_version("rps-tiny", "1")
     assert version.run_id == run.info.run_id
+    assert version.description.startswith("# Model card: rps-tiny version 1")  # every registered version has one
+    assert "Chosen by: register_model=rps-tiny" in version.description
 
 
 def test_unusable_model_or_inputs_exit_2(exported_run, images, tmp_path):
