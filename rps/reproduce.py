@@ -57,7 +57,10 @@ def _print_plan(the_plan: reproduce.Plan, tolerance: float) -> None:
     if the_plan.exact:
         print(f"Expected: bit-exact ({reproduce.EXPECTATION})")
     else:
-        print(f"Expected: accuracies within {tolerance} (not the {reproduce.EXPECTATION}: bit-exactness is not expected)")
+        why = [what for what, same in (("another machine or environment", the_plan.same_machine),
+                                       ("other code", the_plan.same_code)) if not same]
+        print(f"Expected: accuracies within {tolerance} ({' and '.join(why)}: bit-exactness needs the "
+              f"{reproduce.EXPECTATION})")
 
 
 def main(argv: list[str] | None = None) -> int:
