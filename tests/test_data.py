@@ -54,7 +54,7 @@ def test_no_image_crosses_splits_across_two_epochs(tiny_examples):
     sizes = split_sizes(compose("split.val_size=12", "split.test_size=12").split, 60, 24)
     splits = split_examples(train, test, "tutorial", sizes, seed=0)
     ds = {k: make_dataset(v, 32, 16, 3, shuffle_seed=0 if k == "train" else None) for k, v in splits.items()}
-    epochs = [{k: digests(d) for k, d in ds.items()} for _ in range(2)]
+    epochs = [{k: digests(d.epochs(e, e + 1) if k == "train" else d) for k, d in ds.items()} for e in range(2)]
     for split in ("val", "test"):
         assert epochs[0][split] == epochs[1][split], "evaluation splits must be identical every epoch"
     assert epochs[0]["train"] != epochs[1]["train"], "training batches are reshuffled each epoch"
@@ -62,6 +62,19 @@ def test_no_image_crosses_splits_across_two_epochs(tiny_examples):
     assert seen_train == set(epochs[0]["train"])
     assert not seen_train & set(epochs[0]["val"]) and not seen_train & set(epochs[0]["test"])
     assert not set(epochs[0]["val"]) & set(epochs[0]["test"])
+
+
+def test_an_epochs_batches_depend_on_the_seed_and_the_epoch_only(tiny_examples):
+    """What lets a resumed run train on exactly the batches an uninterrupted one would: epoch 2
+    alone equals epoch 2 after epochs 0 and 1, and every epoch holds each example once."""
+    train, _, _ = tiny_examples
+    stream = make_dataset(train, 32, 16, 3, shuffle_seed=5)
+    straight = digests(stream.epochs(0, 3))
+    per_epoch = len(train)
+    assert digests(stream.epochs(2, 3)) == straight[2 * per_epoch:]
+    assert sorted(straight[:per_epoch]) == sorted(straight[per_epoch:2 * per_epoch]) != straight[:per_epoch]
+    assert stream.steps == 4  # 60 examples in batches of 16
+    assert digests(make_dataset(train, 32, 16, 3, shuffle_seed=6).epochs(0, 1)) != straight[:per_epoch]
 
 
 def test_same_seed_same_split_other_seed_other_split(tiny_examples):

@@ -4,8 +4,6 @@ PostgreSQL, proxied artifacts, basic-auth sign-in), on 127.0.0.1 only. CI starts
 from __future__ import annotations
 
 import os
-import secrets
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,64 +13,62 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import requests
+from mlflow.exceptions import MlflowException
 
 from conftest import TINY_SPLIT, free_port, run_cli
+from support.team import PASSWORDS, TeamServer, postgres_problem, strong_password, together
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
-PASSWORDS = {name: f"{name}-{secrets.token_hex(8)}" for name in ("admin", "alice", "bob")}
-
-
-@dataclass
-class TeamServer:
-    url: str
-    state: Path
-    args: list[str]
-
-    def cli(self, *args: str, user: str = "admin", env_extra: dict | None = None) -> subprocess.CompletedProcess:
-        env = os.environ | self.creds(user) | (env_extra or {})
-        return subprocess.run([sys.executable, "-m", "rps.server", *args, *self.args], env=env,
-                              capture_output=True, text=True, timeout=300)
-
-    def creds(self, user: str | None) -> dict[str, str]:
-        return {"MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": PASSWORDS[user]} if user else {}
-
-    def client(self, user: str = "admin"):
-        import mlflow
-
-        os.environ.update(self.creds(user))
-        mlflow.set_tracking_uri(self.url)
-        return mlflow.MlflowClient()
-
-
-def _postgres_problem() -> str | None:
-    if shutil.which("pg_isready") is None:
-        return "PostgreSQL is not installed (CI installs it; locally: apt-get install postgresql)"
-    if subprocess.run(["pg_isready", "-h", "127.0.0.1", "-q"]).returncode != 0:
-        return "PostgreSQL is not running on 127.0.0.1:5432 (CI starts it; locally: pg_ctlcluster 15 main start)"
-    return None
-
-
 
 
 @pytest.fixture(scope="module")
 def team_server(tmp_path_factory):
-    problem = _postgres_problem()
+    problem = postgres_problem()
     if problem:
         pytest.skip(problem)
     port = free_port()
-    server = TeamServer(f"http://127.0.0.1:{port}", tmp_path_factory.mktemp("server"),
-                        ["--state-dir", "", "--port", str(port), "--db-name", f"rps_test_{uuid.uuid4().hex[:8]}"])
-    server.args[1] = str(server.state)
+    state = tmp_path_factory.mktemp("server")  # exists already, mode 0755: start must make it private
+    server = TeamServer(f"http://127.0.0.1:{port}", state,
+                        ["--state-dir", str(state), "--port", str(port), "--db-name", f"rps_test_{uuid.uuid4().hex[:8]}",
+                         "--app", os.environ.get("RPS_TEST_SERVER_APP", "rps-auth")])  # basic-auth: upstream check
     started = server.cli("start", user=None, env_extra={"MLFLOW_AUTH_ADMIN_PASSWORD": PASSWORDS["admin"]})
     try:
         assert started.returncode == 0, started.stderr[-3000:]
         for user in ("alice", "bob"):
             added = server.cli("add-user", user, env_extra={"RPS_NEW_USER_PASSWORD": PASSWORDS[user]})
             assert added.returncode == 0, added.stderr[-2000:]
+        for user in ("carol", "dave"):
+            server.users().create_user(user, PASSWORDS[user])
+        server.client("alice").create_experiment("private")
         assert server.cli("grant", "bob", "private", "DENY").returncode == 0
         yield server
     finally:
         server.cli("destroy")
+
+
+@dataclass
+class AliceRun:
+    cwd: Path
+    env: dict
+    result: object
+    run: object
+
+
+@pytest.fixture(scope="module")
+def alice(team_server, tiny_tfds, hub_cache, tmp_path_factory) -> AliceRun:
+    """A real tiny rps run of alice's (experiment 'rps', its model registered as team-tiny), where
+    bob is then granted EDIT: the first test builds on it, the owner tests attack it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TFDS_", "TFHUB_"))}
+    env |= {"TFDS_DATA_DIR": str(tiny_tfds), "TFHUB_CACHE_DIR": str(hub_cache), "PYTHONUNBUFFERED": "1",
+            "MLFLOW_TRACKING_URI": team_server.url} | team_server.creds("alice")
+    cwd = tmp_path_factory.mktemp("alice")
+    result = run_cli("epochs=1", *TINY_SPLIT, "register_model=team-tiny", cwd=cwd, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert team_server.cli("grant", "bob", "rps", "EDIT").returncode == 0
+    client = team_server.client("alice")
+    (run,) = client.search_runs([client.get_experiment_by_name("rps").experiment_id])
+    return AliceRun(cwd, env, result, run)
 
 
 @pytest.fixture
@@ -84,13 +80,12 @@ def _files_text(folder: Path) -> str:
     return "".join(p.read_text(errors="replace") for p in folder.rglob("*") if p.is_file())
 
 
-def test_runs_sweeps_registry_predict_and_compare_work_against_the_server(team_server, as_alice, tmp_path):
+def test_runs_sweeps_registry_predict_and_compare_work_against_the_server(team_server, alice):
     import mlflow
 
     from rps.synthetic import tiny_image
 
-    single = run_cli("epochs=1", *TINY_SPLIT, "register_model=team-tiny", cwd=tmp_path, env=as_alice)
-    assert single.returncode == 0, single.stderr[-3000:]
+    single, tmp_path, as_alice = alice.result, alice.cwd, alice.env
     sweep = run_cli("-m", "head.dropout=0.2,0.5", "epochs=1", *TINY_SPLIT, cwd=tmp_path, env=as_alice)
     assert sweep.returncode == 0, sweep.stderr[-3000:]
     photo = tmp_path / "hand.png"
@@ -209,3 +204,243 @@ def test_parallel_sweeps_against_one_server_lose_no_run(team_server, as_alice, t
     assert sorted(by_parent.values()) == [["dropout=0.1", "dropout=0.2", "dropout=0.3", "dropout=0.4"],
                                           ["lr=0.001", "lr=0.01"]]
     assert all(r.info.status == "FINISHED" for r in runs) and len(runs) == 8
+
+
+# --------------------------------------------------------------------------- owners (rps.team.ownership)
+
+
+def _artifact_url(server: TeamServer, path: str, api: str = "api") -> str:
+    return f"{server.url}/{api}/2.0/mlflow-artifacts/artifacts/{path}"
+
+
+def test_bob_cannot_overwrite_the_files_of_alices_logged_model_or_run_even_with_edit(team_server, alice):
+    run = alice.run
+    model_id = run.data.tags["rps.model_uri"].removeprefix("models:/")
+    model_root = f"{run.info.experiment_id}/models/{model_id}/artifacts"
+    targets = [f"{model_root}/mlflow_model.py",  # models from code: this file runs when the model loads
+               f"{model_root}/code/rps/__init__.py",
+               f"{run.info.experiment_id}/{run.info.run_id}/artifacts/config/config.yaml"]
+    before = {path: (team_server.state / "artifacts" / path).read_bytes() for path in targets}
+    bob, owner = ("bob", PASSWORDS["bob"]), ("alice", PASSWORDS["alice"])
+    for path in targets:
+        for api in ("api", "ajax-api"):
+            put = requests.put(_artifact_url(team_server, path, api), data=b"import os  # bob was here\n", auth=bob)
+            assert put.status_code == 403, (path, put.status_code, put.text)
+        deleted = requests.delete(_artifact_url(team_server, path), auth=bob)
+        assert deleted.status_code == 403, (path, deleted.status_code)
+    assert {path: (team_server.state / "artifacts" / path).read_bytes() for path in targets} == before
+    assert requests.put(_artifact_url(team_server, targets[1]), data=before[targets[1]], auth=owner).status_code == 200
+
+
+def test_bob_cannot_rewrite_the_tags_of_alices_run_but_alice_can(team_server, alice):
+    run_id = alice.run.info.run_id
+    bob = team_server.client("bob")
+    for tag in ("rps.model_uri", "rps.model_manifest_sha256"):
+        with pytest.raises(MlflowException) as refused:
+            bob.set_tag(run_id, tag, "models:/m-of-bobs")
+        assert refused.value.error_code == "PERMISSION_DENIED" and "alice" in str(refused.value)
+    with pytest.raises(MlflowException):
+        bob.delete_tag(run_id, "rps.model_uri")
+    owner = team_server.client("alice")
+    owner.set_tag(run_id, "rps.model_manifest_sha256", "0" * 64)
+    tags = owner.get_run(run_id).data.tags
+    assert tags["rps.model_uri"] == alice.run.data.tags["rps.model_uri"] and tags["rps.model_manifest_sha256"] == "0" * 64
+    with pytest.raises(MlflowException, match="set by the server"):  # nobody but an admin rewrites the owner
+        owner.set_tag(run_id, "mlflow.user", "bob")
+
+
+def test_bob_cannot_log_into_or_end_alices_run_but_alice_can(team_server, alice):
+    run_id = alice.run.info.run_id
+    bob = team_server.client("bob")
+    for write in (lambda: bob.log_metric(run_id, "val_accuracy", 1.0), lambda: bob.log_param(run_id, "lr", "9"),
+                  lambda: bob.set_terminated(run_id, "FAILED"), lambda: bob.delete_run(run_id)):
+        with pytest.raises(MlflowException) as refused:
+            write()
+        assert refused.value.error_code == "PERMISSION_DENIED"
+    owner = team_server.client("alice")
+    owner.log_metric(run_id, "checked_by_alice", 1.0)
+    run = owner.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.metrics["checked_by_alice"] == 1.0
+    assert run.data.metrics["val_accuracy"] == alice.run.data.metrics["val_accuracy"]
+
+
+def test_runs_and_models_belong_to_whoever_signed_in_whatever_the_client_claims(team_server, alice):
+    experiment_id, bob = alice.run.info.experiment_id, ("bob", PASSWORDS["bob"])
+    claimed = {"experiment_id": experiment_id, "user_id": "alice", "tags": [{"key": "mlflow.user", "value": "alice"}]}
+    created = requests.post(f"{team_server.url}/api/2.0/mlflow/runs/create", json=claimed, auth=bob)
+    assert created.status_code == 200, created.text
+    run = team_server.client("bob").get_run(created.json()["run"]["info"]["run_id"])
+    assert run.info.user_id == "bob" and run.data.tags["mlflow.user"] == "bob"
+    model = requests.post(f"{team_server.url}/api/2.0/mlflow/logged-models", auth=bob, json={
+        "experiment_id": experiment_id, "tags": [{"key": "rps.owner", "value": "alice"}]})
+    assert model.status_code == 200 and {"key": "rps.owner", "value": "bob"} in model.json()["model"]["info"]["tags"]
+    on_alices_run = requests.post(f"{team_server.url}/api/2.0/mlflow/logged-models", auth=bob, json={
+        "experiment_id": experiment_id, "source_run_id": alice.run.info.run_id})
+    assert on_alices_run.status_code == 403, on_alices_run.text
+    assert alice.run.info.user_id == "alice"
+    into_alices = requests.post(f"{team_server.url}/api/2.0/mlflow/experiments/create", auth=bob, json={
+        "name": "bobs-window", "artifact_location": f"mlflow-artifacts:/{experiment_id}"})
+    assert into_alices.status_code == 403, into_alices.text  # its runs' artifacts would be alice's files
+
+
+def test_the_reaper_skips_other_users_dead_runs_quietly(team_server, alice, caplog):
+    from rps.tracking import runs
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    experiment_id = alice.run.info.experiment_id
+    lost = team_server.client("alice").create_run(experiment_id, tags=runs.owner_tags() | {runs.PID: str(dead.pid)})
+    caplog.set_level("DEBUG", logger="rps.tracking.runs")
+    assert runs.reap_stale_runs([experiment_id], client=team_server.client("bob")) == []
+    assert [r.levelname for r in caplog.records if lost.info.run_id in r.getMessage()] == ["DEBUG"]
+    assert team_server.client("alice").get_run(lost.info.run_id).info.status == "RUNNING"
+    assert runs.reap_stale_runs([experiment_id], client=team_server.client("alice")) == [lost.info.run_id]
+    assert team_server.client("alice").get_run(lost.info.run_id).info.status == "FAILED"
+
+
+# --------------------------------------------------------------------------- artifact paths, sign-in
+
+
+SPELLINGS = ["{e}/{rest}", "./{e}/{rest}", ".%2F{e}/{rest}", "%2e/{e}/{rest}", "%2E%2F{e}/{rest}",
+             "%252e%252f{e}/{rest}", "%252E%252F{e}%252F{rest}", "{e}/./{rest}", "{e}/%2e/{rest}", "{e}//{rest}",
+             "/{e}/{rest}", "%2F{e}/{rest}", "{e}/x/../{rest}", "{e}/x/%2e%2e/{rest}", "{e}%2F{rest}"]
+
+
+def test_every_spelling_of_a_denied_artifact_path_gets_the_plain_paths_answer(team_server):
+    owner = team_server.client("alice")
+    experiment_id = owner.get_experiment_by_name("private").experiment_id
+    run = owner.create_run(experiment_id)
+    owner.log_text(run.info.run_id, "alice's secret", "secret.txt")
+    rest = f"{run.info.run_id}/artifacts/secret.txt"
+    answers = {}
+    for spelling in SPELLINGS:
+        path = spelling.format(e=experiment_id, rest=rest)
+        for api in ("api", "ajax-api"):
+            status, _, body = team_server.raw("GET", f"/{api}/2.0/mlflow-artifacts/artifacts/{path}", "bob")
+            answers[(api, path)] = status
+            assert b"secret" not in body
+        folder = path.rsplit("/", 1)[0]
+        status, _, body = team_server.raw("GET", f"/api/2.0/mlflow-artifacts/artifacts?path={folder}", "bob")
+        answers[("list", folder)] = status
+        assert b"secret.txt" not in body
+    assert set(answers.values()) == {403}, {k: v for k, v in answers.items() if v != 403}
+    for spelling in SPELLINGS[:3]:  # the owner's answer is the same for every spelling too
+        status, _, body = team_server.raw("GET", "/api/2.0/mlflow-artifacts/artifacts/" + spelling.format(
+            e=experiment_id, rest=rest), "alice")
+        assert (status, body) == (200, b"alice's secret")
+    for refused in (f"{experiment_id}\\{rest}", f"../{experiment_id}/{rest}", f"{experiment_id}/%00/{rest}"):
+        assert team_server.raw("GET", f"/api/2.0/mlflow-artifacts/artifacts/{refused}", "bob")[0] == 400
+
+
+def _log_tail(server: TeamServer, start: int) -> str:
+    with open(server.state / "server.log", "rb") as log:
+        log.seek(start)
+        return log.read().decode(errors="replace")
+
+
+def test_unsupported_authorization_schemes_get_401_and_leave_no_traceback(team_server):
+    start = (team_server.state / "server.log").stat().st_size
+    for header in ("Bearer eyJhbGciOiJIUzI1NiJ9.e30.x", 'Digest username="alice", realm="mlflow", nonce="1"',
+                   "Basic not-base64!", "Negotiate abc"):
+        for path in ("/api/2.0/mlflow/experiments/search?max_results=1", "/api/2.0/mlflow/runs/get?run_id=x",
+                     "/api/2.0/mlflow-artifacts/artifacts/0/x/artifacts/y"):
+            status, headers, _ = team_server.raw("GET", path, headers={"Authorization": header})
+            assert status == 401 and headers.get("www-authenticate", "").startswith("Basic"), (header, path, status)
+    time.sleep(0.5)
+    assert "Traceback" not in _log_tail(team_server, start)
+
+
+def test_repeated_wrong_passwords_get_429_per_user_and_per_address(team_server):
+    path = "/api/2.0/mlflow/experiments/get?experiment_id=0"
+    guesses = [team_server.raw("GET", path, "carol", f"guess-{i}", source="127.0.0.2")[:2] for i in range(11)]
+    assert [status for status, _ in guesses] == [401] * 10 + [429]
+    assert 0 < int(guesses[-1][1]["retry-after"]) <= 300
+    assert team_server.raw("GET", path, "carol", source="127.0.0.3")[0] == 429, "carol's account is locked"
+    assert team_server.raw("GET", path, "alice", source="127.0.0.3")[0] == 200, "other users are not"
+    from_one_address = [team_server.raw("GET", path, f"user{i}", "guess", source="127.0.0.4")[0] for i in range(31)]
+    assert from_one_address == [401] * 30 + [429]
+
+
+def test_a_password_change_or_deletion_takes_effect_at_once_in_every_worker(team_server):
+    def statuses(password: str, source: str = "127.0.0.1", rounds: int = 1) -> set[int]:
+        """Rounds of 8 requests at once: the kernel hands concurrent connections to both workers."""
+        return {status for _ in range(rounds) for status in together(
+            lambda: team_server.raw("GET", path, "dave", password, source=source)[0], 8)}
+
+    path, old = "/api/2.0/mlflow/experiments/get?experiment_id=0", PASSWORDS["dave"]
+    assert statuses(old, rounds=5) == {200}  # every worker has checked, and cached, the old password
+    PASSWORDS["dave"] = strong_password("dave")
+    team_server.users().update_user_password("dave", PASSWORDS["dave"])
+    assert statuses(PASSWORDS["dave"], rounds=2) == {200}
+    refused = statuses(old, source="127.0.0.5", rounds=4)
+    assert 200 not in refused and 401 in refused  # (429 once dave's failures reach the limit)
+    team_server.users().delete_user("dave")
+    assert 200 not in statuses(PASSWORDS["dave"], source="127.0.0.5", rounds=2)
+
+
+def test_weak_passwords_are_refused_by_the_cli_and_by_the_server(team_server):
+    for password in ("abcabcabcabc", f"Erin-{PASSWORDS['carol']}"):
+        added = team_server.cli("add-user", "erin", env_extra={"RPS_NEW_USER_PASSWORD": password})
+        assert added.returncode == 2 and "A password" in added.stderr and "Traceback" not in added.stderr
+    admin = ("admin", PASSWORDS["admin"])
+    direct = requests.post(f"{team_server.url}/api/2.0/mlflow/users/create", auth=admin,
+                           json={"username": "erin", "password": "aaaaaaaaaaaa"})
+    assert direct.status_code == 400 and "different characters" in direct.text
+    change = requests.patch(f"{team_server.url}/api/2.0/mlflow/users/update-password", auth=admin,
+                            json={"username": "alice", "password": "Xy7-Alice-Qw9z"})
+    assert change.status_code == 400 and "user name" in change.text
+    assert team_server.raw("GET", "/api/2.0/mlflow/experiments/get?experiment_id=0", "alice")[0] == 200
+    with pytest.raises(MlflowException):
+        team_server.users().get_user("erin")
+
+
+def test_grant_on_a_misspelt_experiment_names_close_ones_and_creates_nothing(team_server):
+    client = team_server.client("admin")
+    before = sorted(e.name for e in client.search_experiments())
+    granted = team_server.cli("grant", "bob", "privat", "EDIT")
+    assert granted.returncode == 2 and "Traceback" not in granted.stderr, granted.stderr
+    assert "'privat'" in granted.stderr and "private" in granted.stderr.split("Close names:")[1]
+    assert sorted(e.name for e in client.search_experiments()) == before
+
+
+def test_the_state_folder_and_all_in_it_is_private_and_the_server_never_holds_the_admin_password(
+        team_server, alice):
+    from rps.team.processes import marked
+
+    assert (team_server.state.stat().st_mode & 0o777) == 0o700
+    modes = {p.relative_to(team_server.state): p.stat().st_mode & 0o777 for p in team_server.state.rglob("*")}
+    assert {Path("basic_auth.ini"), Path("server.log"), Path("server.pid"), Path("pgpass")} <= set(modes)
+    assert any(str(p).startswith("artifacts/") for p in modes), "the server's own files are there too"
+    wrong = {p: oct(m) for p, m in modes.items() if m != (0o700 if (team_server.state / p).is_dir() else 0o600)}
+    assert not wrong
+    pids = marked(team_server.state)
+    assert len(pids) >= 3  # mlflow server, uvicorn, its workers
+    for pid in pids:
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+        assert PASSWORDS["admin"].encode() not in environ and b"MLFLOW_AUTH_ADMIN_PASSWORD" not in environ
+
+
+# --------------------------------------------------------------------------- processes (last: it restarts)
+
+
+def test_a_server_whose_main_process_died_is_reported_refused_and_stopped(team_server):
+    from rps.team.processes import marked, port_taken
+
+    experiment_id = team_server.client("alice").create_experiment("alices-own")
+    with pytest.raises(MlflowException):  # default READ: bob may not write here
+        team_server.client("bob").create_run(experiment_id)
+    os.kill(team_server.pid(), signal.SIGKILL)
+    time.sleep(1)
+    orphans = marked(team_server.state)
+    assert orphans and requests.get(f"{team_server.url}/health", timeout=5).ok, "its workers still serve"
+    status = team_server.cli("status")
+    assert status.returncode == 3 and "BROKEN" in status.stdout and str(orphans[0]) in status.stdout
+    refused = team_server.cli("start", "--default-permission", "EDIT", user=None)
+    assert refused.returncode == 2 and f"holding port {team_server.port}" in refused.stderr, refused.stderr
+    assert "uvicorn" in refused.stderr and "Traceback" not in refused.stderr
+    stopped = team_server.cli("stop")
+    assert stopped.returncode == 0 and not marked(team_server.state) and not port_taken("127.0.0.1", team_server.port)
+    assert team_server.cli("status").returncode == 1
+    restarted = team_server.cli("start", "--default-permission", "EDIT", user=None)
+    assert restarted.returncode == 0, restarted.stderr[-2000:]
+    team_server.client("bob").create_run(experiment_id)  # the new default permission took effect

@@ -375,6 +375,9 @@ class Config:
     # Nest this run under that MLflow run (same experiment). A multirun sets it for every job to
     # its sweep's parent run, so it travels with the job to whatever machine runs it.
     parent_run_id: Optional[str] = None
+    # Continue the run with this id from its last checkpoint (<mlruns_dir>/checkpoints/<id>/), with
+    # the config it was started with: `python -m rps.run resume=<run id>`.
+    resume: Optional[str] = None
 
 
 def run_checks(cfg: DictConfig) -> list[Check]:

@@ -16,12 +16,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from rps.common.errors import ConfigError, ResourceError, RpsError
 from rps.config import validate
 from rps.training.preflight import preflight
 from rps.runner.names import child_run_name, default_run_name, swept_keys
+from rps.runner.resume import JOB_KEY, backfill, checkpoints_of, job_key, requeued_run, resumed_config
 from rps.training.outcome import Ending, Stop, StopKind, StopSignal
 
 Pruner = Callable[[dict[str, float], int], Optional[str]]
@@ -80,16 +81,19 @@ class Finished:
     stop: Optional[Stop] = None  # why training ended early, if it did
 
 
-def run(cfg: DictConfig, hydra_dir: Optional[Path] = None, overrides: Optional[list[str]] = None) -> float:
+def run(cfg: DictConfig, hydra_dir: Optional[Path] = None, overrides: Optional[list[str]] = None,
+        command: Optional[list[str]] = None) -> float:
     """Run the experiment ``cfg``; returns its objective, the validation accuracy of the exported model.
 
-    ``overrides`` (a multirun job's own overrides) name a sweep job's run after its swept values.
+    ``overrides`` (a multirun job's own overrides) name a sweep job's run after its swept values;
+    ``command`` (the command line's overrides) is checked when it resumes a run.
     """
-    return execute(cfg, hydra_dir, overrides).objective
+    return execute(cfg, hydra_dir, overrides, command=command).objective
 
 
 def execute(cfg: DictConfig, hydra_dir: Optional[Path] = None, overrides: Optional[list[str]] = None,
-            prepared=None, prune: Optional[Pruner] = None, extra_tags: Optional[dict[str, str]] = None) -> Finished:
+            prepared=None, prune: Optional[Pruner] = None, extra_tags: Optional[dict[str, str]] = None,
+            command: Optional[list[str]] = None) -> Finished:
     """:func:`run`, for callers that run many: ``prepared`` reuses a loaded backbone (when it is
     the one ``cfg`` names), ``prune(metrics, epoch)`` sees each epoch and returns a reason when the
     run should stop there (a search's pruner: the run then ends KILLED, tagged PRUNED), and
@@ -97,6 +101,9 @@ def execute(cfg: DictConfig, hydra_dir: Optional[Path] = None, overrides: Option
     from rps import tracking
 
     experiment_id = None
+    resume = cfg.resume
+    if resume:
+        cfg = resumed_config(cfg, command or [])
     try:
         validate(cfg)
         reusable = prepared is not None and (prepared.cfg.backbone.handle, prepared.cfg.backbone.image_size) == \
@@ -104,6 +111,9 @@ def execute(cfg: DictConfig, hydra_dir: Optional[Path] = None, overrides: Option
         source = prepared.source if reusable else preflight(cfg)  # the dataset, split and backbone: seconds
         experiment_id = tracking.setup_experiment(cfg)  # fails fast when a tracking server is down
         parent = _parent(cfg, experiment_id) if cfg.parent_run_id else None
+        key = job_key(cfg.parent_run_id, overrides) if parent is not None and overrides is not None else None
+        if key and not resume:
+            resume = requeued_run(cfg, experiment_id, key)
         from rps.training import outputs, pipeline  # imports TensorFlow
 
         prepared = replace(prepared, cfg=cfg) if reusable else pipeline.prepare(cfg, source)
@@ -112,21 +122,28 @@ def execute(cfg: DictConfig, hydra_dir: Optional[Path] = None, overrides: Option
             _record_failure(cfg, experiment_id, overrides, err, extra_tags or {})
         raise
     tags = tracking.environment_tags() | {"dataset": prepared.source.name, "backbone_handle": cfg.backbone.handle}
-    tags |= extra_tags or {}
+    tags |= (extra_tags or {}) | ({JOB_KEY: key} if key else {})
     if parent is not None:
         tags[tracking.PARENT_TAG] = parent.info.run_id
     name = _run_name(cfg, parent, overrides)
     about = {"experiment_name": cfg.experiment_name, "run_name": name, "parent_run_id": cfg.parent_run_id}
     staging = Path(cfg.mlruns_dir).expanduser().resolve() / "unsent" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     stop = StopSignal()
-    with tracking.tracked_run(experiment_id, name, tags, staging, about, stop) as report:
-        log.info("MLflow run %s in experiment '%s'", report.run_id, cfg.experiment_name)
-        resolved = {"dataset.version": prepared.source.version}  # null in the config: the newest prepared
-        tracking.log_config(report, cfg, hydra_dir, resolved)  # first artifact: an unwritable store fails here
-        tracking.log_provenance(report, cfg)  # what rps.reproduce needs: the package lock, machine, diff, digests
+    with tracking.tracked_run(experiment_id, name, tags, staging, about, stop, resume) as report:
+        log.info("MLflow run %s in experiment '%s'%s", report.run_id, cfg.experiment_name, " (resumed)" if resume else "")
+        checkpoints = checkpoints_of(cfg, report.run_id)
+        if resume:
+            backfill(report, cfg, checkpoints)
+        else:
+            resolved = {"dataset.version": prepared.source.version}  # null in the config: the newest prepared
+            tracking.log_config(report, cfg, hydra_dir, resolved)  # first artifact: an unwritable store fails here
+            tracking.log_provenance(report, cfg)  # what rps.reproduce needs: the package lock, machine, diff, digests
+            checkpoints.start({"run_id": report.run_id, "config": OmegaConf.to_container(cfg, resolve=True)})
         on_epoch = _pruning(prune, stop, report) if prune else None
-        out = pipeline.train_and_evaluate(prepared, report, stop, on_epoch)
+        out = pipeline.train_and_evaluate(prepared, report, stop, on_epoch, checkpoints)
         outputs.report_outputs(cfg, out, report)
+        if not report.offline:  # finished (or pruned): nothing left to resume
+            checkpoints.clear()
     if Ending.of(stop()) is Ending.FINISHED:
         _publish(cfg, report.run_id)
     return Finished(out.objective, report.run_id, Ending.of(stop()), stop())

@@ -118,7 +118,7 @@ def rerun_config(run, cfg: DictConfig, tracking_uri: str, mlruns_dir: str) -> Di
 
     cfg.experiment_name = mlflow.get_experiment(run.info.experiment_id).name
     cfg.tracking_uri, cfg.mlruns_dir = tracking_uri, str(Path(mlruns_dir).expanduser().resolve())
-    cfg.parent_run_id, cfg.register_model, cfg.champion.enabled = None, None, False
+    cfg.parent_run_id, cfg.register_model, cfg.champion.enabled, cfg.resume = None, None, False, None
     cfg.run_name = f"reproduce {run.info.run_name}"[:250]
     version = run.data.params.get("dataset.version")
     if cfg.dataset.kind == "tfds" and version and version != "None":

@@ -12,7 +12,7 @@ from rps.tracking.record import config_params, environment_tags, log_config, red
 from rps.tracking.reporter import MlflowReporter
 from rps.tracking.runs import (
     PARENT_TAG, child_runs, end_run, get_run, open_parent_run, reap_stale_runs, record_failed_run, shared_parent_run,
-    tracked_run,
+    logged_epochs, tracked_run, unfinished_runs,
 )
 from rps.tracking.store import resolve_tracking_uri, setup_experiment, use_store
 
@@ -21,5 +21,5 @@ __all__ = [
     "MlflowReporter", "config_params", "environment_tags", "log_config", "log_provenance", "redact",
     "PARENT_TAG", "child_runs", "end_run", "get_run", "open_parent_run", "reap_stale_runs", "record_failed_run",
     "shared_parent_run",
-    "tracked_run", "resolve_tracking_uri", "setup_experiment", "use_store",
+    "logged_epochs", "tracked_run", "unfinished_runs", "resolve_tracking_uri", "setup_experiment", "use_store",
 ]

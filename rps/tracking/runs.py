@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 import mlflow
-from mlflow.entities import Param, RunStatus
+from mlflow.entities import Param, RunStatus, RunTag
 from omegaconf import DictConfig
 
 from rps.common.errors import ResourceError, release_interrupted
@@ -107,14 +107,26 @@ def reap_stale_runs(experiment_ids: list[str], client: Optional[mlflow.MlflowCli
     for run in running:
         tags = run.data.tags
         why = owner_gone(tags) if PID in tags else None
-        if why:
-            message = f"left RUNNING by a process that died: {why}; marked FAILED by rps"
-            client.set_tag(run.info.run_id, REAPED, why)
-            client.set_tag(run.info.run_id, "error", message)
-            client.set_terminated(run.info.run_id, "FAILED")
-            log.warning("Run %s (%s) %s", run.info.run_id, run.info.run_name, message)
+        if why and _mark_failed(client, run, why):
             reaped.append(run.info.run_id)
     return reaped
+
+
+def _mark_failed(client: mlflow.MlflowClient, run, why: str) -> bool:
+    """Mark one dead run FAILED; False if the server refuses because it is another user's run
+    (a team server lets only a run's owner change it: that user's next command reaps it)."""
+    message = f"left RUNNING by a process that died: {why}; marked FAILED by rps"
+    try:
+        client.set_tag(run.info.run_id, REAPED, why)
+    except mlflow.exceptions.MlflowException as err:
+        if err.error_code != "PERMISSION_DENIED":
+            raise
+        log.debug("Run %s is %s's; only its owner may mark it FAILED", run.info.run_id, run.info.user_id)
+        return False
+    client.set_tag(run.info.run_id, "error", message)
+    client.set_terminated(run.info.run_id, "FAILED")
+    log.warning("Run %s (%s) %s", run.info.run_id, run.info.run_name, message)
+    return True
 
 
 class Heartbeat:
@@ -147,16 +159,19 @@ class Heartbeat:
 
 @contextmanager
 def tracked_run(experiment_id: str, run_name: str, tags: dict[str, str], staging: Optional[Path] = None,
-                about: Optional[dict] = None, stop: Optional[StopSignal] = None) -> Iterator[MlflowReporter]:
+                about: Optional[dict] = None, stop: Optional[StopSignal] = None,
+                resume: Optional[str] = None) -> Iterator[MlflowReporter]:
     """An MLflow run, written through the :class:`MlflowReporter` it yields, that ends FINISHED,
-    FAILED (exception) or KILLED (Ctrl-C / SIGTERM).
+    FAILED (exception) or KILLED (Ctrl-C / SIGTERM). ``resume``: the id of an earlier run to
+    continue (reopened RUNNING, owned by this process; the marks of its death removed).
 
     If the tracking server stops answering meanwhile, the run's record (``about`` it, and what it
     reported) is kept in ``staging`` and :class:`TrackingLost` says where; otherwise ``staging``
     (a local copy of the artifacts) is removed at the end.
     """
     try:
-        run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags | owner_tags())
+        run = _reopen(resume, tags) if resume else mlflow.start_run(experiment_id=experiment_id, run_name=run_name,
+                                                                    tags=tags | owner_tags())
     except Exception as err:  # e.g. a user who may read the experiment but not write to it
         denied = access_error(err, mlflow.get_tracking_uri(), (about or {}).get("experiment_name", experiment_id))
         if denied:
@@ -188,6 +203,35 @@ def tracked_run(experiment_id: str, run_name: str, tags: dict[str, str], staging
         else:  # the server is gone: one quick attempt to close the run, not MLflow's retry budget
             os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="5")
         _close(run.info.run_id, RunStatus.to_string(status), tries=1 if report.offline else 3)
+
+
+RESUMED = "rps.resumed"  # how many times the run was resumed
+
+
+def _reopen(run_id: str, tags: dict[str, str]):
+    """Continue the run ``run_id``: RUNNING again, this process's owner tags, no error left from the
+    process that died (a reaper may have marked it FAILED meanwhile)."""
+    client = mlflow.MlflowClient()
+    previous = client.get_run(run_id)
+    run = mlflow.start_run(run_id=run_id)
+    for stale in ("error", REAPED):
+        if stale in previous.data.tags:
+            client.delete_tag(run_id, stale)
+    count = int(previous.data.tags.get(RESUMED, "0")) + 1
+    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in (tags | owner_tags() | {RESUMED: count}).items()])
+    return run
+
+
+def unfinished_runs(experiment_id: str, tag: str, value: str) -> list:
+    """Runs of the experiment tagged ``tag=value`` that did not finish, newest first."""
+    return mlflow.MlflowClient().search_runs(
+        [experiment_id], filter_string=f"tags.`{tag}` = '{value}' and attributes.status != 'FINISHED'",
+        order_by=["attributes.start_time DESC"], max_results=100)
+
+
+def logged_epochs(run_id: str, key: str = "val_accuracy") -> int:
+    """The last epoch (step) of ``key`` a run has logged (0: none)."""
+    return max((m.step for m in mlflow.MlflowClient().get_metric_history(run_id, key)), default=0)
 
 
 def _close(run_id: str, status: str, tries: int) -> None:

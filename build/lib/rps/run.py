@@ -41,7 +41,7 @@ def main(cfg: DictConfig) -> float:
     multirun = hc.mode == RunMode.MULTIRUN
     try:
         # the job's own overrides name a sweep job's run; its value goes back to the sweeper
-        return job.run(cfg, hydra_dir, list(hc.overrides.task) if multirun else None)
+        return job.run(cfg, hydra_dir, list(hc.overrides.task) if multirun else None, list(hc.overrides.task))
     except RpsError as err:
         print(f"rps: error: {err}", file=sys.stderr)
         if multirun:  # this job fails alone (its run says why); the sweep goes on

@@ -26,15 +26,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from rps.data.examples import Examples, concat, load_image_folder, load_tfds
 from rps.data.pipelines import make_dataset
-from rps.data.sources import DatasetSource, locate_dataset
-from rps.data.splits import split_sizes
+from rps.data.sources import DatasetSource
 from rps.model import lite
 from rps.model.backbone import Backbone, count_params, extract_features, load_backbone, tf_forward
 from rps.model.features import PHASE2_CACHE, augmented, backbone_digest, cache_key, cache_plan, cached_features
 from rps.model.head import build_classifier, build_head
-from rps.model.hub import backbone_dir, check_backbone
+from rps.model.hub import backbone_dir
 from rps.training.evaluate import evaluate
-from rps.training.loop import predict, release_memory, seed_everything, train_phase
+from rps.training.checkpoints import Checkpoints
+from rps.training.loop import PhaseCheckpoints, predict, release_memory, seed_everything, train_phase
+from rps.training.preflight import preflight
 from rps.training.outcome import OBJECTIVE, OBJECTIVE_LOSS, OBJECTIVE_TAG, Outcome, StopSignal
 from rps.training.report import Reporter
 from rps.training.validation import cross_validate, make_split, train_on_features
@@ -55,13 +56,9 @@ class Prepared:
     loaded: dict = field(default_factory=dict)
 
 
-def prepare(cfg: DictConfig) -> Prepared:
-    """Check the dataset, the split's fit and the backbone of a validated config, then load the
-    backbone. Raises an :class:`~rps.common.errors.RpsError` naming the fix for whatever is wrong."""
-    source = locate_dataset(cfg.dataset)
-    if source.n_train is not None:  # unknown only for a dataset still to be downloaded
-        split_sizes(cfg.split, source.n_train, source.n_test)
-    check_backbone(cfg.backbone.handle)
+def prepare(cfg: DictConfig, source: Optional[DatasetSource] = None) -> Prepared:
+    """:func:`preflight` (unless its ``source`` is given), then load the backbone."""
+    source = source or preflight(cfg)
     backbone, feature_dim = load_backbone(cfg.backbone.handle, cfg.backbone.image_size)
     return Prepared(cfg, source, backbone, feature_dim)
 
@@ -194,25 +191,41 @@ def _image_datasets(cfg, pool: Examples, index: dict, n_classes: int, augment_tr
     }
 
 
+def _plan(checkpoints: Optional[Checkpoints], phase: int, before: dict) -> Optional[PhaseCheckpoints]:
+    """Checkpointing of ``phase``, resuming it when the run's latest checkpoint is of that phase."""
+    if checkpoints is None:
+        return None
+    saved = checkpoints.latest()
+    return PhaseCheckpoints(checkpoints, phase, before, saved if saved is not None and saved.phase == phase else None)
+
+
 def train_head(prepared: Prepared, pool: Examples, index: dict, features: Optional[np.ndarray], n_classes: int,
-               sink: EpochHook, stop: StopSignal, report: Reporter) -> Trained:
+               sink: EpochHook, stop: StopSignal, report: Reporter, checkpoints: Optional[Checkpoints] = None) -> Trained:
     """Phase 1 (a frozen run's only phase): the head on the frozen backbone, on cached features
-    when the feature cache applies, else on images (augmented when configured)."""
+    when the feature cache applies, else on images (augmented when configured). A run resumed in
+    phase 2 skips it (the phase-2 checkpoint holds the head)."""
     cfg = prepared.cfg
     use_cache, reason = cache_plan(cfg)
     phase = (lambda m, e: sink(m | {"phase": 1}, e)) if cfg.backbone.trainable else sink
     head = build_head(prepared.feature_dim, n_classes, cfg.head)
     report.params({f"model.{k}_params": v for k, v in count_params(prepared.backbone, head).items()}
                   | {"model.feature_dim": prepared.feature_dim})
+    saved = checkpoints.latest() if checkpoints is not None else None
+    if saved is not None and saved.phase == 2:  # phase 1 finished before the run was stopped
+        trained = Trained(prepared.backbone, head, head, {}, saved.phase1_history())
+        if not use_cache:
+            trained.datasets = _image_datasets(cfg, pool, index, n_classes, augmented(cfg, 1))
+        return trained
+    plan = _plan(checkpoints, 1, {})
     if use_cache:
-        datasets, history = train_on_features(cfg, head, features, pool.labels, index, phase, stop)
+        datasets, history = train_on_features(cfg, head, features, pool.labels, index, phase, stop, checkpoints=plan)
         trained = Trained(prepared.backbone, head, head, datasets, history)
     else:
         report.tags({"feature_cache": reason})
         classifier = build_classifier(prepared.backbone, head, cfg.backbone.image_size)
         datasets = _image_datasets(cfg, pool, index, n_classes, augmented(cfg, 1))
         history = train_phase(classifier, cfg.optimizer, cfg, datasets, len(index["train"]), cfg.epochs, phase,
-                              stop=stop)
+                              stop=stop, checkpoints=plan)
         trained = Trained(prepared.backbone, head, classifier, datasets, history, classifier)
     if stop():
         log.warning("Training stopped after epoch %d: %s", len(history["val_accuracy"]), stop().reason)
@@ -220,14 +233,14 @@ def train_head(prepared: Prepared, pool: Examples, index: dict, features: Option
 
 
 def fine_tune(prepared: Prepared, trained: Trained, pool: Examples, index: dict, n_classes: int, sink: EpochHook,
-              stop: StopSignal, report: Reporter) -> Trained:
+              stop: StopSignal, report: Reporter, checkpoints: Optional[Checkpoints] = None) -> Trained:
     """Phase 2: a copy of the backbone with its top unfrozen, trained with the head on images at
     ``optimizer.fine_tune_lr`` (the prepared backbone stays frozen and unchanged for other runs)."""
     cfg, size = prepared.cfg, prepared.cfg.backbone.image_size
     backbone, _ = load_backbone(cfg.backbone.handle, size)
     classifier = build_classifier(backbone, trained.head, size)
     datasets = trained.datasets
-    if cache_plan(cfg)[0] or augmented(cfg, 2) != augmented(cfg, 1):  # else phase 1's pipelines continue
+    if cache_plan(cfg)[0] or augmented(cfg, 2) != augmented(cfg, 1) or not datasets:  # else phase 1's continue
         datasets = _image_datasets(cfg, pool, index, n_classes, augmented(cfg, 2))
     unfrozen = backbone.unfreeze_top(cfg.backbone.fine_tune_from)
     report.params({"model.fine_tuned_variables": unfrozen,
@@ -238,7 +251,8 @@ def fine_tune(prepared: Prepared, trained: Trained, pool: Examples, index: dict,
     done = len(trained.history["val_accuracy"])
     fine_cfg = OmegaConf.merge(cfg.optimizer, {"lr": cfg.optimizer.fine_tune_lr})
     more = train_phase(classifier, fine_cfg, cfg, datasets, len(index["train"]), done + cfg.backbone.fine_tune_epochs,
-                       lambda m, e: sink(m | {"phase": 2}, e), start_epoch=done, stop=stop)
+                       lambda m, e: sink(m | {"phase": 2}, e), start_epoch=done, stop=stop,
+                       checkpoints=_plan(checkpoints, 2, trained.history))
     history = {k: trained.history[k] + more.get(k, []) for k in trained.history}
     return Trained(backbone, trained.head, classifier, datasets, history, classifier)
 
@@ -280,9 +294,10 @@ def test(trained: Trained, class_names: list[str], report: Reporter) -> tuple[di
 
 
 def train_and_evaluate(prepared: Prepared, report: Optional[Reporter] = None, stop: Optional[StopSignal] = None,
-                       on_epoch: Optional[EpochHook] = None) -> Outcome:
+                       on_epoch: Optional[EpochHook] = None, checkpoints: Optional[Checkpoints] = None) -> Outcome:
     """One run: load, features, split, train, select, test. ``stop`` ends training after the epoch
-    in progress once anybody requests it; ``on_epoch`` sees each epoch's metrics after the report."""
+    in progress once anybody requests it; ``on_epoch`` sees each epoch's metrics after the report;
+    ``checkpoints`` keeps a checkpoint of every epoch, and a run that has one resumes from it."""
     cfg, report, stop = prepared.cfg, report or Reporter(), stop or StopSignal()
 
     def sink(metrics: dict[str, float], epoch: int) -> None:
@@ -299,9 +314,9 @@ def train_and_evaluate(prepared: Prepared, report: Optional[Reporter] = None, st
     if cache_plan(cfg)[0] or cfg.split.group_by == "clusters":
         features = pool_features(prepared, pool, report)
     index, folds = split(prepared, train_ex, test_ex, class_names, features, report)
-    trained = train_head(prepared, pool, index, features, len(class_names), sink, stop, report)
+    trained = train_head(prepared, pool, index, features, len(class_names), sink, stop, report, checkpoints)
     if cfg.backbone.trainable and not stop():
-        trained = fine_tune(prepared, trained, pool, index, len(class_names), sink, stop, report)
+        trained = fine_tune(prepared, trained, pool, index, len(class_names), sink, stop, report, checkpoints)
     chosen = select(prepared, trained, pool, folds, features, class_names, report)
     metrics, confusion, (probs, labels) = test(trained, class_names, report)
     log.info("validation accuracy %.4f (chosen on), test accuracy %.4f (reported only)",

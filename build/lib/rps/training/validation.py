@@ -71,13 +71,13 @@ def _report_groups(groups: np.ndarray, index: dict, labels: np.ndarray, report: 
 
 
 def train_on_features(cfg: DictConfig, head, features: np.ndarray, labels: np.ndarray, index: dict[str, np.ndarray],
-                      sink=lambda metrics, epoch: None, stop=lambda: None, quiet: bool = False):
+                      sink=lambda metrics, epoch: None, stop=lambda: None, quiet: bool = False, checkpoints=None):
     """Train ``head`` on the cached features of ``index["train"]``, validated on ``index["val"]``
     (the run's phase 1 on features, and every fold's head): its feature datasets and history."""
     n_classes = head.output_shape[-1]
     datasets = feature_datasets(features, labels, index, cfg.batch_size, n_classes, cfg.seed)
     history = train_phase(head, cfg.optimizer, cfg, datasets, len(index["train"]), cfg.epochs, sink, stop=stop,
-                          quiet=quiet)
+                          quiet=quiet, checkpoints=checkpoints)
     return datasets, history
 
 
