@@ -3,6 +3,7 @@
     python -m rps.predict runs:/<run id> photos/ hand.jpg
     python -m rps.predict models:/rps-classifier/1 photos/ --output predictions.csv
     python -m rps.predict <downloaded model>/artifacts/saved_model photos/ --output out.json
+    python -m rps.predict runs:/<run id>/export/model_int8.tflite photos/     # a format the run exported
 
 A logged model is checked against the manifest its run recorded before it is loaded
 (rps.tracking.models). The exit code is 1 when any file failed, 2 when the model or the inputs
@@ -38,7 +39,8 @@ def positive(text: str) -> int:
 def model_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments rps.predict and rps.serve share: which model, from where, how far to trust it."""
     parser.add_argument("model", help="runs:/<run id>, models:/<name>/<version>, an MLflow model folder, "
-                                      "or a run's exported SavedModel directory")
+                                      "a run's exported SavedModel directory, or a .tflite file it exported "
+                                      "(runs:/<run id>/export/model_<format>.tflite, or a local path)")
     parser.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db")
     parser.add_argument("--max-pixels", type=positive, default=DEFAULT_MAX_PIXELS,
                         help="images whose header declares more pixels are refused, never decoded (default 50000000)")

@@ -131,7 +131,8 @@ def test_the_wheel_holds_the_package_and_nothing_else(tmp_path):
     assert not [n for n in names if "bench" in n or "conftest" in n or n.startswith("tests/") or "/testing" in n]
 
 
-COMMANDS = ("rps-run", "rps-tune", "rps-predict", "rps-serve", "rps-compare", "rps-recover", "rps-server")
+COMMANDS = ("rps-run", "rps-tune", "rps-predict", "rps-serve", "rps-compare", "rps-recover", "rps-server",
+            "rps-reproduce")
 
 
 @pytest.mark.slow

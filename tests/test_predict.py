@@ -21,7 +21,7 @@ def exported_run(tiny_tfds, hub_cache, tmp_path_factory):
     cwd = tmp_path_factory.mktemp("exported")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TFDS_", "TFHUB_"))}
     env.update(TFDS_DATA_DIR=str(tiny_tfds), TFHUB_CACHE_DIR=str(hub_cache))
-    result = run_cli("epochs=2", *TINY_SPLIT, "export.tflite=true", "export.tflite_quantize=true",
+    result = run_cli("epochs=2", *TINY_SPLIT, "export.formats=[float32,dynamic_range]", "export.latency_runs=3",
                      "register_model=rps-tiny", cwd=cwd, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = all_runs(cwd)
@@ -86,6 +86,8 @@ def test_saved_model_path_and_registry_uri_predict_the_same(exported_run, images
     assert outputs[0] == outputs[1] == outputs[2] == outputs[3] and len(outputs[0]) == 3
     version = mlflow.MlflowClient().get_model_version("rps-tiny", "1")
     assert version.run_id == run.info.run_id
+    assert version.description.startswith("# Model card: rps-tiny version 1")  # every registered version has one
+    assert "Chosen by: register_model=rps-tiny" in version.description
 
 
 def test_unusable_model_or_inputs_exit_2(exported_run, images, tmp_path):
@@ -115,11 +117,11 @@ def test_tflite_export_matches_the_saved_model(exported_run, tmp_path):
 
     cwd, run, env = exported_run
     metrics, tags = run.data.metrics, run.data.tags
-    for name in ("tflite", "tflite_dynamic_range"):
-        assert abs(metrics[f"{name}_test_accuracy"] - metrics["test_accuracy"]) <= 0.005
-        assert tags[f"{name}_matches_saved_model"] == "true"
+    for name in ("float32", "dynamic_range"):
+        assert abs(metrics[f"export/{name}/test_accuracy"] - metrics["test_accuracy"]) <= 0.005
+        assert tags[f"export.{name}.within_tolerance"] == "true"
     client = store(cwd)
-    tflite = client.download_artifacts(run.info.run_id, "tflite/model.tflite", str(tmp_path))
+    tflite = client.download_artifacts(run.info.run_id, "export/model_float32.tflite", str(tmp_path))
     model = mlflow.artifacts.download_artifacts(run.data.tags["rps.model_uri"], dst_path=str(tmp_path / "m"))
     saved = tf.saved_model.load(f"{model}/artifacts/saved_model")
     x = np.random.default_rng(0).random((6, 224, 224, 3)).astype(np.float32)

@@ -158,12 +158,16 @@ def test_mlflow_ui_serves_the_sweep(basic_sweep):
 
 def test_joblib_launcher_with_two_workers_loses_no_run(offline_env, tmp_path):
     result = run_cli("-m", *GRID, "epochs=1", *TINY_SPLIT, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                     cwd=tmp_path, env=offline_env)
+                     "champion.enabled=true", cwd=tmp_path, env=offline_env)
     assert result.returncode == 0, result.stderr[-3000:]
     parent, children = sweep_runs(tmp_path)
     assert len(children) == 4 and all(c.info.status == "FINISHED" for c in children)
     assert parent.info.status == "FINISHED" and parent.data.metrics["n_children"] == 4
     assert parent.data.params["launcher"].endswith("JoblibLauncher")
+    # champion.enabled: the parent promotes its chosen job, once (jobs never promote themselves)
+    versions = store(tmp_path).search_model_versions("name = 'rps'")
+    assert [v.run_id for v in versions] == [parent.data.tags["best_run_id"]]
+    assert store(tmp_path).get_model_version_by_alias("rps", "champion").version == versions[0].version
 
 
 def test_a_failing_child_fails_alone_and_the_summary_says_so(offline_env, tmp_path):

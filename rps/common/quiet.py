@@ -30,6 +30,7 @@ NOISE = "|".join((
     r"port\.cc:[0-9]+\] oneDNN custom operations are on",
     r"^INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.$",
     r"^Registered model '.*' already exists\. Creating a new version of this model\.\.\.$",  # (the next line says which)
+    r"^fully_quantize: [0-9], inference_type: [0-9]+, input_inference_type: ",  # the int8 converter
 ))
 VERBOSE_ENV = "RPS_VERBOSE"  # "1": show everything (set by -v / hydra.verbose, inherited by a sweep's jobs)
 VERBOSE_FLAGS = ("-v", "--verbose")

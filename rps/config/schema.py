@@ -14,6 +14,8 @@ from typing import Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from rps.model.formats import FORMATS  # the TFLite formats export.formats may name (no TensorFlow import)
+
 DEFAULT_HANDLE = "https://tfhub.dev/google/tf2-preview/mobilenet_v2/feature_vector/4"
 SPLIT_KINDS = ("tutorial", "official")
 GROUPINGS = ("none", "clusters", "pattern")
@@ -295,13 +297,56 @@ class EarlyStoppingConfig:
 
 @dataclass
 class ExportConfig:
-    """Extra forms of the trained model logged with the run."""
+    """The forms of the trained model a run logs, and the numbers measured on each.
 
-    # false: no model is logged (metrics, plots and datasets are): search trials, where the chosen
-    # trial is rerun with `python -m rps.run <its values>` to get its model
+    The SavedModel is always the run's MLflow model (unless ``model=false``). ``formats`` adds
+    TFLite files (rps/model/formats.py): for each, and for the SavedModel, the run logs its size,
+    the validation and test accuracy of that exact file and its latency per image (batch 1, median
+    of ``latency_runs``) on the machine that ran it: metrics ``export/<format>/...`` and a table
+    ``export/formats.md`` (and ``.csv``).
+    """
+
+    # false: no model is logged (metrics, plots and datasets are; with `formats`, their numbers
+    # too, not their files): search trials, where the chosen trial is rerun to get its model
     model: bool = True
-    tflite: bool = False  # also log tflite/model.tflite, checked on the test split
-    tflite_quantize: bool = False  # and tflite/model_dynamic_range.tflite (int8 weights)
+    formats: list[str] = field(default_factory=list)  # any of float32, float16, dynamic_range, int8
+    latency_runs: int = 50  # timed single-image calls per format (after 5 untimed ones)
+    representative_images: int = 100  # training images int8 calibrates its activation ranges on
+    # Replaced by `formats` (2026-12): kept only so that setting them explains the new knob.
+    tflite: Optional[bool] = None
+    tflite_quantize: Optional[bool] = None
+
+
+def export_checks(cfg: DictConfig) -> list[Check]:
+    ex = cfg.export
+    formats = list(ex.formats)
+    return [
+        ("export.formats", set(formats) <= set(FORMATS) and len(set(formats)) == len(formats),
+         f"a list of distinct formats among {', '.join(FORMATS)}, e.g. export.formats=[float32,int8]"),
+        ("export.latency_runs", ex.latency_runs >= 1, "an integer >= 1"),
+        ("export.representative_images", ex.representative_images >= 1, "an integer >= 1"),
+        ("export.tflite", ex.tflite is None,
+         "unset: replaced by export.formats (export.tflite=true is export.formats=[float32])"),
+        ("export.tflite_quantize", ex.tflite_quantize is None,
+         "unset: replaced by export.formats (export.tflite_quantize=true is export.formats=[float32,dynamic_range])"),
+    ]
+
+
+@dataclass
+class ChampionConfig:
+    """Register the chosen model and move an alias to it only when it beats the current holder.
+
+    The chosen model is a single run's (not nested in a sweep or study), or a sweep's or study's
+    best on validation. It takes ``<model_name>@<alias>`` when no version holds the alias, or when
+    its validation objective (rps.training.outcome.OBJECTIVE) is higher than the holder's on the
+    same split (same ``rps.data.split_digest``), or with ``force=true``. The new version's tags
+    record the previous holder; every registered version gets a model card.
+    """
+
+    enabled: bool = False
+    model_name: Optional[str] = None  # null: the experiment's name
+    alias: str = "champion"
+    force: bool = False  # move the alias even when the new model does not beat the holder
 
 
 @dataclass
@@ -329,6 +374,7 @@ class Config:
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     feature_cache: FeatureCacheConfig = field(default_factory=FeatureCacheConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    champion: ChampionConfig = field(default_factory=ChampionConfig)
     # Register the logged model under this name in the MLflow Model Registry (null: don't).
     register_model: Optional[str] = None
     # Nest this run under that MLflow run (same experiment). A multirun sets it for every job to
@@ -352,11 +398,15 @@ def run_checks(cfg: DictConfig) -> list[Check]:
          "null while export.model=false (no model is logged to register)"),
         ("feature_cache.batch_size", cfg.feature_cache.batch_size >= 1, "an integer >= 1"),
         _one_of("feature_cache.engine", cfg.feature_cache.engine, FEATURE_ENGINES),
+        ("champion.alias", bool(re.fullmatch(r"[A-Za-z0-9_-]+", cfg.champion.alias or "")),
+         "letters, digits, - and _ (an MLflow alias), e.g. champion"),
+        ("champion.enabled", not (cfg.champion.enabled and not cfg.export.model),
+         "false while export.model=false (no model is logged to register)"),
     ]
 
 
 GROUP_CHECKS = (dataset_checks, split_checks, backbone_checks, head_checks, optimizer_checks, augment_checks,
-                run_checks)
+                run_checks, export_checks)
 GROUP_SCHEMAS = {"dataset_tfds": TfdsDatasetConfig, "dataset_image_folder": ImageFolderConfig, "split": SplitConfig,
                  "backbone": BackboneConfig, "head": HeadConfig, "optimizer": OptimizerConfig,
                  "augment": AugmentConfig}

@@ -53,16 +53,21 @@ def _saved_model(path: Path):
 
 
 def load_predictor(folder: Path):
-    """The :class:`~rps.inference.classifier.Classifier` of a local, verified model: a SavedModel
-    written by a run, or an MLflow model folder logged by rps (its ``artifacts/saved_model``).
-    Nothing in the folder is imported or executed as Python: only the SavedModel is loaded."""
+    """The :class:`~rps.inference.classifier.Classifier` of a local, verified model: a SavedModel written by a
+    run, or an MLflow model folder logged by rps (its ``artifacts/saved_model``), or a ``.tflite``
+    file a run exported. Nothing in the folder is imported or executed as Python: only the
+    SavedModel (or the TFLite flatbuffer) is loaded."""
+    if folder.is_file() and folder.suffix == ".tflite":  # a TFLite file a run exported (export.formats)
+        from rps.inference.lite_classifier import LiteClassifier
+
+        return LiteClassifier(folder)
     if (folder / "saved_model.pb").is_file():
         return _saved_model(folder)
     if (folder / "MLmodel").is_file():
         if not (folder / "artifacts" / "saved_model" / "saved_model.pb").is_file():
             raise ResourceError(f"The MLflow model {folder} was not logged by rps (no artifacts/saved_model inside).")
         return _saved_model(folder / "artifacts" / "saved_model")
-    raise ResourceError(f"{folder} is neither a SavedModel (saved_model.pb) nor an MLflow model (MLmodel).")
+    raise ResourceError(f"{folder} is neither a SavedModel (saved_model.pb), an MLflow model (MLmodel) nor a .tflite file.")
 
 
 def image_files(inputs: list[str]) -> list[Path]:

@@ -18,7 +18,7 @@ from typing import Callable, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from rps.common.errors import ConfigError, RpsError
+from rps.common.errors import ConfigError, ResourceError, RpsError
 from rps.config import validate
 from rps.training.preflight import preflight
 from rps.common.quiet import quiet_libraries
@@ -157,6 +157,7 @@ def execute(cfg: DictConfig, hydra_dir: Optional[Path] = None, overrides: Option
             resolved = {"dataset.version": prepared.source.version}  # null in the config: the newest prepared
             keep = tuple(swept_keys(parent)) if parent is not None else ()  # a sweep's table shows them all
             tracking.log_config(report, cfg, hydra_dir, resolved, keep)  # first artifact: an unwritable store fails
+            tracking.log_provenance(report, cfg)  # what rps.reproduce needs: the package lock, machine, diff, digests
             checkpoints.start({"run_id": report.run_id, "config": OmegaConf.to_container(cfg, resolve=True)})
         on_epoch = _pruning(prune, stop, report) if prune else None
         out = pipeline.train_and_evaluate(prepared, report, stop, on_epoch, checkpoints)
@@ -164,7 +165,27 @@ def execute(cfg: DictConfig, hydra_dir: Optional[Path] = None, overrides: Option
         outputs.report_outputs(cfg, out, report)
         if not report.offline:  # finished (or pruned): nothing left to resume
             checkpoints.clear()
+    if Ending.of(stop()) is Ending.FINISHED:
+        _publish(cfg, report.run_id)
     return Finished(out.objective, report.run_id, Ending.of(stop()), stop())
+
+
+def _publish(cfg: DictConfig, run_id: str) -> None:
+    """A finished run's registered versions get their model card; a run that is not part of a sweep
+    or study (which choose among their runs) takes the champion alias if it beats the holder."""
+    from rps import tracking
+
+    try:
+        if cfg.register_model:
+            tracking.card_registered_versions(run_id, f"register_model={cfg.register_model}: registered by its "
+                                                      "own run (no choice among runs)")
+        if cfg.champion.enabled and not cfg.parent_run_id:
+            tracking.promote(run_id, cfg.champion.model_name or cfg.experiment_name, cfg.champion.alias,
+                             cfg.champion.force, "a single run (no choice among runs)")
+    except Exception as err:  # the registry refused (permissions, a name MLflow rejects)
+        first = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
+        raise ResourceError(f"Run {run_id} finished, but its model could not be registered or promoted: {first}. "
+                            "Fix champion.model_name / register_model or your registry permissions.") from err
 
 
 def _pruning(prune: Pruner, stop: StopSignal, report):

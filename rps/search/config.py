@@ -10,11 +10,13 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
-from rps.config.schema import Check, Config
+from rps.config.schema import FORMATS, Check, Config
+from rps.training.outcome import OBJECTIVE
 
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("median", "hyperband", "none")
 SPACE_FIELDS = {"key", "type", "low", "high", "log", "step", "choices"}
+MINIMIZED = ("latency_ms", "size_bytes")  # what a study may trade the validation objective against
 
 
 @dataclass
@@ -25,8 +27,9 @@ class SearchConfig:
     log: true}``, ``width: {key: head.hidden_units, type: int, low: 0, high: 256, step: 64}`` or
     ``optimizer: {type: categorical, choices: [adam, sgd]}`` (``key``: the config key or group to
     set, by default the entry's name; entries are overridable: ``search.space.lr.high=0.01``).
-    The objective is always the run's validation objective (rps.training.outcome.OBJECTIVE);
-    trials are pruned on per-epoch validation accuracy.
+    The first objective is always the run's validation objective (rps.training.outcome.OBJECTIVE),
+    optionally against a format's latency or size (``objectives``); single-objective trials are
+    pruned on per-epoch validation accuracy.
     """
 
     study: Optional[str] = None  # the study's name (null: experiment_name)
@@ -38,6 +41,11 @@ class SearchConfig:
     warmup_epochs: int = 2  # median: epochs a trial runs before it can be pruned
     storage: Optional[str] = None  # null: sqlite:///<mlruns_dir>/optuna.db; a database URL for many workers
     space: dict[str, Any] = field(default_factory=dict)
+    # What the study optimises: the validation objective alone (maximized), or it against the
+    # latency (ms, batch 1) or size (bytes) of a TFLite format, minimized: e.g.
+    # [selection_val_accuracy, export/int8/latency_ms]. Each trial then exports that format and
+    # measures it; the parent run plots the Pareto front. Several objectives: search.pruner=none.
+    objectives: list[str] = field(default_factory=lambda: [OBJECTIVE])
 
 
 @dataclass
@@ -64,6 +72,19 @@ def _space_problem(spec: Any) -> Optional[str]:
     return None
 
 
+def objective_format(objective: str) -> Optional[str]:
+    """The TFLite format a latency or size objective measures (``export/int8/latency_ms`` -> int8)."""
+    parts = objective.split("/")
+    if len(parts) == 3 and parts[0] == "export" and parts[1] in FORMATS and parts[2] in MINIMIZED:
+        return parts[1]
+    return None
+
+
+def directions(objectives: list[str]) -> list[str]:
+    """Optuna's direction of each objective: the validation objective up, latency and size down."""
+    return ["maximize" if objective == OBJECTIVE else "minimize" for objective in objectives]
+
+
 def search_checks(cfg: DictConfig) -> list[Check]:
     se = cfg.search
     checks = [
@@ -72,6 +93,15 @@ def search_checks(cfg: DictConfig) -> list[Check]:
         ("search.pruner", se.pruner in PRUNERS, f"one of {', '.join(PRUNERS)}"),
         ("search.startup_trials", se.startup_trials >= 0, "an integer >= 0"),
         ("search.warmup_epochs", se.warmup_epochs >= 0, "an integer >= 0"),
+    ]
+    extra = [o for o in se.objectives[1:] if objective_format(o) is None]
+    checks += [
+        ("search.objectives", bool(se.objectives) and se.objectives[0] == OBJECTIVE and not extra
+         and len(set(se.objectives)) == len(se.objectives),
+         f"[{OBJECTIVE}], optionally followed by export/<format>/latency_ms or export/<format>/size_bytes "
+         f"(format one of {', '.join(FORMATS)})"),
+        ("search.pruner", len(se.objectives) == 1 or se.pruner == "none",
+         "none when the study has several objectives (Optuna prunes single-objective studies only)"),
     ]
     for key, spec in se.space.items():
         problem = _space_problem(spec)

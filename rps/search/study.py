@@ -28,10 +28,11 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from rps.common.errors import ConfigError, RpsError, release_interrupted, signals_held
+from rps.common.errors import ConfigError, ResourceError, RpsError, release_interrupted, signals_held
 from rps.config import validate
 from rps.config.schema import Config
-from rps.search.config import search_checks
+from rps.search.config import directions, objective_format, search_checks
+from rps.search.pareto import report_pareto
 from rps.training.outcome import OBJECTIVE, Ending
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,18 @@ def _pruner(cfg: DictConfig, epochs: int):
     return optuna.pruners.NopPruner()
 
 
+def _same_objectives(study, objectives: list[str]):
+    """The study, if it optimises ``objectives`` (an existing study keeps the directions it was created with)."""
+    recorded = study.user_attrs.get("objectives")
+    if recorded is None and [d.name.lower() for d in study.directions] == directions(objectives):
+        study.set_user_attr("objectives", list(objectives))
+        return study
+    if recorded != list(objectives):
+        raise ConfigError(f"The Optuna study '{study.study_name}' optimises {recorded or [OBJECTIVE]}, not "
+                          f"{list(objectives)}: give this search another search.study name, or its own objectives.")
+    return study
+
+
 class Study:
     """One worker of an Optuna study whose trials are tracked rps runs under one MLflow parent."""
 
@@ -121,9 +134,13 @@ class Study:
                 if db is not None:
                     db.parent.mkdir(parents=True, exist_ok=True)
                 with exclusive(db.with_name(db.name + ".lock")) if db is not None else nullcontext():
-                    return optuna.create_study(study_name=self.name, storage=self.storage, direction="maximize",
-                                               sampler=_sampler(self.cfg.search),
-                                               pruner=_pruner(self.cfg.search, self.cfg.epochs), load_if_exists=True)
+                    study = optuna.create_study(study_name=self.name, storage=self.storage,
+                                                directions=directions(self.cfg.search.objectives),
+                                                sampler=_sampler(self.cfg.search),
+                                                pruner=_pruner(self.cfg.search, self.cfg.epochs), load_if_exists=True)
+                    return _same_objectives(study, self.cfg.search.objectives)
+            except ConfigError:
+                raise
             except Exception as err:  # SQLAlchemy and Optuna raise many types for a storage they cannot use
                 if attempt == 2:
                     raise ConfigError(f"Cannot use the Optuna storage {tracking.redact(self.storage)}: "
@@ -201,6 +218,7 @@ class Study:
                   f"mlruns_dir='{Path(self.cfg.mlruns_dir).expanduser().resolve()}'"]
         try:
             cfg = self.compose(values + pinned)
+            cfg.export.formats = list(dict.fromkeys([*cfg.export.formats, *self.measured_formats]))
         except Exception as err:  # a sampled group option that does not exist, say
             log.error("Trial %d: its config does not compose (%s)", trial.number, err)
             trial.set_user_attr("error", str(err)[:1000])
@@ -208,7 +226,7 @@ class Study:
             return
 
         def prune(metrics: dict, epoch: int) -> Optional[str]:
-            if "val_accuracy" not in metrics:
+            if "val_accuracy" not in metrics or len(self.cfg.search.objectives) > 1:  # Optuna prunes one objective
                 return None
             trial.report(metrics["val_accuracy"], epoch)
             if not trial.should_prune():
@@ -232,9 +250,30 @@ class Study:
         trial.set_user_attr("run_id", finished.run_id)
         if finished.ending is Ending.PRUNED:
             self.study.tell(trial, state=TrialState.PRUNED)
-        else:
-            self.study.tell(trial, finished.objective)
-        log.info("Trial %d: %s -> %s %s", trial.number, " ".join(values), OBJECTIVE, _value(finished.objective))
+            return
+        scores = self.scores(finished)
+        if scores is None:
+            trial.set_user_attr("error", f"its run logged no {', '.join(self.cfg.search.objectives[1:])} (export failed?)")
+            self.study.tell(trial, state=TrialState.FAIL)
+            return
+        self.study.tell(trial, scores if len(scores) > 1 else scores[0])
+        log.info("Trial %d: %s -> %s", trial.number, " ".join(values),
+                 ", ".join(f"{o} {_value(v)}" for o, v in zip(self.cfg.search.objectives, scores)))
+
+    @property
+    def measured_formats(self) -> list[str]:
+        """The TFLite formats whose latency or size the study optimises (each trial exports them)."""
+        return [objective_format(o) for o in self.cfg.search.objectives[1:]]
+
+    def scores(self, finished) -> Optional[list[float]]:
+        """The trial's value of each objective (the others from its run's metrics), None if one is missing."""
+        from rps import tracking
+
+        if len(self.cfg.search.objectives) == 1:
+            return [finished.objective]
+        metrics = tracking.get_run(finished.run_id).data.metrics
+        values = [finished.objective] + [metrics.get(o) for o in self.cfg.search.objectives[1:]]
+        return None if any(v is None for v in values) else values
 
     # ------------------------------------------------------------------ the parent's summary
 
@@ -243,9 +282,25 @@ class Study:
         from rps.search.study_report import report_study
 
         complete = not self.budget_left() and not any(t.state.name == "RUNNING" for t in self.study.get_trials())
+        if len(self.cfg.search.objectives) > 1:
+            report_pareto(self.study, self.parent_id, list(self.cfg.search.objectives))
         choice = report_study(self.study, self.parent_id, space_keys(self.cfg.search.space),
                               status="FINISHED" if complete else ("KILLED" if interrupted else None))
         states = [t.state.name for t in self.study.get_trials(deepcopy=False)]
         counts = ", ".join(f"{states.count(s)} {s.lower()}" for s in ("COMPLETE", "PRUNED", "FAIL") if states.count(s))
         print(f"\nStudy {self.name} (MLflow run {self.parent_id}): {len(states)} trials ({counts or 'none'})"
               f"{'' if complete else ', not complete yet'}\n{choice.console() or 'No trial finished: nothing chosen.'}")
+        if complete:
+            self.promote()
+
+    def promote(self) -> None:
+        """champion.enabled: the summary's best trial (chosen on validation) takes the alias if it
+        beats the holder (rps.tracking.champion)."""
+        from rps import tracking
+
+        try:
+            tracking.promote_chosen(self.parent_id, self.cfg)
+        except Exception as err:  # the registry refused (permissions, a name MLflow rejects)
+            raise ResourceError(f"The study finished, but its chosen model could not be promoted: "
+                                f"{str(err).splitlines()[0][:300]}. Fix champion.model_name or your registry "
+                                "permissions.") from err

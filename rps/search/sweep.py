@@ -153,10 +153,26 @@ class MlflowSweepCallback(Callback):
         except Exception as err:
             print(f"rps: error: the sweep's summary could not be written: {err}", file=sys.stderr)
             sys.exit(1)  # the parent run is then marked KILLED at exit
+        promoted = _promote(self.parent_id, config)
         self._end("FINISHED")
         if failed:
             print(f"rps: {failed} sweep job(s) failed; see the sweep run's summary.md.", file=sys.stderr)
+        if failed or not promoted:
             sys.exit(1)
+
+
+def _promote(parent_id: str, config: DictConfig) -> bool:
+    """champion.enabled: the chosen job's model takes the champion alias if it beats the holder
+    (rps.tracking.champion); False when that failed (the sweep then exits non-zero)."""
+    from rps import tracking
+
+    try:
+        tracking.promote_chosen(parent_id, config)
+    except Exception as err:  # the registry refused: the summary stands, the exit code says it
+        print(f"rps: error: the sweep's chosen model could not be promoted: {str(err).splitlines()[0][:300]}",
+              file=sys.stderr)
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------- summary

@@ -6,6 +6,8 @@ Every MLflow write of rps is in this package: a run's content goes through
 ``runs.py``.
 """
 
+from rps.tracking.champion import card_registered_versions, promote, promote_chosen
+from rps.tracking.provenance import log_provenance
 from rps.tracking.record import (
     EPOCHS_ASKED, config_params, environment_tags, epoch_tags, epochs_asked, log_config, redact,
 )
@@ -17,6 +19,7 @@ from rps.tracking.runs import (
 from rps.tracking.store import resolve_tracking_uri, setup_experiment, use_store
 
 __all__ = [
+    "card_registered_versions", "promote", "promote_chosen", "log_provenance",
     "MlflowReporter", "EPOCHS_ASKED", "config_params", "environment_tags", "epoch_tags", "epochs_asked", "log_config",
     "redact",
     "PARENT_TAG", "RUN_COLOR", "child_color", "child_runs", "end_run", "get_run", "logged_epochs", "open_parent_run",

@@ -6,10 +6,13 @@ tracking store, then checked against the SHA-256 manifest digest their run recor
 ``rps.model_manifest_sha256``, rps.inference.manifest) before anything in them is loaded: a
 registered version must also be the very model its run's ``rps.model_uri`` names. A local folder
 is the user's own: it is checked against the manifest it carries, if any, and used as it is.
+A TFLite file a run exported (``runs:/<run id>/export/model_<format>.tflite``) is checked
+against the SHA-256 its run recorded for it (tag ``rps.export.<format>.sha256``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import tempfile
@@ -37,6 +40,7 @@ class Source:
     uri: str
     run_id: Optional[str]
     digest: Optional[str]
+    single_file: bool = False  # one file (an exported .tflite), its digest the file's own SHA-256
 
 
 def _client():
@@ -86,6 +90,8 @@ def source(model: str) -> Source:
         tags = _run_tags(run_id)
         if MODEL_URI_TAG not in tags:
             raise ResourceError(f"Run {run_id} has no logged model (no {MODEL_URI_TAG} tag); give its model URI.")
+        if path.endswith(".tflite"):  # a file the run exported: checked against its own recorded SHA-256
+            return Source(model, run_id, tags.get(export_digest_tag(path)), single_file=True)
         return Source(tags[MODEL_URI_TAG] if not path else model, run_id, tags.get(MANIFEST_TAG))
     if found := LOGGED.fullmatch(model):
         try:
@@ -127,6 +133,8 @@ def local_model(model: str, tracking_uri: Optional[str] = None, mlruns_dir: str 
     path = Path(model).expanduser()
     if path.is_dir():
         return _local(path)
+    if path.is_file() and path.suffix == ".tflite":  # a local TFLite file: the user's own
+        return path.resolve()
     if "://" not in model and ":/" not in model:
         raise ResourceError(f"MODEL {model} is not a folder nor an MLflow model URI (runs:/<id>, models:/<name>/<v>).")
     import mlflow
@@ -140,6 +148,18 @@ def local_model(model: str, tracking_uri: Optional[str] = None, mlruns_dir: str 
         folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=src.uri, dst_path=str(target)))
     except Exception as err:  # MLflow raises several types for unknown runs/models/paths
         raise ResourceError(f"Could not download the MLflow model {src.uri}: {str(err).splitlines()[0][:300]}") from err
-    if src.digest is not None:
+    if src.digest is not None and src.single_file:
+        actual = hashlib.sha256(folder.read_bytes()).hexdigest()
+        if actual != src.digest:
+            raise IntegrityError(f"The file {model} differs from the one run {src.run_id} exported (SHA-256 {actual[:12]}... "
+                                 f"instead of {src.digest[:12]}...): it was changed after the run wrote it. Nothing was loaded.")
+    elif src.digest is not None:
         verify(folder, src.digest, f"The model {model} (run {src.run_id})")
     return folder
+
+
+def export_digest_tag(path: str) -> str:
+    """The run tag holding the SHA-256 of an exported file (``export/model_int8.tflite`` ->
+    ``rps.export.int8.sha256``)."""
+    name = Path(path).stem
+    return f"rps.export.{name.removeprefix('model_')}.sha256"

@@ -126,6 +126,8 @@ class Outcome:
     confusion: np.ndarray
     stop: Optional[Stop] = None
     trained_classifier: Any = None  # the full model, when training built it
+    val_examples: Any = None  # Examples of the validation split (each exported file is measured on it)
+    train_examples: Any = None  # and of the training split (int8 calibrates on a sample of it)
 
     @property
     def objective(self) -> float:

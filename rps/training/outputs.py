@@ -1,4 +1,5 @@
-"""What a finished run leaves behind: plots, the trained model (saved once), TFLite variants.
+"""What a finished run leaves behind: plots, the trained model (saved once), its TFLite formats
+measured (rps.training.exports).
 
 Everything goes through the run's :class:`~rps.report.Reporter`.
 """
@@ -10,16 +11,11 @@ import logging
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 from omegaconf import DictConfig
 
-from rps.model import lite
-
-from rps.training import plots
+from rps.training import exports, plots
 
 from rps.data import pipelines
-from rps.training.evaluate import evaluate
 from rps.model.export import ExportedClassifier
 from rps.training.pipeline import Outcome
 from rps.training.outcome import PREDICTIONS, SAMPLES, THUMBNAIL
@@ -84,7 +80,7 @@ def report_outputs(cfg: DictConfig, out: Outcome, report: Reporter) -> None:
     report.figure(plots.training_curves(out.history), "plots/training_curves.png")
     report.figure(plots.confusion_matrix(out.confusion, out.class_names), "plots/confusion_matrix.png",
                   compare_as="confusion_matrix", step=step)
-    if not (cfg.export.model or cfg.export.tflite):
+    if not (cfg.export.model or cfg.export.formats):
         return
     size = cfg.backbone.image_size
     info = model_info(out.class_names, size, cfg.backbone.name)
@@ -94,26 +90,5 @@ def report_outputs(cfg: DictConfig, out: Outcome, report: Reporter) -> None:
         (saved / INFO_FILE).write_text(json.dumps(info, indent=2))
         if cfg.export.model:
             report.model(saved, info, cfg.register_model)
-        if cfg.export.tflite:
-            _report_tflite(cfg, saved, out, report)
-
-
-def _report_tflite(cfg: DictConfig, saved: Path, out: Outcome, report: Reporter) -> None:
-    """TFLite model(s), with their test accuracy against the SavedModel's (a conversion check)."""
-    test = pipelines.make_dataset(out.test_examples, cfg.backbone.image_size, cfg.batch_size, len(out.class_names))
-    reference = out.metrics["test_accuracy"]
-    variants = [("model.tflite", False, "tflite")] + (
-        [("model_dynamic_range.tflite", True, "tflite_dynamic_range")] if cfg.export.tflite_quantize else [])
-    for filename, quantize, metric in variants:
-        content = lite.from_saved_model(saved, quantize)
-        probs = lite.LiteModel(content)(np.concatenate([images for images, _ in test.as_numpy_iterator()]))
-        accuracy = evaluate(probs, out.labels, out.class_names)[0]["test_accuracy"]
-        gap = abs(accuracy - reference)
-        report.metrics({f"{metric}_test_accuracy": accuracy, f"{metric}_accuracy_gap": gap})
-        report.tags({f"{metric}_matches_saved_model": str(gap <= lite.MAX_ACCURACY_GAP).lower()})
-        if gap > lite.MAX_ACCURACY_GAP:
-            log.warning("%s test accuracy %.4f differs from the SavedModel's %.4f by more than %.1f points",
-                        filename, accuracy, reference, 100 * lite.MAX_ACCURACY_GAP)
-        path = saved.parent / filename
-        path.write_bytes(content)
-        report.files(path, "tflite")
+        if cfg.export.formats:
+            exports.report_exports(cfg, saved, info, out, report)

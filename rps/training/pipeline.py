@@ -16,6 +16,7 @@ the end, and only reported.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,11 +137,22 @@ def pool_features(prepared: Prepared, pool: Examples, report: Reporter) -> np.nd
 SPLIT_CONTEXTS = {"train": "training", "val": "validation", "test": "test"}  # MLflow's dataset contexts
 
 
+def split_digest_tags(digests: dict[str, str]) -> dict[str, str]:
+    """``rps.data.<split>_digest`` (which examples, exactly) and ``rps.data.split_digest`` of all
+    three: runs with equal split digests were chosen and tested on the same data, so their
+    objectives compare (rps.tracking.champion reads it; rps.reproduce checks it)."""
+    tags = {f"rps.data.{split}_digest": digest for split, digest in digests.items()}
+    whole = "\0".join(f"{split}={digests[split]}" for split in sorted(digests))
+    return tags | {"rps.data.split_digest": hashlib.sha256(whole.encode()).hexdigest()}
+
+
 def report_datasets(cfg: DictConfig, source: DatasetSource, pool: Examples, index: dict, class_names: list[str],
                     report: Reporter) -> None:
     """Each split as an MLflow dataset input: where its data comes from, a digest of exactly
     which examples it holds (same data, split and seed: same digest), its size and class counts."""
     version = report.recorded["tags"].get("dataset_version", "")
+    digests = {split: pool.take(index[split]).digest() for split in SPLIT_CONTEXTS}
+    report.tags(split_digest_tags(digests))
     for split, context in SPLIT_CONTEXTS.items():
         examples = pool.take(index[split])
         if source.kind == "tfds":
@@ -149,7 +161,7 @@ def report_datasets(cfg: DictConfig, source: DatasetSource, pool: Examples, inde
             official_test = split == "test" and cfg.split.kind == "official"
             where = str(Path(cfg.dataset.test_path if official_test else cfg.dataset.path).expanduser().resolve())
         name = f"{source.name}{'-' + version if version else ''}-{cfg.split.kind}-{split}"
-        report.dataset(context, name, where, examples.digest()[:12],
+        report.dataset(context, name, where, digests[split][:12],
                        {"examples": len(examples), "class_counts": examples.class_counts(class_names)})
 
 
@@ -325,4 +337,5 @@ def train_and_evaluate(prepared: Prepared, report: Optional[Reporter] = None, st
              chosen[OBJECTIVE], metrics["test_accuracy"])
     return Outcome(trained.backbone, trained.head, cfg.backbone.image_size, class_names, pool.take(index["test"]),
                    trained.history, probs, labels, chosen | {"epochs_trained": len(trained.history["val_accuracy"])}
-                   | metrics, confusion, stop(), trained.classifier)
+                   | metrics, confusion, stop(), trained.classifier,
+                   val_examples=pool.take(index["val"]), train_examples=pool.take(index["train"]))
