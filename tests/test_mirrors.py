@@ -4,7 +4,6 @@ Uses ../shared/offline (see ../shared/README.md) exactly as a user would, throug
 knobs. Skipped, with the reason shown, only where that folder is absent.
 """
 
-import os
 
 import pytest
 

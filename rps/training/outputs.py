@@ -11,30 +11,20 @@ import logging
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 from omegaconf import DictConfig
 
 from rps.training import exports, plots
 
 from rps.data import pipelines
-from rps.model.export import ExportedClassifier
+from rps.model.export import ExportedClassifier, model_info
 from rps.training.pipeline import Outcome
 from rps.training.outcome import PREDICTIONS, SAMPLES, THUMBNAIL
 from rps.training.report import Reporter
 from rps.model.export import INFO_FILE
 
 log = logging.getLogger(__name__)
-
-
-def model_info(class_names: list[str], image_size: int, backbone: str = "backbone") -> dict:
-    """The exported model's metadata (in its MLflow metadata and in ``rps_model.json``)."""
-    return {
-        "class_names": list(class_names),
-        "image_size": image_size,
-        "backbone": backbone,
-        "input": "images: float32 RGB in [0, 1] of shape [batch, {0}, {0}, 3], uint8 arrays of any size, "
-                 "or encoded JPEG/PNG/BMP/GIF (bytes or base64 text)".format(image_size),
-        "output": "float32 class probabilities, shape [batch, n_classes], in class_names order",
-    }
 
 
 def report_predictions(out: Outcome, images: list[np.ndarray], report: Reporter) -> None:
