@@ -21,8 +21,7 @@ from pathlib import Path
 
 import rps  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from rps.common.errors import ResourceError, RpsError
-from rps.common.files import private_files
-from rps.common.quiet import quiet_tensorflow_startup
+from rps.common.quiet import run_command
 from rps.data.images import DEFAULT_MAX_PIXELS
 from rps.data.sources import PREDICT_EXTENSIONS
 from rps.inference.predict import TableWriter, check_output, image_files, load_predictor, output_file, predictions
@@ -98,9 +97,7 @@ def _predict(args: argparse.Namespace, tmp: Path) -> int:
 
 def cli() -> None:
     """The ``rps-predict`` command (also ``python -m rps.predict``)."""
-    private_files()
-    quiet_tensorflow_startup()
-    sys.exit(main())
+    run_command(main)
 
 
 if __name__ == "__main__":

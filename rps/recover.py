@@ -11,8 +11,7 @@ import sys
 from pathlib import Path
 
 import rps  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
-from rps.common.files import private_files
-from rps.common.quiet import quiet_tensorflow_startup
+from rps.common.quiet import run_command
 from rps.common.errors import RpsError
 from rps.team.recover import recover
 
@@ -34,9 +33,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def cli() -> None:
     """The ``rps-recover`` command (also ``python -m rps.recover``)."""
-    private_files()
-    quiet_tensorflow_startup()
-    sys.exit(main())
+    run_command(main)
 
 
 if __name__ == "__main__":

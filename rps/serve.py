@@ -18,8 +18,7 @@ from pathlib import Path
 
 import rps  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from rps.common.errors import RpsError, Terminated, interrupt_on_signals
-from rps.common.files import private_files
-from rps.common.quiet import quiet_tensorflow_startup
+from rps.common.quiet import run_command
 from rps.inference.serving import check_port, check_servable, serve
 from rps.predict import model_arguments, positive
 from rps.tracking.models import local_model
@@ -52,9 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def cli() -> None:
     """The ``rps-serve`` command (also ``python -m rps.serve``)."""
-    private_files()
-    quiet_tensorflow_startup()
-    sys.exit(main())
+    run_command(main)
 
 
 if __name__ == "__main__":

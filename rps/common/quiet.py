@@ -21,6 +21,7 @@ import os
 import shutil
 import subprocess
 import sys
+from typing import Callable
 
 NOISE = "|".join((
     r"^WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$",
@@ -110,3 +111,13 @@ def quiet_tensorflow_startup() -> None:
             pass
 
     atexit.register(drain)
+
+
+def run_command(main: Callable[[], int]) -> None:
+    """How a non-Hydra command starts: files private to its user, TensorFlow's start-up quiet,
+    ``main()``'s return value as the exit code."""
+    from rps.common.files import private_files
+
+    private_files()
+    quiet_tensorflow_startup()
+    sys.exit(main())
