@@ -31,6 +31,22 @@ def compose(*overrides: str, return_hydra_config: bool = False):
         return hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=return_hydra_config)
 
 
+def pytest_sessionstart(session):
+    """In CI (.ci/run), services install beside the project: wait for them before the first test,
+    and stop if they failed (a skipped server, SLURM or browser test would hide lost coverage)."""
+    marker = os.environ.get("RPS_CI_SERVICES")
+    if not marker:
+        return
+    deadline = time.monotonic() + 900
+    while not os.path.exists(marker):
+        if time.monotonic() > deadline:
+            pytest.exit(f"CI services not ready after 15 min (see {marker}.log)", returncode=3)
+        time.sleep(1)
+    status = open(marker).read().strip()
+    if status.startswith("FAILED"):
+        pytest.exit(f"CI services failed: {status}", returncode=3)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def private_feature_cache(tmp_path_factory):
     """Keep the tests' feature cache (and runs they launch) out of the user's ~/.cache."""
