@@ -21,6 +21,9 @@ TaskPlugin=task/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 SchedulerType=sched/backfill
+# A requeued job waits cred_expire + 1 s before it may start again (120 s by default): 10 s here.
+AuthInfo=cred_expire=10
+SchedulerParameters=sched_interval=2,bf_interval=2
 ReturnToService=2
 StateSaveLocation=/var/spool/slurmctld
 SlurmdSpoolDir=/var/spool/slurmd
@@ -35,7 +38,8 @@ CONF
 [ -f /etc/munge/munge.key ] || $sudo mungekey -c >/dev/null 2>&1 || $sudo /usr/sbin/create-munge-key >/dev/null 2>&1
 $sudo chown -R munge:munge /etc/munge /run/munge /var/lib/munge /var/log/munge 2>/dev/null || true
 pgrep -x munged >/dev/null || $sudo runuser -u munge -- /usr/sbin/munged
-pgrep -x slurmctld >/dev/null || $sudo /usr/sbin/slurmctld
+if pgrep -x slurmctld >/dev/null; then $sudo pkill -x slurmctld; sleep 1; fi  # (cred_expire is read at start)
+$sudo /usr/sbin/slurmctld
 pgrep -x slurmd >/dev/null || $sudo /usr/sbin/slurmd
 for _ in $(seq 60); do
   sinfo -h -o %T 2>/dev/null | grep -qE "^idle|^mix" && exit 0

@@ -28,11 +28,12 @@ def job_key(parent_run_id: str, overrides: list[str]) -> str:
 
 
 def requeued_run(cfg: DictConfig, experiment_id: str, key: str) -> Optional[str]:
-    """The unfinished run of this same sweep job that left a checkpoint (the job was preempted,
-    requeued, or killed and launched again): it resumes instead of starting over."""
+    """The run of this same sweep job that left a checkpoint (the job was preempted, requeued, or
+    killed and launched again: a run that finished training removed its checkpoints, whatever
+    status its process managed to record): it resumes instead of starting over."""
     from rps import tracking
 
-    for run in tracking.unfinished_runs(experiment_id, JOB_KEY, key):
+    for run in tracking.tagged_runs(experiment_id, JOB_KEY, key):
         if checkpoints_of(cfg, run.info.run_id).latest() is not None:
             return run.info.run_id
     return None

@@ -196,6 +196,9 @@ def tracked_run(experiment_id: str, run_name: str, tags: dict[str, str], staging
         release_interrupted(err)  # a store write it cut short must not keep the store locked
         status = RunStatus.KILLED
         raise
+    except SystemExit:  # a launcher ending the process (submitit after a preemption): resumable, not done
+        status = RunStatus.KILLED
+        raise
     except Exception as err:
         if report.offline is None:
             message = f"{type(err).__name__}: {err}"[:4000]
@@ -229,11 +232,11 @@ def _reopen(run_id: str, tags: dict[str, str]):
     return run
 
 
-def unfinished_runs(experiment_id: str, tag: str, value: str) -> list:
-    """Runs of the experiment tagged ``tag=value`` that did not finish, newest first."""
+def tagged_runs(experiment_id: str, tag: str, value: str) -> list:
+    """Runs of the experiment tagged ``tag=value``, newest first."""
     return mlflow.MlflowClient().search_runs(
-        [experiment_id], filter_string=f"tags.`{tag}` = '{value}' and attributes.status != 'FINISHED'",
-        order_by=["attributes.start_time DESC"], max_results=100)
+        [experiment_id], filter_string=f"tags.`{tag}` = '{value}'", order_by=["attributes.start_time DESC"],
+        max_results=100)
 
 
 def logged_epochs(run_id: str, key: str = "val_accuracy") -> int:
