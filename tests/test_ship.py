@@ -107,7 +107,7 @@ def labelled_photos(tmp_path_factory):
 def test_every_format_predicts_like_the_float_model(shipped, labelled_photos, tmp_path):
     """Each .tflite, fetched by its runs:/ URI as rps.predict does, classifies new photos with an
     accuracy within its stated tolerance of the float32 file's."""
-    from rps.inference.predict import image_files, load_predictor, predict_files
+    from rps.inference.predict import image_files, load_predictor, predictions
     from rps.tracking.models import local_model
 
     parent, trials, _, cwd, _ = shipped
@@ -121,8 +121,9 @@ def test_every_format_predicts_like_the_float_model(shipped, labelled_photos, tm
                             into=folder)
         predictor = load_predictor(model)
         assert predictor.class_names == ["rock", "paper", "scissors"] and predictor.image_size == 224
-        rows, failed = predict_files(predictor, files, progress=False)
-        assert not failed and len(rows) == 30
+        results = list(predictions(predictor, files))
+        rows = [row for _, row, error in results if error is None]
+        assert len(rows) == 30 and all(error is None for *_, error in results)
         accuracy[fmt] = np.mean([Path(r["file"]).name.startswith(r["label"]) for r in rows])
         probs[fmt] = np.array([[r[f"p_{n}"] for n in predictor.class_names] for r in rows])
     assert accuracy["float32"] >= 0.6, accuracy  # the model learned something these photos show

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from rps.common.errors import ConfigError
 from rps.config.schema import DEFAULT_HANDLE, GROUP_CHECKS, GROUP_SCHEMAS, Check, Config, size_problem
 
-__all__ = ["DEFAULT_HANDLE", "Check", "Config", "from_container", "register_configs", "size_problem", "validate"]
+__all__ = ["DEFAULT_HANDLE", "Check", "Config", "register_configs", "size_problem", "validate"]
 
 
 def register_configs() -> None:
@@ -31,17 +31,6 @@ def register_configs() -> None:
     cs.store(name="config_schema", node=Config)
     for name, node in GROUP_SCHEMAS.items():
         cs.store(group="schema", name=name, node=node)
-
-
-def from_container(values: dict[str, Any]) -> DictConfig:
-    """A typed run config from its plain values (as ``OmegaConf.to_container`` wrote them): the
-    dataset's schema is chosen by its ``kind``, every other group has one."""
-    from rps.config.schema import ImageFolderConfig, TfdsDatasetConfig
-
-    dataset = {"tfds": TfdsDatasetConfig, "image_folder": ImageFolderConfig}[values["dataset"]["kind"]]
-    cfg = OmegaConf.structured(Config)
-    cfg.dataset = OmegaConf.structured(dataset)
-    return OmegaConf.merge(cfg, values)
 
 
 def _unknown_keys(node: DictConfig, prefix: str = "") -> list[tuple[str, Any, str]]:

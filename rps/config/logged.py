@@ -27,6 +27,16 @@ def _migrate(loaded: DictConfig) -> None:
         loaded.export.formats = formats
 
 
+def typed_config(loaded: DictConfig) -> DictConfig:
+    """Plain config values (a logged config, a checkpoint's) in this version's typed schema: the
+    dataset's schema chosen by its ``kind``, every other group's by its name."""
+    cfg = OmegaConf.structured(Config)
+    cfg.dataset = OmegaConf.structured(GROUP_SCHEMAS[f"dataset_{loaded.dataset.kind}"])
+    for group in GROUPS:
+        cfg[group] = OmegaConf.structured(GROUP_SCHEMAS[group])
+    return OmegaConf.merge(cfg, loaded)
+
+
 def logged_config(text: str) -> DictConfig:
     """The run's config from its logged YAML, typed and checked by the schema of this rps version.
 
@@ -35,11 +45,7 @@ def logged_config(text: str) -> DictConfig:
     try:
         loaded = OmegaConf.create(text)
         _migrate(loaded)
-        cfg = OmegaConf.structured(Config)
-        cfg.dataset = OmegaConf.structured(GROUP_SCHEMAS[f"dataset_{loaded.dataset.kind}"])
-        for group in GROUPS:
-            cfg[group] = OmegaConf.structured(GROUP_SCHEMAS[group])
-        return OmegaConf.merge(cfg, loaded)
+        return typed_config(loaded)
     except (OmegaConfBaseException, KeyError, AttributeError, ValueError) as err:
         raise ConfigError(
             f"The run's logged config does not fit this version of rps ({type(err).__name__}: "

@@ -42,7 +42,7 @@ def not_compared(metric: str) -> bool:
     """Timings and latencies (numbers of the machine and its load), and the SavedModel's size: its
     graph names functions by the order the process traced them (a study's second trial saves
     longer names than a fresh process), so it varies by a few bytes with the same weights."""
-    return (metric.startswith("timing/") or metric.endswith(("latency_ms", "latency_p90_ms"))
+    return (metric.startswith(("timing_", "timing/")) or metric.endswith(("latency_ms", "latency_p90_ms"))
             or metric == "export/saved_model/size_bytes")
 
 

@@ -44,6 +44,9 @@ def default_config() -> DictConfig:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    from rps.config import register_configs
+
+    register_configs()  # (a process no Hydra app started, say rps.reproduce, has not registered them)
     if GlobalHydra.instance().is_initialized():
         return compose(config_name="config")
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

@@ -9,10 +9,10 @@ import hashlib
 from pathlib import Path
 from typing import Optional
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from rps.common.errors import ConfigError
-from rps.config import from_container
+from rps.config.logged import typed_config
 from rps.training.checkpoints import Checkpoints
 
 # What a resume may set on its command line: where the run's store and checkpoints are.
@@ -54,7 +54,7 @@ def resumed_config(cfg: DictConfig, command: list[str]) -> DictConfig:
         )
     values = checkpoints_of(cfg, cfg.resume).run()["config"]
     values |= {key: cfg[key] for key in LOCATION_KEYS}  # this command's store and folder
-    return from_container(values)
+    return typed_config(OmegaConf.create(values))
 
 
 def backfill(report, cfg: DictConfig, checkpoints: Checkpoints) -> None:
