@@ -6,6 +6,8 @@
 - :func:`save_tiny_backbone` writes a TF2 reusable SavedModel with TF Hub's feature-vector
   interface (``__call__(x, training)``, ``variables``, ``trainable_variables``,
   ``regularization_losses``); put it in a TF Hub cache with :func:`install_in_hub_cache`.
+- :func:`save_mobilenet_backbone` writes a small Keras MobileNetV2 (random weights) in the layout
+  of the offline MobileNet-V2 mirror: the network rps.model.split takes apart, in miniature.
 - :func:`write_image_folder` writes a class-per-folder dataset of PNG/JPEG files.
 - :func:`bomb_png` is a decompression bomb: a small valid PNG that decodes to gigabytes.
 
@@ -102,6 +104,42 @@ def save_tiny_backbone(
     module.trainable_variables = [weights, bias]
     module.regularization_losses = []
     tf.saved_model.save(module, str(path))
+    return Path(path)
+
+
+def save_mobilenet_backbone(path: str | Path, alpha: float = 0.35, image_size: int = 96, seed: int = 0) -> Path:
+    """A reusable SavedModel of ``tf.keras.applications.MobileNetV2(alpha, include_top=False,
+    pooling="avg")`` with random weights, saved as the offline mirror was: the hub feature-vector
+    interface on images in [0, 1] (scaled to MobileNetV2's [-1, 1] inside), ``__call__(inputs,
+    training)``, ``variables`` and ``trainable_variables`` in Keras' order, and a serving signature
+    (``images`` -> ``feature_vector``). BatchNorm statistics are random too, so none is an identity.
+    """
+    import tensorflow as tf
+
+    tf.keras.utils.set_random_seed(seed)
+    net = tf.keras.applications.MobileNetV2(input_shape=(image_size, image_size, 3), alpha=alpha,
+                                            include_top=False, pooling="avg", weights=None)
+    rng = np.random.default_rng(seed)
+    for layer in net.layers:
+        if isinstance(layer, tf.keras.layers.BatchNormalization):
+            for weight, low, high in zip(layer.weights, (0.5, -0.2, -0.2, 0.5), (1.5, 0.2, 0.2, 1.5)):
+                weight.assign(rng.uniform(low, high, weight.shape).astype(np.float32))
+
+    @tf.function
+    def call(inputs, training=False):
+        return net(inputs * 2.0 - 1.0, training=training)
+
+    spec = tf.TensorSpec([None, image_size, image_size, 3], tf.float32)
+    for training in (False, True):
+        call.get_concrete_function(spec, training)
+    module = tf.train.Checkpoint()  # not holding `net`: saving a Keras model traces every layer (slow)
+    module.__call__ = call
+    module.variables = list(net.variables)
+    module.trainable_variables = list(net.trainable_variables)
+    module.regularization_losses = []
+    serve = tf.function(lambda images: {"feature_vector": call(images, False)},
+                        input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name="images")])
+    tf.saved_model.save(module, str(path), signatures={"serving_default": serve})
     return Path(path)
 
 

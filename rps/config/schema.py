@@ -173,6 +173,13 @@ class BackboneConfig:
     # trainable variables, or a number (>= 1) of them (a SavedModel exposes variables, not layers).
     fine_tune_from: float = 0.3
     fine_tune_epochs: int = 2
+    # true: fine-tuning trains the backbone's top on cached activations of its frozen bottom
+    # (rps.training.finetune_cache, stored in feature_cache.dir; the same model, faster epochs)
+    # when the backbone can be split there (a MobileNet-V2); otherwise, or false, on images.
+    fine_tune_cache: bool = True
+    # Augmented runs: cached augmented views per training image (null: one per fine-tuning epoch,
+    # so each epoch sees fresh augmentations, as on images; fewer: epochs cycle through them).
+    fine_tune_views: Optional[int] = None
 
 
 def backbone_checks(cfg: DictConfig) -> list[Check]:
@@ -182,6 +189,8 @@ def backbone_checks(cfg: DictConfig) -> list[Check]:
         ("backbone.image_size", 32 <= bb.image_size <= 1024, "an integer in [32, 1024] (224 for MobileNet-V2)"),
         _size_check("backbone.fine_tune_from", bb.fine_tune_from, "number of variables"),
         ("backbone.fine_tune_epochs", bb.fine_tune_epochs >= 1, "an integer >= 1"),
+        ("backbone.fine_tune_views", bb.fine_tune_views is None or bb.fine_tune_views >= 1,
+         "null (one augmented view per fine-tuning epoch) or an integer >= 1"),
     ]
 
 

@@ -47,10 +47,6 @@ def augmented(cfg: DictConfig, phase: int) -> bool:
     return cfg.augment.kind != "none" and (phase == 2 or cfg.augment.head_phase)
 
 
-# Why phase 2 never uses the feature cache (logged as the run's tag `feature_cache_fine_tune`).
-PHASE2_CACHE = "off: fine-tuning trains the backbone, so its features change every step"
-
-
 def _blocked(cfg: DictConfig) -> Optional[str]:
     """Why cached features would be wrong for phase 1, or None when they are exact."""
     if augmented(cfg, 1):
@@ -63,7 +59,8 @@ def cache_plan(cfg: DictConfig) -> tuple[bool, str]:
 
     The one statement of the rule: phase 1 (a frozen run's only phase) sees the frozen backbone,
     so its features are exactly the cached ones unless the head's images are augmented; phase 2
-    (fine-tuning) changes the backbone every step and never uses the cache (:data:`PHASE2_CACHE`).
+    (fine-tuning) changes the backbone's top every step: it may train on cached activations of the
+    frozen bottom instead (``backbone.fine_tune_cache``, rps.training.finetune_cache).
     """
     blocked = _blocked(cfg)
     if blocked:
@@ -121,27 +118,37 @@ def cache_key(examples: str, backbone: str, image_size: int, engine: str) -> str
 
 
 def _checksum(features: np.ndarray, labels: np.ndarray) -> str:
-    return hashlib.sha256(features.tobytes() + labels.tobytes()).hexdigest()
+    """SHA-256 of the arrays' bytes, read in place (no copies: activation entries are ~100 MB)."""
+    h = hashlib.sha256()
+    for array in (features, labels):
+        h.update(memoryview(np.ascontiguousarray(array)).cast("B"))
+    return h.hexdigest()
 
 
 @dataclass
 class CacheResult:
-    features: np.ndarray  # [n_pool, feature_dim] float32
+    features: np.ndarray  # [n_pool, feature_dim] float32 (or [n, *shape] of another dtype: see cached_features)
     status: str  # "hit", "built", or "rebuilt" (a damaged entry was replaced)
     seconds: float  # time spent computing the features, or (on a hit) reading and checking them
     path: Path
 
 
-def read_entry(path: Path, labels: np.ndarray, feature_dim: int) -> np.ndarray:
-    """The features stored at ``path``; raises ``ValueError`` if the entry is damaged."""
+def _shape(per_example) -> tuple[int, ...]:
+    return (per_example,) if isinstance(per_example, int) else tuple(per_example)
+
+
+def read_entry(path: Path, labels: np.ndarray, feature_dim, dtype=np.float32) -> np.ndarray:
+    """The features stored at ``path`` (``feature_dim``: their length, or their per-example shape);
+    raises ``ValueError`` if the entry is damaged."""
     try:
         with np.load(path, allow_pickle=False) as stored:
             features, stored_labels = stored["features"], stored["labels"]
             checksum = str(stored["checksum"])
     except (OSError, KeyError, EOFError, zipfile.BadZipFile, ValueError) as err:
         raise ValueError(f"unreadable ({type(err).__name__}: {err})") from err
-    if features.shape != (len(labels), feature_dim) or features.dtype != np.float32:
-        raise ValueError(f"features of shape {features.shape}, expected {(len(labels), feature_dim)}")
+    expected = (len(labels), *_shape(feature_dim))
+    if features.shape != expected or features.dtype != dtype:
+        raise ValueError(f"features of shape {features.shape} ({features.dtype}), expected {expected} ({np.dtype(dtype)})")
     if not np.array_equal(stored_labels, labels):
         raise ValueError("labels differ from the dataset's")
     if _checksum(features, stored_labels) != checksum:
@@ -163,8 +170,12 @@ def cached_features(
     compute,
     cache_dir: Optional[Path] = None,
     meta: Optional[dict] = None,
+    dtype=np.float32,
 ) -> CacheResult:
-    """The pool's features from the cache, or from ``compute()`` (then stored)."""
+    """The pool's features from the cache, or from ``compute()`` (then stored).
+
+    ``feature_dim`` is the features' length, or their per-example shape (rps.training.finetune_cache
+    stores activation maps this way, as ``dtype=float16``)."""
     cache_dir = Path(cache_dir or default_dir())
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
@@ -182,21 +193,21 @@ def cached_features(
         except OSError as err:  # e.g. a read-only shared cache: read it unlocked, never write to it
             log.warning("Feature cache %s cannot be locked (%s): using it read-only.", cache_dir, err)
             writable = False
-        return _hit_or_build(path, labels, feature_dim, compute, meta, writable)
+        return _hit_or_build(path, labels, feature_dim, compute, meta, writable, dtype)
 
 
-def _hit_or_build(path: Path, labels: np.ndarray, feature_dim: int, compute, meta, writable: bool) -> CacheResult:
+def _hit_or_build(path: Path, labels: np.ndarray, feature_dim, compute, meta, writable: bool, dtype) -> CacheResult:
     status, start = "built", time.monotonic()
     if path.exists():
         try:
-            return CacheResult(read_entry(path, labels, feature_dim), "hit", time.monotonic() - start, path)
+            return CacheResult(read_entry(path, labels, feature_dim, dtype), "hit", time.monotonic() - start, path)
         except ValueError as err:
             log.warning("Feature cache entry %s is damaged (%s): rebuilding it.", path, err)
             status = "rebuilt"
             if writable:
                 path.unlink(missing_ok=True)
     start = time.monotonic()
-    features = np.asarray(compute(), dtype=np.float32)
+    features = np.asarray(compute(), dtype=dtype)
     seconds = time.monotonic() - start
     if writable:
         try:

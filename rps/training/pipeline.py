@@ -30,10 +30,11 @@ from rps.data.pipelines import make_dataset
 from rps.data.sources import DatasetSource
 from rps.model import lite
 from rps.model.backbone import Backbone, count_params, extract_features, load_backbone, tf_forward
-from rps.model.features import PHASE2_CACHE, augmented, backbone_digest, cache_key, cache_plan, cached_features
+from rps.model.features import augmented, backbone_digest, cache_key, cache_plan, cached_features
 from rps.model.head import build_classifier, build_head
 from rps.model.hub import backbone_dir
 from rps.training.evaluate import evaluate
+from rps.training import finetune_cache
 from rps.training.checkpoints import Checkpoints
 from rps.training.loop import PhaseCheckpoints, predict, release_memory, seed_everything, train_phase
 from rps.training.preflight import preflight
@@ -90,8 +91,10 @@ def load_examples(prepared: Prepared, report: Reporter) -> tuple[Examples, Examp
 # --------------------------------------------------------------------------- features
 
 
-def feature_forward(cfg, backbone, digest: str, cache_dir: Optional[Path]) -> tuple[Callable, str, str]:
-    """The frozen backbone as a function of a batch: (forward, engine key, engine description).
+def feature_forward(cfg, backbone, digest: str, cache_dir: Optional[Path], part: str = "backbone"
+                    ) -> tuple[Callable, str, str]:
+    """The frozen backbone (or a frozen ``part`` of it) as a function of a batch: (forward, engine
+    key, engine description).
 
     XNNPACK (a cached TFLite conversion run by LiteRT) unless ``feature_cache.engine=tf`` or the
     conversion fails, say for an unusual local backbone: then TensorFlow, saying why.
@@ -100,7 +103,7 @@ def feature_forward(cfg, backbone, digest: str, cache_dir: Optional[Path]) -> tu
         return tf_forward(backbone), "tf", "tf (feature_cache.engine=tf)"
     size = cfg.backbone.image_size
     try:
-        key = lite.conversion_key("backbone", digest, str(size))
+        key = lite.conversion_key(part, digest, str(size))
         content = lite.cached_conversion(key, lambda: lite.from_layer(backbone, size), cache_dir)
         return lite.LiteModel(content), "xnnpack", lite.engine_name()
     except Exception as err:  # converter and interpreter raise many types
@@ -246,27 +249,37 @@ def train_head(prepared: Prepared, pool: Examples, index: dict, features: Option
 
 def fine_tune(prepared: Prepared, trained: Trained, pool: Examples, index: dict, n_classes: int, sink: EpochHook,
               stop: StopSignal, report: Reporter, checkpoints: Optional[Checkpoints] = None) -> Trained:
-    """Phase 2: a copy of the backbone with its top unfrozen, trained with the head on images at
-    ``optimizer.fine_tune_lr`` (the prepared backbone stays frozen and unchanged for other runs)."""
+    """Phase 2: a copy of the backbone with its top unfrozen, trained with the head at
+    ``optimizer.fine_tune_lr`` (the prepared backbone stays frozen and unchanged for other runs):
+    on activations cached below the cut when the backbone splits there (rps.training.finetune_cache;
+    the trained top is then written back into the copy), else on images."""
     cfg, size = prepared.cfg, prepared.cfg.backbone.image_size
     backbone, _ = load_backbone(cfg.backbone.handle, size)
-    classifier = build_classifier(backbone, trained.head, size)
-    datasets = trained.datasets
-    if cache_plan(cfg)[0] or augmented(cfg, 2) != augmented(cfg, 1) or not datasets:  # else phase 1's continue
-        datasets = _image_datasets(cfg, pool, index, n_classes, augmented(cfg, 2))
-    unfrozen = backbone.unfreeze_top(cfg.backbone.fine_tune_from)
-    report.params({"model.fine_tuned_variables": unfrozen,
-                   "model.fine_tune_trainable_params": count_params(classifier)["trainable"]})
-    report.tags({"feature_cache_fine_tune": PHASE2_CACHE})
-    log.info("Fine-tuning the top %d backbone variables at lr %g (feature cache %s)",
-             unfrozen, cfg.optimizer.fine_tune_lr, PHASE2_CACHE)
+    split, why = finetune_cache.plan(cfg, backbone)
+    report.tags({"feature_cache_fine_tune": why})
+    if split is not None:
+        trainee = finetune_cache.build_trainee(split, trained.head)
+        classifier = None  # built from the written-back backbone when the model is exported
+        datasets = finetune_cache.datasets_on_activations(cfg, split, pool, index, n_classes, report, feature_forward)
+        report.params(finetune_cache.fine_tune_params(split, trainee))
+    else:
+        classifier = trainee = build_classifier(backbone, trained.head, size)
+        datasets = trained.datasets
+        if cache_plan(cfg)[0] or augmented(cfg, 2) != augmented(cfg, 1) or not datasets:  # else phase 1's continue
+            datasets = _image_datasets(cfg, pool, index, n_classes, augmented(cfg, 2))
+        unfrozen = backbone.unfreeze_top(cfg.backbone.fine_tune_from)
+        report.params({"model.fine_tuned_variables": unfrozen,
+                       "model.fine_tune_trainable_params": count_params(classifier)["trainable"]})
+    log.info("Fine-tuning the top of the backbone at lr %g (%s)", cfg.optimizer.fine_tune_lr, why)
     done = len(trained.history["val_accuracy"])
     fine_cfg = OmegaConf.merge(cfg.optimizer, {"lr": cfg.optimizer.fine_tune_lr})
-    more = train_phase(classifier, fine_cfg, cfg, datasets, len(index["train"]), done + cfg.backbone.fine_tune_epochs,
+    more = train_phase(trainee, fine_cfg, cfg, datasets, len(index["train"]), done + cfg.backbone.fine_tune_epochs,
                        lambda m, e: sink(m | {"phase": 2}, e), start_epoch=done, stop=stop,
                        checkpoints=_plan(checkpoints, 2, trained.history))
+    if split is not None:
+        split.write_back()  # the copy's hub module now computes the trained network
     history = {k: trained.history[k] + more.get(k, []) for k in trained.history}
-    return Trained(backbone, trained.head, classifier, datasets, history, classifier)
+    return Trained(backbone, trained.head, trainee, datasets, history, classifier)
 
 
 # --------------------------------------------------------------------------- select and test
