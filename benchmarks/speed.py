@@ -135,10 +135,10 @@ def _probe_threads(intra: int, inter: int, overrides: list[str], images: int = 2
     print(f"THREADS {intra} {inter} {len(sample) / (time.monotonic() - start):.2f}")
 
 
-def compare_threads(overrides: list[str]) -> None:
+def compare_threads(overrides: list[str], settings=THREAD_SETTINGS) -> None:
     """Backbone throughput for each thread setting, each in a fresh process."""
     print("backbone images/s by TensorFlow thread pools (intra_op, inter_op; 0 = default):")
-    for intra, inter in THREAD_SETTINGS:
+    for intra, inter in settings:
         out = subprocess.run([sys.executable, "-m", "benchmarks.speed", "--probe-threads", f"{intra},{inter}", *overrides],
                              capture_output=True, text=True)
         rate = next((line.split()[-1] for line in out.stdout.splitlines() if line.startswith("THREADS")), "failed")
@@ -174,6 +174,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sweep-points", type=int, default=9, help="points of the cached sweep (default 9)")
     parser.add_argument("--uncached-sweep-points", type=int, default=None,
                         help="points of the uncached sweep (default: --sweep-points; 0 skips it)")
+    parser.add_argument("--thread-settings", nargs="+", metavar="INTRA,INTER",
+                        help="with --threads: only these settings (default: 0,0 1,1 2,1 1,2 2,2)")
     parser.add_argument("--threads", action="store_true",
                         help="also compare TensorFlow thread-pool settings (one process each)")
     parser.add_argument("--probe-threads", help=argparse.SUPPRESS)
@@ -271,7 +273,9 @@ def main(argv: list[str] | None = None) -> None:
             print("  (tiny data: fixed per-run overheads dominate; the targets are meant for the real mirrors)")
         sys.stdout.flush()
         if args.threads:
-            compare_threads(overrides)
+            settings = [tuple(int(n) for n in s.split(",")) for s in args.thread_settings] if args.thread_settings \
+                else THREAD_SETTINGS
+            compare_threads(overrides, settings)
 
 
 if __name__ == "__main__":
