@@ -174,8 +174,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sweep-points", type=int, default=9, help="points of the cached sweep (default 9)")
     parser.add_argument("--uncached-sweep-points", type=int, default=None,
                         help="points of the uncached sweep (default: --sweep-points; 0 skips it)")
-    parser.add_argument("--thread-settings", nargs="+", metavar="INTRA,INTER",
-                        help="with --threads: only these settings (default: 0,0 1,1 2,1 1,2 2,2)")
+    parser.add_argument("--thread-setting", action="append", metavar="INTRA,INTER",
+                        help="with --threads: only this setting (repeatable; default: 0,0 1,1 2,1 1,2 2,2)")
     parser.add_argument("--threads", action="store_true",
                         help="also compare TensorFlow thread-pool settings (one process each)")
     parser.add_argument("--probe-threads", help=argparse.SUPPRESS)
@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> None:
             print("  (tiny data: fixed per-run overheads dominate; the targets are meant for the real mirrors)")
         sys.stdout.flush()
         if args.threads:
-            settings = [tuple(int(n) for n in s.split(",")) for s in args.thread_settings] if args.thread_settings \
+            settings = [tuple(int(n) for n in s.split(",")) for s in args.thread_setting] if args.thread_setting \
                 else THREAD_SETTINGS
             compare_threads(overrides, settings)
 

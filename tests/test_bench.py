@@ -22,7 +22,7 @@ def test_benchmark_reports_every_variant_and_thread_setting(tmp_path):
     env = bench_env()
     out = subprocess.run(
         [sys.executable, "-m", "benchmarks.speed", "--sweep-points", "2", "--uncached-sweep-points", "1", "--threads",
-         "--thread-settings", "0,0", "1,1", "epochs=1"],
+         "--thread-setting", "0,0", "--thread-setting", "1,1", "epochs=1"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     text = out.stdout

@@ -374,16 +374,16 @@ def test_unwritable_artifact_store_fails_before_training(offline_env, tmp_path):
 
 
 def test_concurrent_runs_on_a_new_store_all_complete(offline_env, tmp_path):
-    """Three runs start at once on a store that does not exist yet (table creation races)."""
+    """Two runs start at once on a store that does not exist yet (table creation races)."""
     procs = [subprocess.Popen([sys.executable, "-m", "rps.run", "epochs=1", *TINY_SPLIT, f"seed={i}"],
                               cwd=tmp_path, env=offline_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(3)]
+             for i in range(2)]
     outputs = [p.communicate(timeout=600) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0, 0], [err[-1500:] for _, err in outputs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-1500:] for _, err in outputs]
     runs = all_runs(tmp_path)
-    assert sorted(r.data.params["seed"] for r in runs) == ["0", "1", "2"]
+    assert sorted(r.data.params["seed"] for r in runs) == ["0", "1"]
     training = {next(i.dataset.digest for i in r.inputs.dataset_inputs if i.tags[0].value == "training") for r in runs}
-    assert len(training) == 3, "another seed draws another split: another digest"
+    assert len(training) == 2, "another seed draws another split: another digest"
     assert all(r.info.status == "FINISHED" and "test_accuracy" in r.data.metrics for r in runs)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 import time
 
 import numpy as np
@@ -22,6 +23,10 @@ from rps.common.sizes import resolve_size
 
 log = logging.getLogger(__name__)
 keras = tf.keras  # tf-keras (Keras 2): TF_USE_LEGACY_KERAS=1 is set by rps/__init__.py
+# hub.KerasLayer asks Keras 3 first for the SavedModel load context (`keras.saving.legacy`), which
+# imports all of Keras 3 and scikit-learn (~1 s of every run's start, measured 2026-12-02) to read
+# a context tf-keras models never set. Refused, it falls back to tf.keras's (tf-keras's) own.
+sys.modules.setdefault("keras.saving.legacy.saved_model", None)
 
 
 class Backbone(hub.KerasLayer):
