@@ -15,11 +15,12 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchmarks.processes import run_measured
 
 
 def write_images(folder: Path, count: int, side: int) -> None:
@@ -36,15 +37,10 @@ def write_images(folder: Path, count: int, side: int) -> None:
 
 def measure(model: str, folder: Path, output: Path, extra: list[str]) -> tuple[float, float, int]:
     """(peak RSS in MB, seconds, exit code) of one rps.predict process."""
-    start = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "rps.predict", model, str(folder), "--output", str(output), *extra],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    stderr = proc.stderr.read().decode(errors="replace")
-    if proc.returncode not in (0, 1):
-        raise RuntimeError(f"rps.predict failed ({proc.returncode}): {stderr[-1500:]}")
-    return usage.ru_maxrss / 1024, time.monotonic() - start, proc.returncode
+    run = run_measured([sys.executable, "-m", "rps.predict", model, str(folder), "--output", str(output), *extra])
+    if run.returncode not in (0, 1):
+        raise RuntimeError(f"rps.predict failed ({run.returncode}): {run.stderr[-1500:]}")
+    return run.peak_mb, run.seconds, run.returncode
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -71,3 +71,4 @@ def test_validation_benchmark_ranks_recipes_and_chooses_on_validation_only(tmp_p
             assert float(test) == round(candidates[recipe][2], 3)
             assert float(best) == round(max(v[2] for v in candidates.values()), 3)
     assert not list(tmp_path.iterdir()), "the benchmark cleans up its temporary data and cache"
+
