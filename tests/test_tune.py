@@ -153,6 +153,9 @@ def test_an_interrupted_study_resumes_where_it_stopped(search_dir, offline_env, 
             time.sleep(0.2)
         proc.send_signal(signal.SIGINT)  # Ctrl-C in the middle of the next trial (between trials: below)
         _, stderr = proc.communicate(timeout=120)
+        (killed,) = [r for r in all_runs(tmp_path) if "optuna.trial_number" in r.data.tags and r.info.status == "KILLED"]
+        killed_run_id = killed.info.run_id
+        epochs_before = len(store(tmp_path).get_metric_history(killed_run_id, "val_accuracy"))
     finally:
         proc.kill()
     assert proc.returncode == 130 and "interrupted (Ctrl-C)" in stderr and "resume" in stderr, stderr[-2000:]
@@ -169,9 +172,15 @@ def test_an_interrupted_study_resumes_where_it_stopped(search_dir, offline_env, 
     parent, children = study_runs(tmp_path)
     by_number = {int(c.data.tags["optuna.trial_number"]): c for c in children}
     assert parent.info.status == "FINISHED" and {t.number for t in counted} <= set(by_number)
-    for trial in study:  # the interrupted trial's run, if it had started one, was ended KILLED
-        if trial.user_attrs.get("interrupted") and trial.number in by_number:
-            assert by_number[trial.number].info.status == "KILLED"
+    (cut,) = [t for t in study if t.user_attrs.get("interrupted")]
+    (again,) = [t for t in study if t.user_attrs.get("resumes_trial") == cut.number]
+    assert again.params == cut.params and again.number > cut.number, "asked again, with the same values"
+    (resumed_run,) = [c for c in children if c.data.tags.get("rps.resumed") == "1"]
+    assert resumed_run.info.run_id == killed_run_id, "the run the Ctrl-C cut short continued"
+    assert resumed_run.info.status == "FINISHED" and by_number[again.number] is resumed_run
+    steps = [m.step for m in store(tmp_path).get_metric_history(killed_run_id, "val_accuracy")]
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) > epochs_before, "every epoch once, continued"
+    assert not [c for c in children if c.info.status == "KILLED" and c.data.tags.get("trial_state") != "PRUNED"]
 
 
 @pytest.mark.parametrize("after", ["tell", "ask"])

@@ -13,7 +13,9 @@ one parent run per study and named by its sampled values. Optuna maximizes the r
 
 Several processes (or machines) running the same command share the study through its storage
 (sqlite under mlruns/ by default, a PostgreSQL URL for several machines): Optuna hands out trial
-numbers, and all share one parent run. Rerunning an interrupted study resumes it. A pruned trial
+numbers, and all share one parent run. Rerunning an interrupted study resumes it: a trial a Ctrl-C
+or signal cut short is asked again first, with the same values, and its run continues from its
+last checkpoint (the same job key, as a sweep job launched again). A pruned trial
 ends KILLED with the tag ``trial_state=PRUNED``; a failing one FAILED with its reason, and the
 study goes on.
 """
@@ -126,14 +128,10 @@ class Study:
         import optuna
 
         from rps import tracking
-        from rps.common.files import exclusive
 
-        db = Path(self.storage[len("sqlite:///"):]) if self.storage.startswith("sqlite:///") else None
         for attempt in range(3):
             try:
-                if db is not None:
-                    db.parent.mkdir(parents=True, exist_ok=True)
-                with exclusive(db.with_name(db.name + ".lock")) if db is not None else nullcontext():
+                with self._storage_lock():
                     study = optuna.create_study(study_name=self.name, storage=self.storage,
                                                 directions=directions(self.cfg.search.objectives),
                                                 sampler=_sampler(self.cfg.search),
@@ -146,6 +144,32 @@ class Study:
                     raise ConfigError(f"Cannot use the Optuna storage {tracking.redact(self.storage)}: "
                                       f"{str(err).splitlines()[0][:300]}. Fix search.storage (a database URL).") from err
                 time.sleep(1 + attempt)
+
+    def _storage_lock(self):
+        """An exclusive lock for this machine's workers on a sqlite storage (a database server's
+        workers rely on Optuna's own transactions)."""
+        from rps.common.files import exclusive
+
+        if not self.storage.startswith("sqlite:///"):
+            return nullcontext()
+        db = Path(self.storage[len("sqlite:///"):])
+        db.parent.mkdir(parents=True, exist_ok=True)
+        return exclusive(db.with_name(db.name + ".lock"))
+
+    def requeue_interrupted(self) -> list[int]:
+        """Ask the trials an interrupt cut short again, first and with the same values: their runs
+        left a checkpoint and resume from it (rps.runner.resume.requeued_run finds them by job key).
+        Each is requeued once; returns the numbers of the trials requeued."""
+        from optuna.trial import TrialState
+
+        with self._storage_lock():
+            trials = self.study.get_trials(deepcopy=False)
+            requeued = {t.user_attrs.get("resumes_trial") for t in trials}
+            cut = [t for t in trials if t.state == TrialState.FAIL and t.user_attrs.get("interrupted")
+                   and t.number not in requeued and t.params]
+            for trial in cut:
+                self.study.enqueue_trial(trial.params, user_attrs={"resumes_trial": trial.number})
+        return [t.number for t in cut]
 
     # ------------------------------------------------------------------ the study's parent run
 
@@ -187,6 +211,8 @@ class Study:
 
     def run(self) -> None:
         trial = None
+        for number in self.requeue_interrupted():
+            log.info("Trial %d was interrupted: asked again with its values, its run resumes", number)
         try:
             while self.budget_left():
                 with signals_held():  # a Ctrl-C inside ask comes once the new trial has a name to close
