@@ -22,13 +22,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
 
 def test_submitit_local_runs_each_job_in_its_own_process(offline_env, tmp_path):
-    result = run_cli("-m", "head.dropout=0.2,1.5", "optimizer.lr=0.01,0.001", "epochs=1", *TINY_SPLIT,
+    result = run_cli("-m", "head.dropout=0.2,0.5,1.5", "epochs=1", *TINY_SPLIT,
                      "hydra/launcher=submitit_local", cwd=tmp_path, env=offline_env, timeout=900)
-    assert result.returncode == 1 and "2 sweep job(s) failed" in result.stderr, result.stderr[-3000:]
+    assert result.returncode == 1 and "1 sweep job(s) failed" in result.stderr, result.stderr[-3000:]
     parent, children = sweep_runs(tmp_path)
     status = {c.info.run_name: c.info.status for c in children}
-    assert status == {"dropout=0.2 lr=0.01": "FINISHED", "dropout=0.2 lr=0.001": "FINISHED",
-                      "dropout=1.5 lr=0.01": "FAILED", "dropout=1.5 lr=0.001": "FAILED"}
+    assert status == {"dropout=0.2": "FINISHED", "dropout=0.5": "FINISHED", "dropout=1.5": "FAILED"}
     assert parent.info.status == "FINISHED" and parent.data.params["launcher"].endswith("LocalLauncher")
     pids = {c.data.tags["rps.pid"] for c in children if c.info.status == "FINISHED"}
     assert len(pids) == 2 and str(os.getpid()) not in pids, "each job ran in a process of its own"
