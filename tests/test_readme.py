@@ -64,8 +64,8 @@ def missing_modules(text: str, root: Path = ROOT) -> list[str]:
 
 def test_readme_starts_with_a_run_command_and_a_test_command():
     run, test = setup_commands()
-    assert "uv pip install -e ." in run and "python -m rps.run epochs=2 batch_size=64" in run
-    assert 'uv pip install -e ".[test]"' in test and test.endswith("python -m pytest")
+    assert "uv pip install --compile-bytecode -e ." in run and "python -m rps.run epochs=2 batch_size=64" in run
+    assert 'uv pip install --compile-bytecode -e ".[test]"' in test and test.endswith("python -m pytest")
 
 
 def test_ci_runs_the_readme_test_command_verbatim():
