@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> None:
         root = Path(scratch)
         overrides, tutorial_args, data = _mirrors(root / "data")
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+        for var in ("TFDS_DATA_DIR", "TFHUB_CACHE_DIR"):  # each command runs in a folder of its own
+            if env.get(var):
+                env[var] = str(Path(env[var]).resolve())
         repo = str(Path(__file__).resolve().parent.parent)  # benchmarks.tutorial, from any folder
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [repo, env.get("PYTHONPATH")]))
         command = ["-m", "rps.run", "epochs=2", "batch_size=64", *overrides, *args.overrides]
