@@ -161,10 +161,18 @@ def test_artifacts_are_valid_images_and_config(finished_run, tmp_path):
     cwd, run, *_ = finished_run
     store(cwd)
     local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, dst_path=str(tmp_path))
-    for name in ("sample_predictions", "training_curves", "confusion_matrix"):
+    for name in ("sample_predictions", "training_curves", "confusion_matrix", "reliability", "worst_errors"):
         with Image.open(f"{local}/plots/{name}.png") as image:
             image.verify()
             assert image.format == "PNG" and min(image.size) > 100
+    calibration = json.loads(Path(f"{local}/eval/calibration.json").read_text())
+    errors = json.loads(Path(f"{local}/eval/errors.json").read_text())
+    assert calibration["fitted_on"] == "val" and len(calibration["test"]["reliability"]) == calibration["bins"]
+    assert sum(b["count"] for b in calibration["val"]["reliability"]) == errors["val"]["examples"] == 12
+    assert errors["test"]["examples"] == 12 and len(errors["test"]["worst"]) == errors["test"]["errors"]
+    metrics = run.data.metrics
+    assert metrics["test_ece"] == pytest.approx(calibration["test"]["ece"]) and metrics["temperature"] > 0
+    assert metrics["val_loss_calibrated"] <= metrics["selection_val_loss"] + 1e-6, "fitted on validation: never worse there"
     config = (tmp_path / "config" / "config.yaml").read_text()
     assert "dropout: 0.5" in config and "val_size: 12" in config
     assert (tmp_path / "config" / "hydra" / "overrides.yaml").is_file()

@@ -128,6 +128,8 @@ class Outcome:
     trained_classifier: Any = None  # the full model, when training built it
     val_examples: Any = None  # Examples of the validation split (each exported file is measured on it)
     train_examples: Any = None  # and of the training split (int8 calibrates on a sample of it)
+    val_probs: Optional[np.ndarray] = None  # the exported model's validation predictions
+    val_labels: Optional[np.ndarray] = None
 
     @property
     def objective(self) -> float:

@@ -15,7 +15,7 @@ import numpy as np
 
 from omegaconf import DictConfig
 
-from rps.training import exports, plots
+from rps.training import diagnostics, exports, plots
 
 from rps.data import pipelines
 from rps.model.export import ExportedClassifier, model_info
@@ -55,7 +55,8 @@ def planned_epochs(cfg: DictConfig) -> int:
 
 
 def report_outputs(cfg: DictConfig, out: Outcome, report: Reporter) -> None:
-    """The sample-prediction grid, training curves, confusion matrix and the trained model.
+    """The sample-prediction grid, training curves, confusion matrix, calibration and the worst
+    mistakes (rps.training.diagnostics), and the trained model.
 
     The two images a sweep compares are also logged as MLflow images at the step of the run's
     planned last epoch (not the one it stopped at): the chart view shows one step for all runs,
@@ -70,6 +71,7 @@ def report_outputs(cfg: DictConfig, out: Outcome, report: Reporter) -> None:
     report.figure(plots.training_curves(out.history), "plots/training_curves.png")
     report.figure(plots.confusion_matrix(out.confusion, out.class_names), "plots/confusion_matrix.png",
                   compare_as="confusion_matrix", step=step)
+    diagnostics.report_diagnostics(out, report)
     if not (cfg.export.model or cfg.export.formats):
         return
     size = cfg.backbone.image_size

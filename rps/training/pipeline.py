@@ -295,16 +295,18 @@ def _measures(cfg: DictConfig, folds: Optional[list]) -> str:
 
 
 def select(prepared: Prepared, trained: Trained, pool: Examples, folds: Optional[list], features: Optional[np.ndarray],
-           class_names: list[str], report: Reporter) -> dict[str, float]:
-    """The objective: the exported model's validation accuracy and loss (or the mean over K folds)."""
+           class_names: list[str], report: Reporter) -> tuple[dict[str, float], tuple]:
+    """The objective: the exported model's validation accuracy and loss (or the mean over K folds),
+    and that model's validation predictions (probabilities, labels)."""
     cfg = prepared.cfg
-    val_metrics, _ = evaluate(*predict(trained.trainee, trained.datasets["val"]), class_names, split="val")
+    val_predictions = predict(trained.trainee, trained.datasets["val"])
+    val_metrics, _ = evaluate(*val_predictions, class_names, split="val")
     chosen = {OBJECTIVE: val_metrics["val_accuracy"], OBJECTIVE_LOSS: val_metrics["val_loss"]}
     if folds is not None:  # judged by the mean over K folds, not one carve-out
         chosen = cross_validate(cfg, features, pool.labels, folds, len(class_names), val_metrics, report)
     report.tags({OBJECTIVE_TAG: _measures(cfg, folds)})
     report.metrics(chosen | {"epochs_trained": len(trained.history["val_accuracy"])})
-    return chosen
+    return chosen, val_predictions
 
 
 def test(trained: Trained, class_names: list[str], report: Reporter) -> tuple[dict[str, float], np.ndarray, tuple]:
@@ -344,11 +346,12 @@ def train_and_evaluate(prepared: Prepared, report: Optional[Reporter] = None, st
     trained = train_head(prepared, pool, index, features, len(class_names), sink, stop, report, checkpoints)
     if cfg.backbone.trainable and not stop():
         trained = fine_tune(prepared, trained, pool, index, len(class_names), sink, stop, report, checkpoints)
-    chosen = select(prepared, trained, pool, folds, features, class_names, report)
+    chosen, (val_probs, val_labels) = select(prepared, trained, pool, folds, features, class_names, report)
     metrics, confusion, (probs, labels) = test(trained, class_names, report)
     log.info("validation accuracy %.4f (chosen on), test accuracy %.4f (reported only)",
              chosen[OBJECTIVE], metrics["test_accuracy"])
     return Outcome(trained.backbone, trained.head, cfg.backbone.image_size, class_names, pool.take(index["test"]),
                    trained.history, probs, labels, chosen | {"epochs_trained": len(trained.history["val_accuracy"])}
                    | metrics, confusion, stop(), trained.classifier,
-                   val_examples=pool.take(index["val"]), train_examples=pool.take(index["train"]))
+                   val_examples=pool.take(index["val"]), train_examples=pool.take(index["train"]),
+                   val_probs=val_probs, val_labels=val_labels)

@@ -158,3 +158,40 @@ def _confusion_cell(ax, row: dict, class_names: list[str]) -> None:
                  color=CHOSEN if row["chosen"] else "black", fontweight="bold" if row["chosen"] else "normal")
     for spine in ax.spines.values():
         spine.set(visible=True, color=CHOSEN if row["chosen"] else "lightgrey", linewidth=4 if row["chosen"] else 1)
+
+
+def reliability_diagram(curves: dict[str, tuple[list[dict], float]]) -> Figure:
+    """Accuracy against confidence per bin, one line per curve (e.g. validation, test, each before
+    and after temperature scaling), the diagonal being perfect calibration; ECE in the legend."""
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.plot([0, 1], [0, 1], color="lightgrey", linestyle="--", label="perfectly calibrated")
+    for name, (bins, ece) in curves.items():
+        filled = [b for b in bins if b["count"]]
+        ax.plot([b["confidence"] for b in filled], [b["accuracy"] for b in filled], marker="o",
+                label=f"{name} (ECE {ece:.3f})")
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="confidence (mean of the bin)", ylabel="accuracy",
+           title="Reliability diagram")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def error_gallery(rows: list[tuple[str, list[np.ndarray], np.ndarray, np.ndarray]], class_names: list[str]) -> Figure:
+    """The worst mistakes, a row per split: ``(split, images, labels, probs)``, each image titled
+    with its true class, the predicted class and both probabilities."""
+    ncols = max([len(images) for _, images, _, _ in rows] + [1])
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(2.4 * ncols, 2.9 * len(rows)), squeeze=False,
+                             layout="constrained")
+    for ax in axes.flat:
+        ax.axis("off")
+    for row_axes, (split, images, labels, probs) in zip(axes, rows):
+        if not images:
+            row_axes[0].text(0, 0.5, f"{split}: no mistakes", fontsize=10)
+        for ax, image, label, p in zip(row_axes, images, labels, probs):
+            predicted = int(np.argmax(p))
+            ax.imshow(image)
+            ax.set_title(f"{split}: true {class_names[label]} {p[label]:.0%}\npredicted {class_names[predicted]} "
+                         f"{p[predicted]:.0%}", fontsize=8, color=WRONG)
+    fig.suptitle("Worst mistakes (lowest probability on the true class)")
+    return fig
