@@ -220,13 +220,14 @@ def test_logged_model_reloads_and_reproduces_the_test_accuracy(finished_run, tin
 
 
 def test_fine_tuned_run_logs_its_phases_and_exports_the_fine_tuned_model(tiny_tfds, offline_env, tmp_path):
-    """Phase 1 on cached features, phase 2 on images; the logged model is the phase-2 model."""
+    """Phase 1 on cached features, phase 2 on images; the logged model is the phase-2 model, with
+    the temperature fitted on validation applied (export.calibrate=true)."""
     from mlflow import MlflowClient
 
     from rps.training.evaluate import evaluate
 
     result = run_cli("epochs=2", *TINY_SPLIT, "backbone.trainable=true", "backbone.fine_tune_epochs=2",
-                     "optimizer.fine_tune_lr=0.01", cwd=tmp_path, env=offline_env)
+                     "optimizer.fine_tune_lr=0.01", "export.calibrate=true", cwd=tmp_path, env=offline_env)
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = all_runs(tmp_path)
     assert run.info.status == "FINISHED"
@@ -235,10 +236,12 @@ def test_fine_tuned_run_logs_its_phases_and_exports_the_fine_tuned_model(tiny_tf
     phases = [(m.step, m.value) for m in MlflowClient().get_metric_history(run.info.run_id, "phase")]
     assert sorted(phases) == [(1, 1), (2, 1), (3, 2), (4, 2)]
     assert len(MlflowClient().get_metric_history(run.info.run_id, "val_accuracy")) == 4
-    _, probs, labels, _ = logged_model_on_test_split(tmp_path, run, tiny_tfds)
-    # the test loss pins the weights: a phase-1 (or untrained) model would not reproduce it
+    _, probs, labels, model = logged_model_on_test_split(tmp_path, run, tiny_tfds)
+    # the test loss pins the weights (a phase-1 or untrained model would not reproduce it) and the
+    # temperature: the model returns the probabilities the run reported as calibrated
     metrics, _ = evaluate(probs, labels, ["rock", "paper", "scissors"])
-    assert metrics["test_loss"] == pytest.approx(run.data.metrics["test_loss"], rel=1e-4)
+    assert model.metadata.metadata["temperature"] == pytest.approx(run.data.metrics["temperature"])
+    assert metrics["test_loss"] == pytest.approx(run.data.metrics["test_loss_calibrated"], rel=1e-4)
     assert metrics["test_accuracy"] == pytest.approx(run.data.metrics["test_accuracy"])
 
 

@@ -64,3 +64,15 @@ def test_image_size_the_backbone_cannot_take_is_a_config_error(tmp_path):
     load_backbone(str(fixed), 32)
     with pytest.raises(ConfigError, match=r"backbone.image_size=48 .* shape \(None, 32, 32, 3\)"):
         load_backbone(str(fixed), 48)
+
+
+def test_a_temperature_in_the_export_scales_its_probabilities_and_keeps_its_classes(classifier, tmp_path):
+    from rps.training.calibration import scaled
+
+    clf, _, _ = classifier
+    x = np.random.default_rng(2).random((8, 32, 32, 3)).astype(np.float32)
+    ExportedClassifier(*clf.layers, ["rock", "paper", "scissors"], 32, temperature=2.5).save(str(tmp_path / "m"))
+    loaded = tf.saved_model.load(str(tmp_path / "m"))
+    plain = clf(x, training=False).numpy()
+    np.testing.assert_allclose(loaded(x).numpy(), scaled(plain, 2.5), atol=1e-5)
+    assert (loaded(x).numpy().argmax(1) == plain.argmax(1)).all() and float(loaded.temperature.numpy()) == 2.5

@@ -321,6 +321,9 @@ class ExportConfig:
     formats: list[str] = field(default_factory=list)  # any of float32, float16, dynamic_range, int8
     latency_runs: int = 50  # timed single-image calls per format (after 5 untimed ones)
     representative_images: int = 100  # training images int8 calibrates its activation ranges on
+    # true: the exported model (and its TFLite files) divides its logits by the temperature fitted
+    # on validation (metric `temperature`): the same predicted classes, calibrated probabilities
+    calibrate: bool = False
     # Replaced by `formats` (2026-12): kept only so that setting them explains the new knob.
     tflite: Optional[bool] = None
     tflite_quantize: Optional[bool] = None

@@ -67,10 +67,12 @@ def report_errors(out: Outcome, report: Reporter) -> None:
     report.figure(plots.error_gallery(rows, out.class_names), GALLERY)
 
 
-def report_diagnostics(out: Outcome, report: Reporter) -> None:
-    """Both, when the run has validation predictions (every run of the pipeline does)."""
+def report_diagnostics(out: Outcome, report: Reporter) -> float:
+    """Both, when the run has validation predictions (every run of the pipeline does); returns the
+    temperature fitted on validation (1.0 without validation predictions)."""
     if out.val_probs is None or len(out.val_labels) == 0:
-        return
-    report_calibration(out, report)
+        return 1.0
+    temperature = report_calibration(out, report)
     report_errors(out, report)
+    return temperature
 

@@ -71,14 +71,14 @@ def report_outputs(cfg: DictConfig, out: Outcome, report: Reporter) -> None:
     report.figure(plots.training_curves(out.history), "plots/training_curves.png")
     report.figure(plots.confusion_matrix(out.confusion, out.class_names), "plots/confusion_matrix.png",
                   compare_as="confusion_matrix", step=step)
-    diagnostics.report_diagnostics(out, report)
+    temperature = diagnostics.report_diagnostics(out, report)
     if not (cfg.export.model or cfg.export.formats):
         return
-    size = cfg.backbone.image_size
-    info = model_info(out.class_names, size, cfg.backbone.name)
+    size, temperature = cfg.backbone.image_size, temperature if cfg.export.calibrate else 1.0
+    info = model_info(out.class_names, size, cfg.backbone.name, temperature)
     with tempfile.TemporaryDirectory() as tmp:
         saved = Path(tmp) / "saved_model"
-        ExportedClassifier(out.backbone, out.head, out.class_names, size).save(str(saved))  # the one save
+        ExportedClassifier(out.backbone, out.head, out.class_names, size, temperature).save(str(saved))  # the one save
         (saved / INFO_FILE).write_text(json.dumps(info, indent=2))
         if cfg.export.model:
             report.model(saved, info, cfg.register_model)
