@@ -172,7 +172,8 @@ def test_the_champion_is_the_chosen_trial_with_a_card_of_its_numbers(shipped, tm
     for fmt in FORMATS:
         assert f"| {fmt} | {metrics[f'export/{fmt}/size_bytes'] / 1e6:.2f} |" in card
     assert tags["rps.data.split_digest"] in card and f"python -m rps.reproduce {run.info.run_id}" in card
-    assert "## Calibration" in card and "Not measured" in card and "Chosen by: selection_val_accuracy (max)" in card
+    assert "## Calibration" in card and f"| {metrics['test_ece']:.4f} |" in card and "Not measured" not in card
+    assert "Chosen by: selection_val_accuracy (max)" in card
 
 
 def _candidate(saved_model: Path, info: dict, objective: float, split: str) -> str:

@@ -49,6 +49,24 @@ def _recipe(params: dict, tags: dict) -> list[str]:
     return lines + [f"- backbone digest: `{tags.get('rps.backbone_digest', 'not logged')}`"]
 
 
+CALIBRATION_ROWS = (("val_ece", "expected calibration error, validation"), ("test_ece", "expected calibration error, test"),
+                    ("temperature", "temperature fitted on validation"),
+                    ("test_ece_calibrated", "expected calibration error, test, after that temperature"))
+
+
+def _calibration(metrics: dict, params: dict) -> list[str]:
+    if "val_ece" not in metrics:
+        return ["Not measured: this run predates rps's calibration metrics; do not read the probabilities "
+                "as calibrated confidence."]
+    applied = str(params.get("export.calibrate", "False")).lower() == "true"
+    lines = ["| number | value |", "|---|---|"]
+    lines += [f"| {what} `{key}` | {metrics[key]:.4f} |" for key, what in CALIBRATION_ROWS if key in metrics]
+    return lines + ["", "The model's probabilities are " + ("divided by that temperature (`export.calibrate=true`)."
+                                                            if applied else "the uncalibrated ones (`export.calibrate=false`)."),
+                    "The run's `plots/reliability.png` and `eval/calibration.json` show the bins; `plots/worst_errors.png` "
+                    "its worst mistakes."]
+
+
 def _numbers(metrics: dict, tags: dict, chosen_by: str) -> list[str]:
     lines = ["| number | value |", "|---|---|",
              f"| validation objective `{OBJECTIVE}` | {_value(metrics, OBJECTIVE)} |",
@@ -112,8 +130,7 @@ def render(run, name: str, version: str, chosen_by: str, champion: Optional[str]
         "## Recipe", "", *_recipe(params, tags), "",
         "## Validation and test", "", *_numbers(metrics, tags, chosen_by),
         *(["", f"Champion: {champion}"] if champion else []), "",
-        "## Calibration", "", "Not measured: rps logs no calibration metric (such as expected calibration "
-        "error) yet; do not read the probabilities as calibrated confidence.", "",
+        "## Calibration", "", *_calibration(metrics, params), "",
         "## Formats", "", *_formats(metrics), "",
         "## Known limits", "", *_limits(params, metrics), "",
         "## Environment", "",
