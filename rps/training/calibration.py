@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-EPSILON = 1e-7  # as rps.training.evaluate (and Keras' cross-entropy) clip probabilities
+from rps.training.evaluate import EPSILON, nll
+
 BINS = 10
 TEMPERATURES = np.exp(np.linspace(np.log(0.05), np.log(20.0), 601))  # ~1% apart
 
@@ -48,11 +49,6 @@ def scaled(probs: np.ndarray, temperature: float) -> np.ndarray:
     logits -= logits.max(axis=1, keepdims=True)
     e = np.exp(logits)
     return e / e.sum(axis=1, keepdims=True)
-
-
-def nll(probs: np.ndarray, labels: np.ndarray) -> float:
-    """Mean negative log-likelihood of the true class (the run's ``*_loss``)."""
-    return float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], EPSILON, 1.0))))
 
 
 def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:

@@ -51,13 +51,13 @@ def report_errors(out: Outcome, report: Reporter) -> None:
               "test": (out.test_examples, out.probs, out.labels)}
     record, rows = {}, []
     for split, (examples, probs, labels) in splits.items():
-        worst = calibration.worst(probs, labels, 20)
-        cm = confusion_matrix(labels, probs.argmax(axis=1), len(out.class_names))
+        worst, predicted = calibration.worst(probs, labels, 20), probs.argmax(axis=1)
+        cm = confusion_matrix(labels, predicted, len(out.class_names))
         record[split] = {
-            "examples": int(len(labels)), "errors": int((probs.argmax(axis=1) != labels).sum()),
+            "examples": int(len(labels)), "errors": int((predicted != labels).sum()),
             "most_confused": calibration.confused_pairs(cm, out.class_names),
             "worst": [{"index": int(i), "actual": out.class_names[labels[i]],
-                       "predicted": out.class_names[int(probs[i].argmax())],
+                       "predicted": out.class_names[int(predicted[i])],
                        "p_actual": round(float(probs[i, labels[i]]), 4),
                        "p_predicted": round(float(probs[i].max()), 4)} for i in worst]}
         shown = worst[:WORST]
@@ -75,4 +75,3 @@ def report_diagnostics(out: Outcome, report: Reporter) -> float:
     temperature = report_calibration(out, report)
     report_errors(out, report)
     return temperature
-

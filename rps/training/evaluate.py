@@ -16,6 +16,11 @@ def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, n_classes: int) 
     return cm
 
 
+def nll(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Mean negative log-likelihood of the true class (a split's ``*_loss``)."""
+    return float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], EPSILON, 1.0))))
+
+
 def metric_name(text: str) -> str:
     """A class name made safe for an MLflow metric key."""
     return re.sub(r"[^0-9A-Za-z_\-. /]", "_", text)
@@ -27,11 +32,10 @@ def evaluate(
     """``<split>_accuracy``, ``<split>_loss`` (cross-entropy) and per-class precision/recall,
     plus the confusion matrix."""
     predicted = probs.argmax(axis=1)
-    true_prob = np.clip(probs[np.arange(len(labels)), labels], EPSILON, 1.0)
     cm = confusion_matrix(labels, predicted, len(class_names))
     metrics = {
         f"{split}_accuracy": float(np.mean(predicted == labels)),
-        f"{split}_loss": float(-np.mean(np.log(true_prob))),
+        f"{split}_loss": nll(probs, labels),
     }
     for c, name in enumerate(class_names):
         predicted_c, actual_c = cm[:, c].sum(), cm[c, :].sum()
