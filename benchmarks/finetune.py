@@ -36,6 +36,7 @@ import numpy as np
 import rps  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from benchmarks.speed import _compose, _cpu, _forward_rate, _peak_gb, _reset_peak
 from rps.training.outcome import OBJECTIVE
+from rps.synthetic import mirrors_in_env, tiny_mirrors
 from rps.training.report import Reporter
 
 PATHS = {"a": "images (today)", "b": "cached, cold", "c": "cached, warm"}
@@ -54,17 +55,6 @@ class TimedReporter(Reporter):
     def epoch(self, values, step):
         self.ended.append(time.monotonic())
         super().epoch(values, step)
-
-
-def _tiny_mirrors(root: Path) -> list[str]:
-    """Tiny generated data and a small Keras MobileNetV2 under the default handle (smoke runs)."""
-    from rps.config import DEFAULT_HANDLE
-    from rps.synthetic import install_in_hub_cache, prepare_tiny_tfds, save_mobilenet_backbone
-
-    prepare_tiny_tfds(root / "tfds", n_train=120, n_test=30)
-    install_in_hub_cache(save_mobilenet_backbone(root / "mobilenet", image_size=96), root / "tfhub", DEFAULT_HANDLE)
-    os.environ["TFDS_DATA_DIR"], os.environ["TFHUB_CACHE_DIR"] = str(root / "tfds"), str(root / "tfhub")
-    return ["backbone.image_size=96", "batch_size=16"]
 
 
 def _run(prepared, cfg, peaks: dict, stage: str):
@@ -283,8 +273,8 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="rps-bench-finetune-") as tmp:
         tmp = Path(tmp)
         os.environ["XDG_CACHE_HOME"] = str(tmp / "xdg")  # cold TFLite conversions too
-        real = bool(os.environ.get("TFDS_DATA_DIR") and os.environ.get("TFHUB_CACHE_DIR"))
-        overrides = [*overrides, *([] if real else _tiny_mirrors(tmp)), f"feature_cache.dir={tmp / 'cache'}"]
+        real = mirrors_in_env()
+        overrides = [*overrides, *([] if real else tiny_mirrors(tmp, "mobilenet", n_train=120, n_test=30)), f"feature_cache.dir={tmp / 'cache'}"]
         from omegaconf import OmegaConf
 
         from rps.training.pipeline import prepare

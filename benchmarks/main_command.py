@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from benchmarks.processes import Measured, run_measured
+from rps.synthetic import mirrors_in_env, tiny_mirrors
 
 TARGETS = {"cold": 0.5, "warm": 0.25}  # wall time relative to the tutorial's code
 ACCURACY = re.compile(r"test accuracy ([\d.]+)")
@@ -35,11 +36,9 @@ ACCURACY = re.compile(r"test accuracy ([\d.]+)")
 def _mirrors(root: Path) -> tuple[list[str], list[str], str]:
     """(rps overrides, tutorial arguments, what data) for the mirrors in the environment, or for
     tiny generated data when they are not both set."""
-    if os.environ.get("TFDS_DATA_DIR") and os.environ.get("TFHUB_CACHE_DIR"):
+    if mirrors_in_env():
         return [], [], f"mirrors: TFDS_DATA_DIR={os.environ['TFDS_DATA_DIR']} TFHUB_CACHE_DIR={os.environ['TFHUB_CACHE_DIR']}"
-    from benchmarks.speed import _tiny_mirrors
-
-    return _tiny_mirrors(root), ["--val", "60", "--test", "40"], "tiny generated data (fixed overheads dominate)"
+    return tiny_mirrors(root), ["--val", "60", "--test", "40"], "tiny generated data (fixed overheads dominate)"
 
 
 def _run(label: str, args: list[str], cwd: Path, env: dict[str, str]) -> Measured:

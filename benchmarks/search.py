@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from rps.synthetic import mirrors_in_env, tiny_mirrors
+
 
 def _parent(cwd: Path, experiment: str):
     import mlflow
@@ -48,15 +50,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--grid", nargs="+", help="the grid's sweep (default: sweep_dropout_lr's 3 x 3)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for both, e.g. epochs=5")
     args = parser.parse_args(argv)
-    real = bool(os.environ.get("TFDS_DATA_DIR") and os.environ.get("TFHUB_CACHE_DIR"))
+    real = mirrors_in_env()
     with tempfile.TemporaryDirectory(prefix="rps-bench-search-") as tmp:
         tmp = Path(tmp)
         overrides = list(args.overrides)
         if not real:
-            from benchmarks.speed import _tiny_mirrors
-
             overrides = ["split.val_size=30", "batch_size=32"] + overrides
-            _tiny_mirrors(tmp)  # sets TFDS_DATA_DIR / TFHUB_CACHE_DIR for the commands below
+            tiny_mirrors(tmp)  # sets TFDS_DATA_DIR / TFHUB_CACHE_DIR for the commands below
         os.environ.setdefault("XDG_CACHE_HOME", str(tmp / "cache"))
         common = ["split=official", "epochs=10", *overrides]
         run = [sys.executable, "-m", "rps.run"]

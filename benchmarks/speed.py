@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 import rps  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+from rps.synthetic import mirrors_in_env, tiny_mirrors
 
 TARGETS = {"cold": 0.25, "warm": 0.05, "sweep": 1.5}  # times relative to (a), the uncached run
 FEATURES_TARGET, SPEEDUP_TARGET = 200, 1.8  # XNNPACK feature extraction: images/s, and x TensorFlow's
@@ -91,17 +92,6 @@ def _compose(overrides: list[str]):
     conf = Path(__file__).resolve().parent.parent / "conf"
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         return compose(config_name="config", overrides=overrides)
-
-
-def _tiny_mirrors(root: Path) -> list[str]:
-    """Generate tiny data and a tiny backbone; point the env knobs at them."""
-    from rps.config import DEFAULT_HANDLE
-    from rps.synthetic import install_in_hub_cache, prepare_tiny_tfds, save_tiny_backbone
-
-    prepare_tiny_tfds(root / "tfds", n_train=240, n_test=60)
-    install_in_hub_cache(save_tiny_backbone(root / "backbone"), root / "tfhub", DEFAULT_HANDLE)
-    os.environ["TFDS_DATA_DIR"], os.environ["TFHUB_CACHE_DIR"] = str(root / "tfds"), str(root / "tfhub")
-    return ["split.val_size=60", "split.test_size=40"]
 
 
 def _timed(fn) -> tuple[float, object]:
@@ -188,8 +178,8 @@ def main(argv: list[str] | None = None) -> None:
 
     with tempfile.TemporaryDirectory(prefix="rps-bench-") as tmp:
         tmp = Path(tmp)
-        real = bool(os.environ.get("TFDS_DATA_DIR") and os.environ.get("TFHUB_CACHE_DIR"))
-        overrides = ([] if real else _tiny_mirrors(tmp)) + list(args.overrides)
+        real = mirrors_in_env()
+        overrides = ([] if real else tiny_mirrors(tmp)) + list(args.overrides)
         from dataclasses import replace
 
         from omegaconf import OmegaConf

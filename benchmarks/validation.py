@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import tempfile
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import rps  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+from rps.synthetic import mirrors_in_env, tiny_mirrors
 
 # name -> overrides (all on split=official)
 RECIPES = {
@@ -58,13 +57,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run")
     args = parser.parse_args(argv)
-    from benchmarks.speed import _tiny_mirrors
-
-    real = bool(os.environ.get("TFDS_DATA_DIR") and os.environ.get("TFHUB_CACHE_DIR"))
+    real = mirrors_in_env()
     with tempfile.TemporaryDirectory(prefix="rps-bench-validation-") as tmp:
         extra = [] if real else ["split.val_size=30", "batch_size=32", f"feature_cache.dir={tmp}/features"]
         if not real:
-            _tiny_mirrors(Path(tmp))
+            tiny_mirrors(tmp)
         _measure(["split=official", *extra, *args.overrides], args.recipes, args.seeds, real)
 
 

@@ -8,6 +8,8 @@
   ``regularization_losses``); put it in a TF Hub cache with :func:`install_in_hub_cache`.
 - :func:`save_mobilenet_backbone` writes a small Keras MobileNetV2 (random weights) in the layout
   of the offline MobileNet-V2 mirror: the network rps.model.split takes apart, in miniature.
+- :func:`tiny_mirrors` does both in one folder and points ``TFDS_DATA_DIR``/``TFHUB_CACHE_DIR`` at
+  them (benchmarks' smoke runs); :func:`mirrors_in_env` says whether real mirrors are set instead.
 - :func:`write_image_folder` writes a class-per-folder dataset of PNG/JPEG files.
 - :func:`bomb_png` is a decompression bomb: a small valid PNG that decodes to gigabytes.
 
@@ -152,6 +154,38 @@ def install_in_hub_cache(saved_model: str | Path, cache_dir: str | Path, handle:
     target = hub_cache_path(handle, Path(cache_dir))
     shutil.copytree(saved_model, target)
     return target
+
+
+def mirrors_in_env() -> bool:
+    """Whether both offline knobs (``TFDS_DATA_DIR`` and ``TFHUB_CACHE_DIR``) are set."""
+    import os
+
+    return bool(os.environ.get("TFDS_DATA_DIR") and os.environ.get("TFHUB_CACHE_DIR"))
+
+
+def tiny_mirrors(root: str | Path, backbone: str = "tiny", n_train: int = 240, n_test: int = 60) -> list[str]:
+    """Tiny data and a backbone under the default handle in ``root``, with ``TFDS_DATA_DIR`` and
+    ``TFHUB_CACHE_DIR`` set to them; returns the overrides that fit them.
+
+    ``backbone="tiny"``: :func:`save_tiny_backbone` (frozen-path smoke runs; the overrides size the
+    split for ``n_train``). ``"mobilenet"``: :func:`save_mobilenet_backbone` at 96 px (fine-tuning;
+    the overrides set the image size and a batch that fits the data).
+    """
+    import os
+
+    from rps.config import DEFAULT_HANDLE
+
+    root = Path(root)
+    prepare_tiny_tfds(root / "tfds", n_train=n_train, n_test=n_test)
+    if backbone == "tiny":
+        saved, overrides = save_tiny_backbone(root / "backbone"), ["split.val_size=60", "split.test_size=40"]
+    elif backbone == "mobilenet":
+        saved, overrides = save_mobilenet_backbone(root / "mobilenet", image_size=96), ["backbone.image_size=96", "batch_size=16"]
+    else:
+        raise ValueError(f"backbone must be 'tiny' or 'mobilenet', not {backbone!r}")
+    install_in_hub_cache(saved, root / "tfhub", DEFAULT_HANDLE)
+    os.environ["TFDS_DATA_DIR"], os.environ["TFHUB_CACHE_DIR"] = str(root / "tfds"), str(root / "tfhub")
+    return overrides
 
 
 def write_image_folder(root: str | Path, per_class: int = 12, seed: int = 0, fmt: str = "png",
