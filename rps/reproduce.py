@@ -14,12 +14,11 @@ Exit code: 0 the numbers match, 1 they do not, 2 the run could not be rerun (130
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 import rps  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from rps.common.errors import RpsError, Terminated, interrupt_on_signals, release_interrupted
-from rps.common.quiet import quiet_tensorflow_startup
+from rps.common.quiet import info_logging, quiet_tensorflow_startup
 from rps.runner import reproduce
 
 
@@ -93,9 +92,7 @@ def main(argv: list[str] | None = None) -> int:
 def cli() -> None:
     """The ``rps-reproduce`` command (also ``python -m rps.reproduce``)."""
     quiet_tensorflow_startup()
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
-    for chatty in ("absl", "tensorflow"):  # as rps.run's Hydra logging config keeps them
-        logging.getLogger(chatty).setLevel(logging.WARNING)
+    info_logging()
     interrupt_on_signals()
     sys.exit(main())
 

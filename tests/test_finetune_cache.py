@@ -201,3 +201,13 @@ def test_training_batches_depend_on_the_seed_and_the_epoch_only():
     assert rows_seen(2, 3) == straight[2 * n:] and stream.steps == 4
     assert sorted(straight[:n]) == list(range(n)) and sorted(straight[n:2 * n]) == list(range(n, 2 * n))
     assert sorted(straight[2 * n:]) == list(range(n)) and straight[2 * n:] != straight[:n]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cached", ["true", "false"])
+def test_a_fine_tuning_refit_trains_both_phases_on_every_training_example(run, cached):
+    report, out, _ = run("split.refit=true", f"backbone.fine_tune_cache={cached}")
+    params = report.recorded["params"]
+    assert params["data.n_val"] == 0 and params["data.n_train"] == 72, "the pool of 84 less its 12 test examples"
+    assert [m["phase"] for _, m in report.epochs] == [1, 2, 2] and "val_accuracy" not in out.history
+    assert out.objective is None and 0 <= out.metrics["test_accuracy"] <= 1

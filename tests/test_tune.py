@@ -119,6 +119,32 @@ def test_a_study_prunes_and_survives_failing_trials_choosing_on_validation_only(
     assert tests[int(parent.data.tags["best_trial_number"])] != best.data.metrics["test_accuracy"], \
         "the test labels changed only what is reported"
 
+    # Refit the choice on every training image (python -m rps.refit <parent>): it trains the same
+    # model whatever the test labels, on the chosen run's training and validation images.
+    refits = {}
+    for name in ("true", "relabelled"):
+        cwd, parent_id = tmp_path / name, seen[name][1].info.run_id
+        result = subprocess.run([sys.executable, "-m", "rps.refit", parent_id], cwd=cwd, env=offline_env,
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        client = store(cwd)
+        after = client.get_run(parent_id)
+        refit, chosen = client.get_run(after.data.tags["refit_run_id"]), client.get_run(after.data.tags["best_run_id"])
+        assert refit.info.status == "FINISHED" and refit.data.tags["rps.refit_of"] == chosen.info.run_id
+        assert refit.data.tags["rps.refit_parent"] == parent_id and refit.data.tags.get("mlflow.parentRunId") is None
+        assert int(refit.data.params["data.n_train"]) == \
+            int(chosen.data.params["data.n_train"]) + int(chosen.data.params["data.n_val"]), "validation trains too"
+        assert refit.data.params["data.n_val"] == "0" and "selection_val_accuracy" not in refit.data.metrics
+        assert refit.data.tags["rps.data.test_digest"] == chosen.data.tags["rps.data.test_digest"]
+        assert {k: refit.data.params[k] for k in ("optimizer.lr", "head.dropout", "epochs")} == \
+            {k: chosen.data.params[k] for k in ("optimizer.lr", "head.dropout", "epochs")}
+        assert after.data.metrics["refit_test_accuracy"] == refit.data.metrics["test_accuracy"]
+        assert f"runs:/{refit.info.run_id}" in result.stdout and refit.data.tags.get("rps.model_uri")
+        refits[name] = ([m.value for m in client.get_metric_history(refit.info.run_id, "train_loss")],
+                        refit.data.metrics["test_accuracy"])
+    assert refits["true"][0] == refits["relabelled"][0], "the refit trains the same whatever the test labels"
+    assert refits["true"][1] != refits["relabelled"][1], "the test labels changed only what is reported"
+
 
 def test_two_workers_share_one_study_and_one_parent(search_dir, offline_env, tmp_path):
     procs = [subprocess.Popen(tune_command(search_dir, "search.pruner=none"), cwd=tmp_path, env=offline_env,

@@ -3,13 +3,15 @@ file names, and the recipe chosen on it."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 from conftest import compose, prepared_run
 from rps.config import validate
 from rps.common.errors import ConfigError
-from rps.data.splits import group_folds, grouped_indices, groups_from_features, groups_from_pattern
+from rps.data.splits import carve_out_cycle, group_folds, grouped_indices, groups_from_features, groups_from_pattern
 
 
 def test_clusters_gather_near_identical_frames_and_validation_takes_whole_groups_of_every_class():
@@ -28,6 +30,32 @@ def test_clusters_gather_near_identical_frames_and_validation_takes_whole_groups
         assert sorted(index["test"]) == list(range(240, 250))
     val = [tuple(grouped_indices(groups, labels, 10, 60, s, True)["val"]) for s in range(5)]
     assert len(set(val)) > 1, "the seed picks which groups"
+
+
+def test_consecutive_seeds_hold_out_disjoint_carve_outs_that_cover_the_training_set():
+    labels = np.repeat([0, 1, 2], 100)
+    groups = np.array([f"{y}-{i % 5}" for i, y in enumerate(labels)], dtype=object)  # 5 groups per class
+    k = carve_out_cycle(groups, labels, n_val=30, stratify=True)
+    assert k == 5, "about 300/30 = 10 carve-outs wanted, but a class has only 5 groups to hold out"
+    for block in (0, 1):
+        vals = [grouped_indices(groups, labels, 0, 30, block * k + s, True)["val"] for s in range(k)]
+        assert sorted(np.concatenate(vals)) == list(range(300)), "K consecutive seeds cover every example once"
+        for val in vals:
+            assert sorted(np.bincount(labels[val], minlength=3)) == [20, 20, 20], "one whole group of every class"
+    with pytest.raises(ConfigError, match="at least 2 groups"):
+        carve_out_cycle(np.array(["0-0"] * 3 + ["1-0", "1-1", "1-1"], dtype=object), np.array([0] * 3 + [1] * 3),
+                        n_val=2, stratify=True)
+
+
+def test_group_accuracy_shows_the_worst_held_out_group_first():
+    from rps.training.diagnostics import group_accuracy
+
+    labels = np.array([0, 0, 1, 1, 1, 1])
+    groups = np.array(["a", "a", "b", "b", "b", "b"], dtype=object)
+    probs = np.eye(2)[[0, 0, 1, 0, 1, 0]]  # group a all right, group b half right
+    rows = group_accuracy(probs, labels, groups, ["rock", "paper"])
+    assert [(r["group"], r["examples"], r["accuracy"], r["classes"]) for r in rows] == [
+        ("b", 4, 0.5, ["paper"]), ("a", 2, 1.0, ["rock"])]
 
 
 def test_folds_cover_every_group_once_with_about_equal_sizes():
@@ -73,11 +101,21 @@ def test_an_image_folder_holds_out_whole_subjects(tmp_path, tiny_backbone):
                   "split.group_by=pattern", "split.pattern='^(subject[0-9]+)_'", "split.val_size=0.2", "epochs=2",
                   "batch_size=8", f"feature_cache.dir={tmp_path / 'cache'}")
     report = Reporter()
-    train_and_evaluate(prepared_run(cfg), report)
+    out = train_and_evaluate(prepared_run(cfg), report)
     params = report.recorded["params"]
     assert params["data.n_groups"] == 4 and params["data.n_val_groups"] == 1
     assert params["data.n_val"] == "9" or params["data.n_val"] == 9  # one subject: 3 images of each class
     assert "data/groups.csv" in report.artifacts
+    assert params["data.carve_out"].startswith("3 of 4: seeds 40-43 "), "seed 42, 4 subjects: each of 40-43 holds out one"
+
+    from rps.training.diagnostics import GROUPS, report_diagnostics
+
+    texts = {}
+    report.text = lambda text, path: texts.setdefault(path, text)  # keep what is written
+    report_diagnostics(out, report)  # what every run logs after training (rps.training.outputs)
+    rows = json.loads(texts[GROUPS])
+    assert [r["examples"] for r in rows] == [9] and set(rows[0]["classes"]) == {"rock", "paper", "scissors"}
+    assert report.recorded["metrics"]["val_group_accuracy_min"] == rows[0]["accuracy"]
 
 
 def test_k_fold_judges_a_run_by_its_mean_validation_accuracy(tiny_tfds, tiny_backbone, tmp_path):
@@ -99,4 +137,6 @@ def test_the_robust_recipe_composes_and_validates():
     robust = compose("+experiment=official_robust", return_hydra_config=True)
     validate(robust)
     assert robust.split.kind == "official" and robust.split.group_by == "clusters"
-    assert len(str(robust.hydra.sweeper.params.seed).split(",")) == 5
+    seeds = [int(s) for s in str(robust.hydra.sweeper.params.seed).split(",")]
+    k = robust.split.groups  # val_size 0.1 of ~2520 wants 10 carve-outs; 5 groups per class allow 5
+    assert seeds == list(range(seeds[0], seeds[0] + k)) and seeds[0] % k == 0, "one whole cycle of carve-outs"

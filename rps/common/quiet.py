@@ -113,6 +113,15 @@ def quiet_tensorflow_startup() -> None:
     atexit.register(drain)
 
 
+def info_logging() -> None:
+    """A run's INFO lines as ``python -m rps.run`` prints them (Hydra's format), for the commands
+    that run one without Hydra's logging config (rps.reproduce, rps.refit); absl and TensorFlow
+    stay at warnings, as there."""
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    for chatty in ("absl", "tensorflow"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+
+
 def run_command(main: Callable[[], int]) -> None:
     """How a non-Hydra command starts: files private to its user, TensorFlow's start-up quiet,
     ``main()``'s return value as the exit code."""

@@ -118,6 +118,12 @@ class SplitConfig:
     folder's file names, the first regex group of ``pattern`` naming the subject). ``folds=K``
     (frozen backbone, cached features) trains K heads, each validated on another 1/K of the
     groups, and a run is then judged by their mean validation accuracy.
+
+    ``refit=true``: the validation examples train too (the split is drawn as without it, so the
+    test split is the same): a *refit* of a config already chosen on validation
+    (``python -m rps.refit <run>``). Nothing can then be chosen or stopped on validation, so
+    grouping, folds, early stopping, the plateau schedule and export formats (each measured on
+    validation) are refused with it, and the run has no objective.
     """
 
     kind: str = "tutorial"
@@ -127,6 +133,7 @@ class SplitConfig:
     groups: int = 5  # clusters: how many groups of similar frames each class is cut into
     pattern: Optional[str] = None  # pattern: regex over file names, e.g. '^(\w+?)\d*_' (group 1 = subject)
     folds: int = 1  # 1: one validation carve-out; K >= 2: group K-fold (frozen heads on cached features)
+    refit: bool = False  # true: validation's examples train too; no validation, no objective (rps.refit)
 
 
 def _regex_problem(pattern: str) -> Optional[str]:
@@ -140,6 +147,14 @@ def _regex_problem(pattern: str) -> Optional[str]:
 def split_checks(cfg: DictConfig) -> list[Check]:
     sp = cfg.split
     checks = [_one_of("split.kind", sp.kind, SPLIT_KINDS), _size_check("split.val_size", sp.val_size)]
+    if sp.refit:  # nothing may be chosen or stopped on a validation split that is not there
+        needs = "the default while split.refit=true (a refit has no validation split to use it on)"
+        checks += [("split.group_by", sp.group_by == "none", "none: " + needs),
+                   ("split.folds", sp.folds == 1, "1: " + needs),
+                   ("early_stopping.enabled", not cfg.early_stopping.enabled, "false: " + needs),
+                   ("optimizer.schedule", cfg.optimizer.schedule != "plateau", "none or cosine: " + needs),
+                   ("export.formats", not list(cfg.export.formats or []), "[]: each format is measured on validation; "
+                                                                          "export them from the chosen run")]
     if sp.kind == "tutorial":
         checks.append(_size_check("split.test_size", sp.test_size))
     elif sp.kind == "official":

@@ -131,7 +131,7 @@ def feature_datasets(features: np.ndarray, labels: np.ndarray, index: dict[str, 
     ``train`` is shuffled (seeded)."""
     return {name: make_feature_dataset(features[i], labels[i], batch_size, n_classes,
                                        shuffle_seed=seed if name == "train" else None)
-            for name, i in index.items()}
+            for name, i in index.items() if len(i)}  # no validation in a refit
 
 
 def decoded_images(examples: Examples, count: int) -> list[np.ndarray]:

@@ -85,7 +85,7 @@ def _job_number(tags: dict[str, str]) -> int:
 class Finished:
     """What a tracked run leaves its caller: its objective, its run and how it ended."""
 
-    objective: float  # OBJECTIVE: the exported model's validation accuracy (or the fold mean)
+    objective: Optional[float]  # OBJECTIVE: the exported model's validation accuracy (or fold mean); None: a refit
     run_id: str
     ending: Ending
     stop: Optional[Stop] = None  # why training ended early, if it did

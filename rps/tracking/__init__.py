@@ -13,7 +13,7 @@ from rps.tracking.record import (
 )
 from rps.tracking.reporter import MlflowReporter
 from rps.tracking.runs import (
-    PARENT_TAG, RUN_COLOR, child_color, child_runs, end_run, get_run, logged_epochs, open_parent_run, reap_stale_runs,
+    PARENT_TAG, RUN_COLOR, child_color, child_runs, end_run, get_run, logged_epochs, open_parent_run, phase_epochs, reap_stale_runs,
     record_failed_run, shared_parent_run, tracked_run, tagged_runs,
 )
 from rps.tracking.store import resolve_tracking_uri, setup_experiment, use_store
@@ -23,6 +23,7 @@ __all__ = [
     "MlflowReporter", "EPOCHS_ASKED", "config_params", "environment_tags", "epoch_tags", "epochs_asked", "log_config",
     "redact",
     "PARENT_TAG", "RUN_COLOR", "child_color", "child_runs", "end_run", "get_run", "logged_epochs", "open_parent_run",
+    "phase_epochs",
     "reap_stale_runs", "record_failed_run", "shared_parent_run", "tracked_run", "tagged_runs",
     "resolve_tracking_uri", "setup_experiment", "use_store",
 ]

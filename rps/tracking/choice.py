@@ -74,3 +74,16 @@ def download(run_id: str, path: str, into: Path) -> Optional[Path]:
     except (mlflow.exceptions.MlflowException, OSError) as err:
         log.debug("run %s has no %s: %s", run_id, path, err)
         return None
+
+
+REFIT_RUN_TAG = "refit_run_id"  # on a sweep's or study's parent: the refit of its choice (rps.refit)
+
+
+def mark_refit(parent_id: str, refit_id: str) -> None:
+    """Name the refit of the parent's choice on the parent, with its test accuracy (reported only:
+    it was read after the choice, by nobody that chooses)."""
+    client = mlflow.MlflowClient()
+    client.set_tag(parent_id, REFIT_RUN_TAG, refit_id)
+    test = client.get_run(refit_id).data.metrics.get("test_accuracy")
+    if test is not None:
+        client.log_metric(parent_id, "refit_test_accuracy", test)

@@ -244,6 +244,23 @@ def logged_epochs(run_id: str, key: str = "val_accuracy") -> int:
     return max((m.step for m in mlflow.MlflowClient().get_metric_history(run_id, key)), default=0)
 
 
+def phase_epochs(run_id: str, best: bool) -> dict[int, int]:
+    """Epochs of each training phase a run kept: all it trained, or (``best``: early stopping
+    restored the best weights) up to its first best validation accuracy within the phase."""
+    client = mlflow.MlflowClient()
+    phase = {m.step: int(m.value) for m in client.get_metric_history(run_id, "phase")}
+    accuracy = {m.step: m.value for m in client.get_metric_history(run_id, "val_accuracy")}
+    kept: dict[int, int] = {}
+    for p in sorted(set(phase.values()) or {1}):
+        steps = sorted(s for s in accuracy if phase.get(s, 1) == p)
+        if best and steps:
+            top = max(accuracy[s] for s in steps)
+            kept[p] = next(i for i, s in enumerate(steps, start=1) if accuracy[s] == top)
+        else:
+            kept[p] = len(steps)
+    return kept
+
+
 def _close(run_id: str, status: str, tries: int) -> None:
     """End the active run with ``status``. A store another process keeps busy gets a few more
     tries; if all fail, the run stays RUNNING until the next rps command reaps it (its process is

@@ -5,12 +5,16 @@ Logged: metrics ``val_ece``, ``test_ece``, ``temperature`` (fitted on validation
 ``val_loss_calibrated``, ``test_ece_calibrated`` and ``test_loss_calibrated`` (the validation-fitted
 temperature applied to test, reported only); :data:`CALIBRATION` (the reliability bins of each
 split before and after scaling), :data:`ERRORS` (the most-confused class pairs and the worst
-mistakes of each split), a reliability diagram and a gallery of the worst mistakes.
+mistakes of each split), a reliability diagram and a gallery of the worst mistakes; with grouped
+validation, :data:`GROUPS` (validation accuracy of each held-out group, worst first) and the metric
+``val_group_accuracy_min``.
 """
 
 from __future__ import annotations
 
 import json
+
+import numpy as np
 
 from rps.data import pipelines
 from rps.training import calibration, plots
@@ -18,7 +22,7 @@ from rps.training.evaluate import confusion_matrix
 from rps.training.outcome import Outcome
 from rps.training.report import Reporter
 
-CALIBRATION, ERRORS = "eval/calibration.json", "eval/errors.json"
+CALIBRATION, ERRORS, GROUPS = "eval/calibration.json", "eval/errors.json", "eval/val_groups.json"
 RELIABILITY, GALLERY = "plots/reliability.png", "plots/worst_errors.png"
 WORST = 6  # images per split in the gallery (errors.json lists up to 20)
 
@@ -67,6 +71,25 @@ def report_errors(out: Outcome, report: Reporter) -> None:
     report.figure(plots.error_gallery(rows, out.class_names), GALLERY)
 
 
+def group_accuracy(probs: np.ndarray, labels: np.ndarray, groups: np.ndarray, class_names: list[str]) -> list[dict]:
+    """Accuracy on each group's examples, worst first (ties: the larger group first)."""
+    correct = probs.argmax(axis=1) == labels
+    rows = []
+    for name in np.unique(groups):
+        members = groups == name
+        classes = sorted({class_names[c] for c in labels[members]})
+        rows.append({"group": str(name), "examples": int(members.sum()), "classes": classes,
+                     "accuracy": round(float(correct[members].mean()), 4)})
+    return sorted(rows, key=lambda r: (r["accuracy"], -r["examples"]))
+
+
+def report_groups(out: Outcome, report: Reporter) -> None:
+    """Validation accuracy of each held-out group: a mean over groups hides a hand the model fails."""
+    rows = group_accuracy(out.val_probs, out.val_labels, out.val_groups, out.class_names)
+    report.metrics({"val_group_accuracy_min": rows[0]["accuracy"]})
+    report.text(json.dumps(rows, indent=1), GROUPS)
+
+
 def report_diagnostics(out: Outcome, report: Reporter) -> float:
     """Both, when the run has validation predictions (every run of the pipeline does); returns the
     temperature fitted on validation (1.0 without validation predictions)."""
@@ -74,4 +97,6 @@ def report_diagnostics(out: Outcome, report: Reporter) -> float:
         return 1.0
     temperature = report_calibration(out, report)
     report_errors(out, report)
+    if out.val_groups is not None:
+        report_groups(out, report)
     return temperature

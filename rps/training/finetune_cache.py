@@ -190,7 +190,7 @@ def datasets_on_activations(cfg: DictConfig, split: SplitBackbone, pool: Example
     datasets = {"train": train_stream(training, rows, onehot[train_index], cfg.seed, cfg.batch_size)}
     all_onehot = tf.constant(onehot)
     for name, rows in index.items():
-        if name != "train":
+        if name != "train" and len(rows):  # no validation in a refit
             datasets[name] = _batches(pool_activations, np.asarray(rows, np.int64), all_onehot,
                                       cfg.batch_size).prefetch(AUTOTUNE)
     log.info("Fine-tuning on cached activations of %s (%s)", split.cache_layer,

@@ -32,6 +32,11 @@ EPOCH_METRICS = {
 EpochSink = Callable[[dict[str, float], int], None]
 
 
+def epochs_done(history: dict[str, list[float]]) -> int:
+    """How many epochs a history holds (with or without validation)."""
+    return len(history.get("train_loss", []))
+
+
 def epoch_metrics(logs: dict) -> dict[str, float]:
     return {name: float(logs[key]) for key, name in EPOCH_METRICS.items() if key in logs}
 
@@ -162,7 +167,7 @@ class Checkpointing(keras.callbacks.Callback):
 def fit(
     model: keras.Model,
     train: Batches,
-    val: tf.data.Dataset,
+    val: Optional[tf.data.Dataset],
     epochs: int,
     sink: EpochSink,
     callbacks: list[keras.callbacks.Callback] = (),
@@ -171,7 +176,8 @@ def fit(
     quiet: bool = False,
 ) -> dict[str, list[float]]:
     """Train up to epoch ``epochs`` (fewer if early stopping or ``stop()`` ends it), starting after
-    ``initial_epoch``, with validation; returns the per-epoch metric lists."""
+    ``initial_epoch``, with validation (unless ``val`` is None: a refit on every training example);
+    returns the per-epoch metric lists."""
     verbose = 0 if quiet else 1 if sys.stdout.isatty() else 2  # a bar in a terminal, a line per epoch in logs
     steps = None
     if isinstance(train, EpochStream):  # epoch e's batches depend on (seed, e) only: resumable
@@ -212,7 +218,7 @@ def train_phase(model: keras.Model, optimizer_cfg: DictConfig, cfg: DictConfig, 
             return done
     if checkpoints is not None:
         callbacks.append(Checkpointing(checkpoints, callbacks))
-    more = fit(model, datasets["train"], datasets["val"], end_epoch, sink, callbacks, start_epoch, stop, quiet)
+    more = fit(model, datasets["train"], datasets.get("val"), end_epoch, sink, callbacks, start_epoch, stop, quiet)
     return _joined(done, more)
 
 

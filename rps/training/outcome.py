@@ -130,10 +130,12 @@ class Outcome:
     train_examples: Any = None  # and of the training split (int8 calibrates on a sample of it)
     val_probs: Optional[np.ndarray] = None  # the exported model's validation predictions
     val_labels: Optional[np.ndarray] = None
+    val_groups: Optional[np.ndarray] = None  # the group of each validation example (grouped validation)
 
     @property
-    def objective(self) -> float:
-        return self.metrics[OBJECTIVE]
+    def objective(self) -> Optional[float]:
+        """The validation objective (None for a refit: it has no validation split)."""
+        return self.metrics.get(OBJECTIVE)
 
     @property
     def classifier(self):

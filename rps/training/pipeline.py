@@ -36,7 +36,7 @@ from rps.model.hub import backbone_dir
 from rps.training.evaluate import evaluate
 from rps.training import finetune_cache
 from rps.training.checkpoints import Checkpoints
-from rps.training.loop import PhaseCheckpoints, predict, release_memory, seed_everything, train_phase
+from rps.training.loop import PhaseCheckpoints, epochs_done, predict, release_memory, seed_everything, train_phase
 from rps.training.preflight import preflight
 from rps.training.outcome import OBJECTIVE, OBJECTIVE_LOSS, OBJECTIVE_TAG, Outcome, RunningObjective, StopSignal
 from rps.training.report import Reporter
@@ -157,6 +157,8 @@ def report_datasets(cfg: DictConfig, source: DatasetSource, pool: Examples, inde
     digests = {split: pool.take(index[split]).digest() for split in SPLIT_CONTEXTS}
     report.tags(split_digest_tags(digests))
     for split, context in SPLIT_CONTEXTS.items():
+        if not len(index[split]):
+            continue  # a refit has no validation split
         examples = pool.take(index[split])
         if source.kind == "tfds":
             where = str(Path(source.data_dir) / source.name / version)
@@ -169,13 +171,14 @@ def report_datasets(cfg: DictConfig, source: DatasetSource, pool: Examples, inde
 
 
 def split(prepared: Prepared, train_ex: Examples, test_ex: Examples, class_names: list[str],
-          features: Optional[np.ndarray], report: Reporter) -> tuple[dict, Optional[list]]:
-    """Which pool examples each split holds (and the K folds), reported as params and datasets."""
+          features: Optional[np.ndarray], report: Reporter) -> tuple[dict, Optional[list], Optional[np.ndarray]]:
+    """Which pool examples each split holds (and the K folds, and the training examples' groups),
+    reported as params and datasets."""
     cfg = prepared.cfg
-    index, folds = make_split(cfg, train_ex, test_ex, features, report)
+    index, folds, groups = make_split(cfg, train_ex, test_ex, features, report)
     report.params({f"data.n_{name}": len(i) for name, i in index.items()} | {"data.class_names": ",".join(class_names)})
     report_datasets(cfg, prepared.source, concat(train_ex, test_ex), index, class_names, report)
-    return index, folds
+    return index, folds, groups
 
 
 # --------------------------------------------------------------------------- train
@@ -202,7 +205,7 @@ def _image_datasets(cfg, pool: Examples, index: dict, n_classes: int, augment_tr
         name: make_dataset(pool.take(i), cfg.backbone.image_size, cfg.batch_size, n_classes,
                            shuffle_seed=cfg.seed if name == "train" else None,
                            augment=augment if name == "train" else None)
-        for name, i in index.items()
+        for name, i in index.items() if len(i)  # no validation dataset in a refit (split.val_size=0)
     }
 
 
@@ -243,7 +246,7 @@ def train_head(prepared: Prepared, pool: Examples, index: dict, features: Option
                               stop=stop, checkpoints=plan)
         trained = Trained(prepared.backbone, head, classifier, datasets, history, classifier)
     if stop():
-        log.warning("Training stopped after epoch %d: %s", len(history["val_accuracy"]), stop().reason)
+        log.warning("Training stopped after epoch %d: %s", epochs_done(history), stop().reason)
     return trained
 
 
@@ -271,7 +274,7 @@ def fine_tune(prepared: Prepared, trained: Trained, pool: Examples, index: dict,
         report.params({"model.fine_tuned_variables": unfrozen,
                        "model.fine_tune_trainable_params": count_params(classifier)["trainable"]})
     log.info("Fine-tuning the top of the backbone at lr %g (%s)", cfg.optimizer.fine_tune_lr, why)
-    done = len(trained.history["val_accuracy"])
+    done = epochs_done(trained.history)
     fine_cfg = OmegaConf.merge(cfg.optimizer, {"lr": cfg.optimizer.fine_tune_lr})
     more = train_phase(trainee, fine_cfg, cfg, datasets, len(index["train"]), done + cfg.backbone.fine_tune_epochs,
                        lambda m, e: sink(m | {"phase": 2}, e), start_epoch=done, stop=stop,
@@ -297,15 +300,20 @@ def _measures(cfg: DictConfig, folds: Optional[list]) -> str:
 def select(prepared: Prepared, trained: Trained, pool: Examples, folds: Optional[list], features: Optional[np.ndarray],
            class_names: list[str], report: Reporter) -> tuple[dict[str, float], tuple]:
     """The objective: the exported model's validation accuracy and loss (or the mean over K folds),
-    and that model's validation predictions (probabilities, labels)."""
+    and that model's validation predictions (probabilities, labels). A refit (no validation split)
+    has no objective: its config was chosen on the validation of the run it refits."""
     cfg = prepared.cfg
+    if "val" not in trained.datasets:
+        report.tags({OBJECTIVE_TAG: "none: a refit on every training example (no validation split)"})
+        report.metrics({"epochs_trained": epochs_done(trained.history)})
+        return {}, (None, None)
     val_predictions = predict(trained.trainee, trained.datasets["val"])
     val_metrics, _ = evaluate(*val_predictions, class_names, split="val")
     chosen = {OBJECTIVE: val_metrics["val_accuracy"], OBJECTIVE_LOSS: val_metrics["val_loss"]}
     if folds is not None:  # judged by the mean over K folds, not one carve-out
         chosen = cross_validate(cfg, features, pool.labels, folds, len(class_names), val_metrics, report)
     report.tags({OBJECTIVE_TAG: _measures(cfg, folds)})
-    report.metrics(chosen | {"epochs_trained": len(trained.history["val_accuracy"])})
+    report.metrics(chosen | {"epochs_trained": epochs_done(trained.history)})
     return chosen, val_predictions
 
 
@@ -342,16 +350,20 @@ def train_and_evaluate(prepared: Prepared, report: Optional[Reporter] = None, st
     features = None  # the frozen backbone's features: to train on, or to find groups of similar images
     if cache_plan(cfg)[0] or cfg.split.group_by == "clusters":
         features = pool_features(prepared, pool, report)
-    index, folds = split(prepared, train_ex, test_ex, class_names, features, report)
+    index, folds, groups = split(prepared, train_ex, test_ex, class_names, features, report)
     trained = train_head(prepared, pool, index, features, len(class_names), sink, stop, report, checkpoints)
     if cfg.backbone.trainable and not stop():
         trained = fine_tune(prepared, trained, pool, index, len(class_names), sink, stop, report, checkpoints)
     chosen, (val_probs, val_labels) = select(prepared, trained, pool, folds, features, class_names, report)
     metrics, confusion, (probs, labels) = test(trained, class_names, report)
-    log.info("validation accuracy %.4f (chosen on), test accuracy %.4f (reported only)",
-             chosen[OBJECTIVE], metrics["test_accuracy"])
+    if OBJECTIVE in chosen:
+        log.info("validation accuracy %.4f (chosen on), test accuracy %.4f (reported only)",
+                 chosen[OBJECTIVE], metrics["test_accuracy"])
+    else:
+        log.info("refit on every training example: test accuracy %.4f (reported only)", metrics["test_accuracy"])
     return Outcome(trained.backbone, trained.head, cfg.backbone.image_size, class_names, pool.take(index["test"]),
-                   trained.history, probs, labels, chosen | {"epochs_trained": len(trained.history["val_accuracy"])}
+                   trained.history, probs, labels, chosen | {"epochs_trained": epochs_done(trained.history)}
                    | metrics, confusion, stop(), trained.classifier,
                    val_examples=pool.take(index["val"]), train_examples=pool.take(index["train"]),
-                   val_probs=val_probs, val_labels=val_labels)
+                   val_probs=val_probs, val_labels=val_labels,
+                   val_groups=None if groups is None else groups[index["val"]])

@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from rps.data.examples import Examples
 from rps.data.pipelines import feature_datasets
-from rps.data.splits import group_folds, grouped_indices, groups_from_features, groups_from_pattern, split_indices, split_sizes
+from rps.data.splits import carve_out_cycle, group_folds, grouped_indices, groups_from_features, groups_from_pattern, split_indices, split_sizes
 from rps.model.head import build_head
 from rps.training.evaluate import evaluate
 from rps.training.loop import predict, seed_everything, train_phase
@@ -37,13 +37,16 @@ def _groups(split: DictConfig, train_ex: Examples, pool_features: Optional[np.nd
 
 
 def make_split(cfg: DictConfig, train_ex: Examples, test_ex: Examples,
-               pool_features: Optional[np.ndarray], report: Reporter) -> tuple[dict, Optional[list]]:
-    """Train/val/test indices into the pool (train examples, then test ones), and the K folds of
-    the training examples when ``split.folds`` > 1 (the run's own validation is fold 0)."""
+               pool_features: Optional[np.ndarray], report: Reporter
+               ) -> tuple[dict, Optional[list], Optional[np.ndarray]]:
+    """Train/val/test indices into the pool (train examples, then test ones), the K folds of
+    the training examples when ``split.folds`` > 1 (the run's own validation is fold 0), and the
+    group of each training example when validation holds out groups (else None)."""
     sp, n_train, n_test = cfg.split, len(train_ex), len(test_ex)
     sizes = split_sizes(sp, n_train, n_test)  # exact, also after skipping files
     if sp.group_by == "none" and sp.folds == 1:
-        return split_indices(n_train, n_test, sp.kind, sizes, cfg.seed), None
+        index = split_indices(n_train, n_test, sp.kind, sizes, cfg.seed)
+        return (refitted(index, cfg.seed) if sp.refit else index), None, None
     groups = _groups(sp, train_ex, pool_features)
     stratify = sp.group_by != "pattern"  # clusters lie within a class; a subject shows every class
     folds = None
@@ -54,9 +57,20 @@ def make_split(cfg: DictConfig, train_ex: Examples, test_ex: Examples,
         index = {"train": rng.permutation(rest), "val": folds[0], "test": n_train + rng.permutation(n_test)}
     else:
         index = grouped_indices(groups, train_ex.labels, n_test, sizes.val, cfg.seed, stratify)
-    if sp.group_by != "none":
-        _report_groups(groups, index, train_ex.labels, report)
-    return index, folds
+        k = carve_out_cycle(groups, train_ex.labels, sizes.val, stratify)
+        first = k * (cfg.seed // k)
+        report.params({"data.carve_out": f"{cfg.seed % k + 1} of {k}: seeds {first}-{first + k - 1} hold out "
+                                         "disjoint groups covering the training set"})
+    if sp.group_by == "none":
+        return index, folds, None
+    _report_groups(groups, index, train_ex.labels, report)
+    return index, folds, groups
+
+
+def refitted(index: dict, seed: int) -> dict:
+    """The split of a refit: validation's examples join training (in a seeded order), test unchanged."""
+    train = np.random.default_rng(seed).permutation(np.concatenate([index["train"], index["val"]]))
+    return {"train": train, "val": index["val"][:0], "test": index["test"]}
 
 
 def _report_groups(groups: np.ndarray, index: dict, labels: np.ndarray, report: Reporter) -> None:
@@ -64,6 +78,7 @@ def _report_groups(groups: np.ndarray, index: dict, labels: np.ndarray, report: 
     names, sizes = np.unique(groups, return_counts=True)
     held_out = np.unique(groups[index["val"]])
     report.params({"data.n_groups": len(names), "data.n_val_groups": len(held_out),
+                   "data.val_groups": ",".join(map(str, held_out))[:500],
                    "data.group_sizes": f"min {sizes.min()}, median {int(np.median(sizes))}, max {sizes.max()}"})
     split = np.where(np.isin(np.arange(len(groups)), index["val"]), "val", "train")
     rows = ["train_index,group,split,label"] + [f"{i},{g},{s},{y}" for i, (g, s, y) in enumerate(zip(groups, split, labels))]
