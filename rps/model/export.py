@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import tensorflow as tf
 
 from rps.model.backbone import Backbone
@@ -56,6 +58,30 @@ class ExportedClassifier(tf.Module):
             logits = tf.matmul(x, kernel) + bias
             x = activation(logits / self.temperature if i == last else logits)
         return x
+
+    def save(self, path: str) -> None:
+        tf.saved_model.save(self, path, signatures={"serving_default": self.__call__})
+
+
+class EnsembleClassifier(tf.Module):
+    """Several exported classifiers as one SavedModel with the same interface: the mean of their
+    class probabilities, and with ``flip`` also of each member's on the horizontally mirrored image
+    (test-time augmentation: every member runs twice). Members are SavedModels written by
+    :class:`ExportedClassifier`, given as folders or as already loaded modules (their variables are
+    saved again inside this one)."""
+
+    def __init__(self, members: list, class_names: list[str], image_size: int, flip: bool = False):
+        super().__init__(name="rps_ensemble")
+        self.members = [tf.saved_model.load(str(m)) if isinstance(m, (str, os.PathLike)) else m for m in members]
+        self.flip = flip
+        self.class_names = tf.Variable(class_names, trainable=False, dtype=tf.string)
+        self.image_size = tf.Variable(image_size, trainable=False, dtype=tf.int32)
+        spec = tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name="image")
+        self.__call__ = tf.function(self._forward, input_signature=[spec])
+
+    def _forward(self, image: tf.Tensor) -> tf.Tensor:
+        views = [image, tf.image.flip_left_right(image)] if self.flip else [image]
+        return tf.add_n([member(view) for member in self.members for view in views]) / (len(self.members) * len(views))
 
     def save(self, path: str) -> None:
         tf.saved_model.save(self, path, signatures={"serving_default": self.__call__})

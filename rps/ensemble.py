@@ -1,0 +1,67 @@
+"""Average a sweep's models into one (the work: rps.runner.ensemble, rps.training.ensemble).
+
+    python -m rps.ensemble <parent run id>                 # its finished children's models, averaged
+    python -m rps.ensemble <parent run id> --flip          # and each on the mirrored image too (TTA)
+    python -m rps.ensemble <parent run id> --register-model rps-ensemble
+
+Logs a new run of the parent's experiment (tag ``rps.ensemble_of``) whose model predicts and
+serves like any run's (``python -m rps.predict runs:/<id> ...``), with the test accuracy and the
+measured cost (forward passes, ms per image) of one member, one member + flip, the ensemble and
+the ensemble + flip in ``eval/ensemble.md``. Exit code: 0 done, 2 nothing built (130/143 interrupted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import rps  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+from rps.common.errors import RpsError, Terminated, interrupt_on_signals, release_interrupted
+from rps.common.quiet import info_logging, quiet_tensorflow_startup
+from rps.reproduce import _run_id
+from rps.runner import ensemble
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Average the models of a sweep's children into one logged model.")
+    parser.add_argument("run_id", type=_run_id, help="the sweep's parent run id")
+    parser.add_argument("--flip", action="store_true", help="test-time augmentation: also average each member's "
+                                                            "prediction of the horizontally mirrored image")
+    parser.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db")
+    parser.add_argument("--mlruns-dir", default="mlruns", help="the local store's folder (default mlruns)")
+    parser.add_argument("--register-model", help="register the ensemble's model under this name")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    from rps import tracking
+
+    try:
+        uri = tracking.use_store(args.tracking_uri, args.mlruns_dir)
+        the_plan = ensemble.plan(args.run_id, uri)
+        print(f"rps.ensemble: {len(the_plan.members)} members of {the_plan.parent.info.run_name}"
+              f"{' with the flip' if args.flip else ''}")
+        run_id, table = ensemble.build(the_plan, args.flip, args.register_model, uri, args.mlruns_dir)
+    except RpsError as err:
+        print(f"rps.ensemble: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as err:
+        release_interrupted(err)
+        print("rps.ensemble: interrupted; the ensemble's run was marked KILLED.", file=sys.stderr)
+        return 143 if isinstance(err, Terminated) else 130
+    print(table)
+    print(f"rps.ensemble: run {run_id}; use it: python -m rps.predict runs:/{run_id} <images>")
+    return 0
+
+
+def cli() -> None:
+    """The ``rps-ensemble`` command (also ``python -m rps.ensemble``)."""
+    quiet_tensorflow_startup()
+    info_logging()
+    interrupt_on_signals()
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()
