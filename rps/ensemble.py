@@ -3,6 +3,7 @@
     python -m rps.ensemble <parent run id>                 # its finished children's models, averaged
     python -m rps.ensemble <parent run id> --flip          # and each on the mirrored image too (TTA)
     python -m rps.ensemble <parent run id> --register-model rps-ensemble
+    python -m rps.ensemble <run id> <run id> ...           # these runs (say, the refits of a seed sweep)
 
 Logs a new run of the parent's experiment (tag ``rps.ensemble_of``) whose model predicts and
 serves like any run's (``python -m rps.predict runs:/<id> ...``), with the test accuracy and the
@@ -24,7 +25,8 @@ from rps.runner import ensemble
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Average the models of a sweep's children into one logged model.")
-    parser.add_argument("run_id", type=_run_id, help="the sweep's parent run id")
+    parser.add_argument("run_ids", type=_run_id, nargs="+",
+                        help="a sweep's parent run id (its children are the members), or two or more members' run ids")
     parser.add_argument("--flip", action="store_true", help="test-time augmentation: also average each member's "
                                                             "prediction of the horizontally mirrored image")
     parser.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db")
@@ -39,9 +41,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         uri = tracking.use_store(args.tracking_uri, args.mlruns_dir)
-        the_plan = ensemble.plan(args.run_id, uri)
-        print(f"rps.ensemble: {len(the_plan.members)} members of {the_plan.parent.info.run_name}"
-              f"{' with the flip' if args.flip else ''}")
+        the_plan = ensemble.plan(args.run_ids, uri)
+        of = f" of {the_plan.parent.info.run_name}" if the_plan.parent else ""
+        print(f"rps.ensemble: {len(the_plan.members)} members{of}{' with the flip' if args.flip else ''}")
         run_id, table = ensemble.build(the_plan, args.flip, args.register_model, uri, args.mlruns_dir)
     except RpsError as err:
         print(f"rps.ensemble: error: {err}", file=sys.stderr)

@@ -68,6 +68,12 @@ def test_members_tested_on_different_images_are_refused(tmp_path):
         client.set_terminated(child, "FINISHED")
     with pytest.raises(ResourceError, match="tested on different images"):
         plan(parent, mlflow.get_tracking_uri())
+    children = [r.info.run_id for r in client.search_runs([experiment], "tags.`mlflow.parentRunId` != ''")]
+    unfinished = client.create_run(experiment, tags={"rps.model_uri": "models:/m-2"}).info.run_id
+    with pytest.raises(ResourceError, match=f"{unfinished} did not finish"):
+        plan([*children, unfinished], mlflow.get_tracking_uri())
+    with pytest.raises(ResourceError, match="tested on different images"):  # named one by one: the same check
+        plan(children, mlflow.get_tracking_uri())
 
 
 @pytest.mark.slow

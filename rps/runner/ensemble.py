@@ -31,37 +31,55 @@ TABLE = "eval/ensemble.md"
 
 @dataclass
 class Plan:
-    parent: object
-    members: list  # the finished child runs with a logged model, oldest first
+    parent: Optional[object]  # the sweep whose children are the members (None: members named one by one)
+    members: list  # the finished runs with a logged model, oldest first
     cfg: DictConfig  # the first member's logged config (data, split, image size)
 
 
-def plan(parent_id: str, uri: str) -> Plan:
-    """The parent's finished children with a model, checked to share data and test split."""
+def _get(run_id: str, uri: str):
     import mlflow
 
     from rps import tracking
 
     try:
-        parent = tracking.get_run(parent_id)
+        return tracking.get_run(run_id)
     except mlflow.exceptions.MlflowException as err:
-        raise ResourceError(f"No run {parent_id} in the tracking store {tracking.redact(uri)} ({err.error_code}). "
-                            "Give a sweep's parent run id from the MLflow UI or rps.compare.") from err
-    members = [c for c in tracking.child_runs(parent_id)
-               if c.info.status == "FINISHED" and c.data.tags.get(MODEL_URI_TAG)]
+        raise ResourceError(f"No run {run_id} in the tracking store {tracking.redact(uri)} ({err.error_code}). "
+                            "Give a sweep's parent run id (or the members' run ids) from the MLflow UI or "
+                            "rps.compare.") from err
+
+
+def plan(run_ids: list[str] | str, uri: str) -> Plan:
+    """The members (one id: that sweep's finished children with a model; several: those runs),
+    checked to share data and test split."""
+    from rps import tracking
+
+    ids = [run_ids] if isinstance(run_ids, str) else list(run_ids)
+    if len(ids) == 1:
+        parent = _get(ids[0], uri)
+        members = [c for c in tracking.child_runs(ids[0])
+                   if c.info.status == "FINISHED" and c.data.tags.get(MODEL_URI_TAG)]
+        where = f"Run {ids[0]} has {len(members)} finished child run(s) with a logged model"
+    else:
+        parent, members = None, [_get(i, uri) for i in ids]
+        unusable = [m.info.run_id for m in members if m.info.status != "FINISHED" or not m.data.tags.get(MODEL_URI_TAG)]
+        if unusable:
+            raise ResourceError(f"Run(s) {', '.join(unusable)} did not finish with a logged model: every run named "
+                                "as a member must have one.")
+        where = f"{len(members)} run(s) named"
     if len(members) < 2:
-        raise ResourceError(f"Run {parent_id} has {len(members)} finished child run(s) with a logged model; an ensemble "
-                            "needs 2 or more (a sweep over seeds with export.model=true, e.g. +experiment=official_robust).")
+        raise ResourceError(f"{where}; an ensemble needs 2 or more finished runs with a model (a sweep over seeds "
+                            "with export.model=true, e.g. +experiment=official_robust, or its refits).")
     tests = {(m.data.tags.get("dataset_version"), m.data.params.get("data.n_test"),
               m.data.tags.get("rps.data.test_digest") if m.data.params.get("split.kind") == "tutorial" else "official")
              for m in members}
     if len(tests) > 1:
-        raise ResourceError(f"The children of {parent_id} were tested on different images (a tutorial-split seed "
+        raise ResourceError("The members were tested on different images (a tutorial-split seed "
                             "sweep draws a test split per seed): an ensemble has no common test split. Sweep over "
                             "seeds with split=official, or over other values with one seed.")
     sizes = {m.data.params.get("backbone.image_size") for m in members}
     if len(sizes) > 1:
-        raise ResourceError(f"The children of {parent_id} take different image sizes ({', '.join(sorted(sizes))}).")
+        raise ResourceError(f"The members take different image sizes ({', '.join(sorted(sizes))}).")
     text = provenance.recorded_text(members[0].info.run_id, "config/config.yaml")
     if text is None:
         raise ResourceError(f"Run {members[0].info.run_id} has no config/config.yaml: not an rps run.")
@@ -103,10 +121,11 @@ def build(the_plan: Plan, flip: bool, register_as: Optional[str], uri: str, mlru
         info = ensemble.save(dirs, class_names, size, flip, cfg.backbone.name, ids, saved)
         metrics, _ = ensemble.evaluate_saved(tf.saved_model.load(str(saved)), predictions, class_names, flip)
         objectives = [m.data.metrics[OBJECTIVE] for m in the_plan.members if OBJECTIVE in m.data.metrics]
-        experiment_id = the_plan.parent.info.experiment_id
-        name = f"ensemble of {len(ids)}{' + flip' if flip else ''}: {the_plan.parent.info.run_name}"[:250]
-        tags = {ENSEMBLE_OF_TAG: the_plan.parent.info.run_id, MEMBERS_TAG: ",".join(ids)[:5000]}
-        with tracking.tracked_run(experiment_id, name, tags) as report:
+        first = the_plan.parent or the_plan.members[0]
+        of = the_plan.parent.info.run_name if the_plan.parent else ", ".join(m.info.run_name for m in the_plan.members)
+        name = f"ensemble of {len(ids)}{' + flip' if flip else ''}: {of}"[:250]
+        tags = {MEMBERS_TAG: ",".join(ids)[:5000]} | ({ENSEMBLE_OF_TAG: the_plan.parent.info.run_id} if the_plan.parent else {})
+        with tracking.tracked_run(first.info.experiment_id, name, tags) as report:
             report.params({"ensemble.members": len(ids), "ensemble.flip": flip, "split.kind": cfg.split.kind,
                            "backbone.image_size": size, "data.n_test": len(examples)})
             if objectives:  # each member on its own held-out examples: an estimate, not the ensemble's
