@@ -58,9 +58,12 @@ def test_validation_benchmark_ranks_recipes_and_chooses_on_validation_only(tmp_p
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     runs = {(r, m, int(s)): (float(v), float(loss), float(t)) for r, m, s, v, loss, t in re.findall(
-        r"^(\S+)\s+(random|grouped)\s+seed (\d): val ([\d.]+) \(loss ([\d.]+)\) test ([\d.]+)", out.stdout, re.M)}
-    assert len(runs) == 2 * 2 * 2, out.stdout
-    for mode in ("random", "grouped"):
+        r"^(\S+)\s+(grouped-5fold|random|grouped)\s+seed (\d): val ([\d.]+) \(loss ([\d.]+)\) test ([\d.]+)",
+        out.stdout, re.M)}
+    assert len(runs) == 2 * 3 * 2, out.stdout  # recipes x modes x seeds
+    refits = {(r, int(s)): float(t) for r, s, t in re.findall(r"^(\S+)\s+refit\s+seed (\d): test ([\d.]+)",
+                                                              out.stdout, re.M)}
+    for mode in ("random", "grouped", "grouped-5fold"):
         row = re.search(rf"^\| {mode}: chosen recipe's test \(best of any\) \| (.+) \| ([\d.]+) \|$", out.stdout, re.M)
         assert row, out.stdout
         for seed, cell in zip((1, 2), row.group(1).split(" | ")):
@@ -70,5 +73,8 @@ def test_validation_benchmark_ranks_recipes_and_chooses_on_validation_only(tmp_p
             assert recipe == min(candidates, key=lambda r: (-candidates[r][0], candidates[r][1]))
             assert float(test) == round(candidates[recipe][2], 3)
             assert float(best) == round(max(v[2] for v in candidates.values()), 3)
+            refit = re.search(rf"^\| {mode}: chosen recipe refitted with validation's images, test \| (.+) \| [\d.]+ \|$",
+                              out.stdout, re.M).group(1).split(" | ")[seed - 1]
+            assert float(refit) == round(refits[recipe, seed], 3), "the refit of the recipe this mode chose"
     assert not list(tmp_path.iterdir()), "the benchmark cleans up its temporary data and cache"
 
