@@ -45,3 +45,16 @@ def test_a_run_without_validation_trains_on_every_training_example(kind, tiny_tf
     assert without.recorded["tags"][OBJECTIVE_TAG].startswith("none: a refit")
     assert set(refit.history) == {"train_accuracy", "train_loss"} and len(refit.history["train_loss"]) == 2
     assert 0 <= refit.metrics["test_accuracy"] <= 1 and refit.metrics["epochs_trained"] == 2
+
+
+def test_the_refit_recipe_is_the_robust_recipe_trained_on_every_training_image():
+    from omegaconf import OmegaConf
+
+    robust = OmegaConf.to_container(compose("+experiment=official_robust", return_hydra_config=True), resolve=False)
+    refit = OmegaConf.to_container(compose("+experiment=official_refit", return_hydra_config=True), resolve=False)
+    validate(compose("+experiment=official_refit"))
+    assert refit["split"] == robust["split"] | {"refit": True, "group_by": "none"}
+    assert refit["experiment_name"] == "official_refit"
+    for key in ("backbone", "head", "optimizer", "augment", "epochs", "batch_size", "seed"):
+        assert refit[key] == robust[key], key
+    assert refit["hydra"]["sweeper"]["params"] == robust["hydra"]["sweeper"]["params"]
