@@ -211,3 +211,18 @@ def test_a_fine_tuning_refit_trains_both_phases_on_every_training_example(run, c
     assert params["data.n_val"] == 0 and params["data.n_train"] == 72, "the pool of 84 less its 12 test examples"
     assert [m["phase"] for _, m in report.epochs] == [1, 2, 2] and "val_accuracy" not in out.history
     assert out.objective is None and 0 <= out.metrics["test_accuracy"] <= 1
+
+
+@pytest.mark.slow
+def test_grouped_k_fold_fine_tunes_a_model_per_fold(run, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="rps.training.pipeline")
+    report, out, _ = run("split=official", "split.test_size=null", "split.group_by=clusters", "split.groups=2",
+                         "split.folds=3", "backbone.fine_tune_epochs=1")
+    metrics = report.recorded["metrics"]
+    folds = [metrics[f"cv/fold_{k}_val_accuracy"] for k in range(3)]
+    assert out.objective == pytest.approx(np.mean(folds)) and metrics["model_val_accuracy"] == folds[0]
+    assert "head and fine-tuning" in report.recorded["tags"]["selection.measures"]
+    fine_tuned = [r for r in caplog.records if r.getMessage().startswith("Fine-tuning the top of the backbone")]
+    assert len(fine_tuned) == 3, "the run's model and one per other fold"

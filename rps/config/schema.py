@@ -116,8 +116,9 @@ class SplitConfig:
     k-means on the frozen backbone's features of each class into ``groups`` groups, validation
     taking whole groups of every class; ``pattern``: an image
     folder's file names, the first regex group of ``pattern`` naming the subject). ``folds=K``
-    (frozen backbone, cached features) trains K heads, each validated on another 1/K of the
-    groups, and a run is then judged by their mean validation accuracy.
+    trains K models as the run's is trained (head, and fine-tuning when it fine-tunes), each
+    validated on another 1/K of the groups, and a run is then judged by their mean validation
+    accuracy (K times the training: cheap on cached features, minutes per fold when fine-tuning).
 
     ``refit=true``: the validation examples train too (the split is drawn as without it, so the
     test split is the same): a *refit* of a config already chosen on validation
@@ -132,7 +133,7 @@ class SplitConfig:
     group_by: str = "none"  # none | clusters | pattern
     groups: int = 5  # clusters: how many groups of similar frames each class is cut into
     pattern: Optional[str] = None  # pattern: regex over file names, e.g. '^(\w+?)\d*_' (group 1 = subject)
-    folds: int = 1  # 1: one validation carve-out; K >= 2: group K-fold (frozen heads on cached features)
+    folds: int = 1  # 1: one validation carve-out; K >= 2: group K-fold, judged by the fold mean
     refit: bool = False  # true: validation's examples train too; no validation, no objective (rps.refit)
 
 

@@ -78,8 +78,6 @@ def cache_checks(cfg: DictConfig) -> list[tuple[str, bool, str]]:
         ("feature_cache.enabled", not (cfg.feature_cache.enabled and _blocked(cfg)),
          f"null or false: {_blocked(cfg)}, so their features change every epoch (in a fine-tuning "
          "run, augment.head_phase=false keeps phase 1 unaugmented)"),
-        ("split.folds", cfg.split.folds == 1 or (cache_plan(cfg)[0] and not cfg.backbone.trainable),
-         "1 unless the head trains on cached features of the frozen backbone (folds train K heads on them)"),
     ]
 
 

@@ -291,18 +291,31 @@ def fine_tune(prepared: Prepared, trained: Trained, pool: Examples, index: dict,
 def _measures(cfg: DictConfig, folds: Optional[list]) -> str:
     """What the objective measured in this run, in words (the tag OBJECTIVE_TAG)."""
     if folds is not None:
-        return f"mean validation accuracy over {len(folds)} folds (a head per fold, on cached features)"
+        how = "head and fine-tuning" if cfg.backbone.trainable else "head"
+        return f"mean validation accuracy over {len(folds)} folds (a model per fold: the run's {how} training)"
     if cfg.early_stopping.enabled and cfg.early_stopping.restore_best_weights:
         return "validation accuracy of the exported model: the best epoch's weights (early stopping restored them)"
     return "validation accuracy of the exported model: the last epoch's weights"
 
 
+def fold_predictions(prepared: Prepared, pool: Examples, index: dict, features: Optional[np.ndarray], n_classes: int,
+                     stop: StopSignal) -> tuple[np.ndarray, np.ndarray]:
+    """One fold's model, trained as the run's model is (phase 1, and phase 2 when it fine-tunes:
+    on the same feature and activation caches, which are keyed by the pool, not the fold), and its
+    validation predictions."""
+    quiet, nothing = Reporter(), (lambda metrics, epoch: None)
+    trained = train_head(prepared, pool, index, features, n_classes, nothing, stop, quiet)
+    if prepared.cfg.backbone.trainable and not stop():
+        trained = fine_tune(prepared, trained, pool, index, n_classes, nothing, stop, quiet)
+    return predict(trained.trainee, trained.datasets["val"])
+
+
 def select(prepared: Prepared, trained: Trained, pool: Examples, folds: Optional[list], features: Optional[np.ndarray],
-           class_names: list[str], report: Reporter) -> tuple[dict[str, float], tuple]:
+           class_names: list[str], report: Reporter, stop: Optional[StopSignal] = None) -> tuple[dict[str, float], tuple]:
     """The objective: the exported model's validation accuracy and loss (or the mean over K folds),
     and that model's validation predictions (probabilities, labels). A refit (no validation split)
     has no objective: its config was chosen on the validation of the run it refits."""
-    cfg = prepared.cfg
+    cfg, stop = prepared.cfg, stop or StopSignal()
     if "val" not in trained.datasets:
         report.tags({OBJECTIVE_TAG: "none: a refit on every training example (no validation split)"})
         report.metrics({"epochs_trained": epochs_done(trained.history)})
@@ -311,7 +324,10 @@ def select(prepared: Prepared, trained: Trained, pool: Examples, folds: Optional
     val_metrics, _ = evaluate(*val_predictions, class_names, split="val")
     chosen = {OBJECTIVE: val_metrics["val_accuracy"], OBJECTIVE_LOSS: val_metrics["val_loss"]}
     if folds is not None:  # judged by the mean over K folds, not one carve-out
-        chosen = cross_validate(cfg, features, pool.labels, folds, len(class_names), val_metrics, report)
+        def fit_fold(index: dict) -> tuple:
+            return fold_predictions(prepared, pool, index, features, len(class_names), stop)
+
+        chosen = cross_validate(cfg.seed, folds, len(class_names), val_metrics, fit_fold, report)
     report.tags({OBJECTIVE_TAG: _measures(cfg, folds)})
     report.metrics(chosen | {"epochs_trained": epochs_done(trained.history)})
     return chosen, val_predictions
@@ -354,7 +370,7 @@ def train_and_evaluate(prepared: Prepared, report: Optional[Reporter] = None, st
     trained = train_head(prepared, pool, index, features, len(class_names), sink, stop, report, checkpoints)
     if cfg.backbone.trainable and not stop():
         trained = fine_tune(prepared, trained, pool, index, len(class_names), sink, stop, report, checkpoints)
-    chosen, (val_probs, val_labels) = select(prepared, trained, pool, folds, features, class_names, report)
+    chosen, (val_probs, val_labels) = select(prepared, trained, pool, folds, features, class_names, report, stop)
     metrics, confusion, (probs, labels) = test(trained, class_names, report)
     if OBJECTIVE in chosen:
         log.info("validation accuracy %.4f (chosen on), test accuracy %.4f (reported only)",

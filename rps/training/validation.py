@@ -11,7 +11,7 @@ subjects named in file names) makes validation show unseen hands too.
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 from omegaconf import DictConfig
@@ -19,9 +19,8 @@ from omegaconf import DictConfig
 from rps.data.examples import Examples
 from rps.data.pipelines import feature_datasets
 from rps.data.splits import carve_out_cycle, group_folds, grouped_indices, groups_from_features, groups_from_pattern, split_indices, split_sizes
-from rps.model.head import build_head
 from rps.training.evaluate import evaluate
-from rps.training.loop import predict, seed_everything, train_phase
+from rps.training.loop import seed_everything, train_phase
 from rps.training.outcome import OBJECTIVE, OBJECTIVE_LOSS
 from rps.training.report import Reporter
 
@@ -96,19 +95,20 @@ def train_on_features(cfg: DictConfig, head, features: np.ndarray, labels: np.nd
     return datasets, history
 
 
-def cross_validate(cfg: DictConfig, features: np.ndarray, labels: np.ndarray, folds: list, n_classes: int,
-                   first: dict[str, float], report: Reporter) -> dict[str, float]:
-    """Heads for folds 1..K-1 (fold 0 is the run's own validation, whose ``first`` metrics are
-    given), trained as the run's head was; returns what the run is judged by: the mean over the K
-    folds of validation accuracy and loss."""
+def cross_validate(seed: int, folds: list, n_classes: int, first: dict[str, float],
+                   fit_fold: Callable[[dict], tuple[np.ndarray, np.ndarray]], report: Reporter) -> dict[str, float]:
+    """Models for folds 1..K-1 (fold 0 is the run's own validation, whose ``first`` metrics are
+    given): ``fit_fold({"train": ..., "val": ...})`` trains one as the run's model was trained and
+    returns its validation predictions (probabilities, labels). Returns what the run is judged by:
+    the mean over the K folds of validation accuracy and loss."""
     accuracies, losses = [first["val_accuracy"]], [first["val_loss"]]
     everything = np.concatenate(folds)
     for k, held_out in enumerate(folds[1:], start=1):
-        seed_everything(cfg.seed)
-        rest = np.random.default_rng(cfg.seed + k).permutation(np.setdiff1d(everything, held_out))
-        head = build_head(features.shape[1], n_classes, cfg.head)
-        datasets, _ = train_on_features(cfg, head, features, labels, {"train": rest, "val": held_out}, quiet=True)
-        metrics, _ = evaluate(*predict(head, datasets["val"]), [str(c) for c in range(n_classes)], split="val")
+        seed_everything(seed)
+        rest = np.random.default_rng(seed + k).permutation(np.setdiff1d(everything, held_out))
+        log.info("Fold %d of %d: training on %d examples, validating on %d", k + 1, len(folds), len(rest), len(held_out))
+        metrics, _ = evaluate(*fit_fold({"train": rest, "val": held_out}), [str(c) for c in range(n_classes)],
+                              split="val")
         accuracies.append(metrics["val_accuracy"])
         losses.append(metrics["val_loss"])
     report.metrics({f"cv/fold_{k}_val_accuracy": a for k, a in enumerate(accuracies)}
