@@ -24,7 +24,8 @@ class Choice:
 
     def markdown(self) -> str:
         if not self.lines:
-            return "\n## The choice\n\nNo child finished: nothing was chosen.\n"
+            return ("\n## The choice\n\nNo child finished with a validation objective (none finished, or they are "
+                    "refits, split.refit=true, which have no validation): nothing was chosen.\n")
         text = "\n## The choice\n\n" + "".join(f"- {line}\n" for line in self.lines)
         if self.per_class:
             text += ("\n## Per-class test accuracy (reported only; best first by the choice's rule)\n\n"
