@@ -117,3 +117,20 @@ def test_every_run_reports_calibration_and_its_worst_mistakes():
         assert p_actual == sorted(p_actual) and all(w["actual"] != w["predicted"] for w in errors[split]["worst"])
     assert report.sizes[GALLERY][1] > 2 * 2.5, "one row of images per split"
     assert len(report.texts[CALIBRATION]["val"]["reliability"]) == calibration.BINS
+
+
+def test_a_refit_reports_test_calibration_and_mistakes_without_a_temperature():
+    from rps.training.outcome import Outcome
+
+    rng = np.random.default_rng(3)
+    test_probs, test_labels = _sampled(30, 4.0, rng)
+    out = Outcome(None, None, 224, CLASSES, _examples(test_labels), {}, test_probs, test_labels, {}, None,
+                  val_examples=_examples(test_labels[:0]), val_probs=None, val_labels=None)  # no validation split
+    report = Capture()
+    assert report_diagnostics(out, report) == 1.0
+    metrics = report.recorded["metrics"]
+    assert {CALIBRATION, ERRORS, RELIABILITY, GALLERY} <= set(report.artifacts)
+    assert metrics["test_ece"] == pytest.approx(calibration.expected_calibration_error(test_probs, test_labels))
+    assert "temperature" not in metrics and report.texts[CALIBRATION]["temperature"] is None
+    assert set(report.texts[ERRORS]) == {"test"}
+    assert report.texts[ERRORS]["test"]["errors"] == int((test_probs.argmax(1) != test_labels).sum())

@@ -27,9 +27,21 @@ RELIABILITY, GALLERY = "plots/reliability.png", "plots/worst_errors.png"
 WORST = 6  # images per split in the gallery (errors.json lists up to 20)
 
 
+def _has_validation(out: Outcome) -> bool:
+    return out.val_probs is not None and len(out.val_labels) > 0
+
+
 def report_calibration(out: Outcome, report: Reporter) -> float:
     """ECE of validation and test, the temperature fitted on validation and what it does to both;
-    returns the temperature."""
+    returns the temperature. Without validation (a refit): test's ECE only, no temperature (1.0)."""
+    if not _has_validation(out):
+        bins, ece = calibration.reliability(out.probs, out.labels), calibration.expected_calibration_error(out.probs, out.labels)
+        report.metrics({"test_ece": ece})
+        report.text(json.dumps({"temperature": None, "fitted_on": "nothing: no validation split", "bins": calibration.BINS,
+                                "test": {"ece": ece, "nll": calibration.nll(out.probs, out.labels), "reliability": bins}},
+                               indent=1), CALIBRATION)
+        report.figure(plots.reliability_diagram({"test": (bins, ece)}), RELIABILITY)
+        return 1.0
     splits = {"val": (out.val_probs, out.val_labels), "test": (out.probs, out.labels)}
     temperature = calibration.fit_temperature(*splits["val"])
     record, curves = {"temperature": temperature, "fitted_on": "val", "bins": calibration.BINS}, {}
@@ -53,6 +65,8 @@ def report_errors(out: Outcome, report: Reporter) -> None:
     a gallery of images (true class, predicted class, both probabilities)."""
     splits = {"val": (out.val_examples, out.val_probs, out.val_labels),
               "test": (out.test_examples, out.probs, out.labels)}
+    if not _has_validation(out):
+        del splits["val"]
     record, rows = {}, []
     for split, (examples, probs, labels) in splits.items():
         worst, predicted = calibration.worst(probs, labels, 20), probs.argmax(axis=1)
@@ -91,10 +105,8 @@ def report_groups(out: Outcome, report: Reporter) -> None:
 
 
 def report_diagnostics(out: Outcome, report: Reporter) -> float:
-    """Both, when the run has validation predictions (every run of the pipeline does); returns the
+    """Both (a refit, which has no validation, reports them for test alone); returns the
     temperature fitted on validation (1.0 without validation predictions)."""
-    if out.val_probs is None or len(out.val_labels) == 0:
-        return 1.0
     temperature = report_calibration(out, report)
     report_errors(out, report)
     if out.val_groups is not None:
