@@ -181,9 +181,10 @@ def test_replaced_or_wrong_export_and_champion_knobs_name_the_fix(override, key,
     assert f"{key}=" in str(err.value) and fix in str(err.value)
 
 
-def _search(*objectives: str, pruner: str = "none"):
+def _search(*objectives: str, pruner: str = "none", refit: bool = False):
     cfg = OmegaConf.create({"search": {"trials": 1, "sampler": "tpe", "pruner": pruner, "startup_trials": 0,
-                                       "warmup_epochs": 0, "space": {}, "objectives": list(objectives)}})
+                                       "warmup_epochs": 0, "space": {}, "objectives": list(objectives)},
+                            "split": {"refit": refit}})
     return {key: ok for key, ok, _ in search_checks(cfg)}
 
 
@@ -195,6 +196,7 @@ def test_a_study_trades_the_validation_objective_against_latency_or_size_only():
     assert not _search(OBJECTIVE, "test_accuracy")["search.objectives"]  # never the test split
     assert not _search(OBJECTIVE, "export/int4/latency_ms")["search.objectives"]
     assert not _search(OBJECTIVE, "export/int8/latency_ms", pruner="median")["search.pruner"]
+    assert not _search(OBJECTIVE, refit=True)["split.refit"]  # a refit has no validation to choose on
 
 
 # --------------------------------------------------------------------------- judging a rerun's metrics

@@ -83,7 +83,8 @@ def test_grouped_validation_is_validated_before_anything_runs():
     validate(compose("split=official", "split.folds=3", "backbone.trainable=true", "augment=basic"))  # any recipe
     for overrides, key in ((["split.group_by=clusters"], "split.group_by"),  # tutorial: test is random too
                            (["split=official", "split.group_by=pattern"], "split.pattern"),
-                           (["split=official", "split.groups=1"], "split.groups")):
+                           (["split=official", "split.groups=1"], "split.groups"),
+                           (["split.folds=3"], "split.folds")):  # tutorial: folds would change its test split
         with pytest.raises(ConfigError, match=key):
             validate(compose(*overrides))
 

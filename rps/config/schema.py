@@ -168,7 +168,8 @@ def split_checks(cfg: DictConfig) -> list[Check]:
         ("split.pattern", sp.group_by != "pattern" or (bool(sp.pattern) and regex is None
                                                        and cfg.dataset.kind == "image_folder"),
          f"a regex over file names whose first group is the subject (with dataset=image_folder){': ' + regex if regex else ''}"),
-        ("split.folds", sp.folds >= 1, "an integer >= 1"),
+        ("split.folds", sp.folds >= 1 and (sp.folds == 1 or sp.kind == "official"),
+         "an integer >= 1; folds (>= 2) need split=official (the test split stays the dataset's)"),
     ]
 
 

@@ -64,8 +64,16 @@ def split_indices(n_train: int, n_test: int, kind: str, sizes: SplitSizes, seed:
         val_end = sizes.val + sizes.test
         return {"train": order[val_end:], "val": order[: sizes.val], "test": order[sizes.val : val_end]}
     order = rng.permutation(n_train)
-    # the test order only matters for which images the sample grid shows
-    return {"train": order[sizes.val :], "val": order[: sizes.val], "test": n_train + rng.permutation(n_test)}
+    return {"train": order[sizes.val :], "val": order[: sizes.val], "test": official_test(n_train, n_test, seed)}
+
+
+def official_test(n_train: int, n_test: int, seed: int) -> np.ndarray:
+    """The official test split's indices into the pool, in the seed's order (it only decides which
+    images the sample grid shows), whatever the carve-out: grouped, folded and refitted runs of one
+    seed list the same test images in the same order, so their ``rps.data.test_digest`` agree."""
+    rng = np.random.default_rng(seed)
+    rng.permutation(n_train)  # the draws split_indices made before (test digests of earlier runs hold)
+    return n_train + rng.permutation(n_test)
 
 
 # --------------------------------------------------------------------------- grouped validation
@@ -155,4 +163,4 @@ def grouped_indices(groups: np.ndarray, labels: np.ndarray, n_test: int, n_val: 
     val = np.sort(group_folds(groups, labels, k, seed // k, stratify)[seed % k])
     rng = np.random.default_rng(seed)
     return {"train": rng.permutation(np.setdiff1d(np.arange(len(groups)), val)), "val": val,
-            "test": len(groups) + rng.permutation(n_test)}
+            "test": official_test(len(groups), n_test, seed)}

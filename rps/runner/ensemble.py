@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 
 from rps.common.errors import ResourceError
 from rps.config.logged import logged_config
+from rps.runner.reproduce import pinned_dataset
 from rps.tracking import provenance
 from rps.tracking.reporter import MODEL_URI_TAG
 from rps.training.outcome import OBJECTIVE
@@ -83,7 +84,7 @@ def plan(run_ids: list[str] | str, uri: str) -> Plan:
     text = provenance.recorded_text(members[0].info.run_id, "config/config.yaml")
     if text is None:
         raise ResourceError(f"Run {members[0].info.run_id} has no config/config.yaml: not an rps run.")
-    return Plan(parent, members, logged_config(text))
+    return Plan(parent, members, pinned_dataset(logged_config(text), members[0]))
 
 
 def _test_examples(cfg: DictConfig):
@@ -94,6 +95,21 @@ def _test_examples(cfg: DictConfig):
 
     train_ex, test_ex, class_names = load_examples(Prepared(cfg, preflight(cfg), None, 0), Reporter())
     return test_split(cfg, train_ex, test_ex), class_names
+
+
+GAP = 0.05  # a member scoring this much off its own run's test accuracy was not tested on these images
+
+
+def _check_members(members: list, predictions: dict) -> None:
+    """Each member's accuracy on the recomputed test split against the one its run logged: the same
+    images give the same accuracy up to the numerics of the exported model (a few images at most)."""
+    for member, probs in zip(members, predictions["plain"]):
+        logged = member.data.metrics.get("test_accuracy")
+        now = float((probs.argmax(axis=1) == predictions["labels"]).mean())
+        if logged is not None and abs(now - logged) > GAP:
+            raise ResourceError(f"Member {member.info.run_id} scores {now:.4f} on the test split recomputed here but "
+                                f"logged {logged:.4f}: the data (or its model) is not what it was tested on. Check "
+                                "TFDS_DATA_DIR / the dataset version, and that the members' runs were not changed.")
 
 
 def build(the_plan: Plan, flip: bool, register_as: Optional[str], uri: str, mlruns_dir: str) -> tuple[str, str]:
@@ -117,6 +133,7 @@ def build(the_plan: Plan, flip: bool, register_as: Optional[str], uri: str, mlru
             folder = local_model(member.data.tags[MODEL_URI_TAG], uri, mlruns_dir, into=Path(tmp) / f"member{i}")
             dirs.append(str(folder / "artifacts" / "saved_model" if (folder / "MLmodel").is_file() else folder))
         variants, predictions = ensemble.measure(dirs, class_names, size, examples)
+        _check_members(the_plan.members, predictions)
         saved = Path(tmp) / "saved_model"
         info = ensemble.save(dirs, class_names, size, flip, cfg.backbone.name, ids, saved)
         metrics, _ = ensemble.evaluate_saved(tf.saved_model.load(str(saved)), predictions, class_names, flip)

@@ -71,7 +71,7 @@ def refit_config(run, cfg: DictConfig, kept: dict[int, int], uri: str, mlruns_di
                             "rate when validation loss stalls: a refit has no validation to replay it on. "
                             "Refit a run with schedule none or cosine.")
     cfg = rerun_config(run, cfg, uri, mlruns_dir)
-    changes = [f"split.refit=true: the {cfg.split.val_size:g} validation images (or fraction) train too"]
+    changes = [f"split.refit=true: the chosen run's {run.data.params.get('data.n_val', '?')} validation images train too"]
     if cfg.split.group_by != "none" or cfg.split.folds != 1:
         changes.append(f"split.group_by {cfg.split.group_by} -> none, split.folds {cfg.split.folds} -> 1 "
                        "(they only shaped validation)")

@@ -120,9 +120,14 @@ def rerun_config(run, cfg: DictConfig, tracking_uri: str, mlruns_dir: str) -> Di
     cfg.tracking_uri, cfg.mlruns_dir = tracking_uri, str(Path(mlruns_dir).expanduser().resolve())
     cfg.parent_run_id, cfg.register_model, cfg.champion.enabled, cfg.resume = None, None, False, None
     cfg.run_name = f"reproduce {run.info.run_name}"[:250]
+    return pinned_dataset(cfg, run)
+
+
+def pinned_dataset(cfg: DictConfig, run) -> DictConfig:
+    """``cfg`` with the TFDS version ``run`` loaded (null in a config means "the newest prepared")."""
     version = run.data.params.get("dataset.version")
     if cfg.dataset.kind == "tfds" and version and version != "None":
-        cfg.dataset.version = version  # null in the config meant "the newest prepared": pin what it loaded
+        cfg.dataset.version = version
     return cfg
 
 

@@ -64,7 +64,7 @@ def backfill(report, cfg: DictConfig, checkpoints: Checkpoints) -> None:
     saved = checkpoints.latest()
     if saved is None:
         return
-    logged = tracking.logged_epochs(report.run_id)
+    logged = tracking.logged_epochs(report.run_id, "train_loss")  # (a refit logs no validation metric)
     for epoch in range(logged + 1, saved.epoch + 1):
         metrics = {k: v[epoch - 1] for k, v in saved.history.items() if len(v) >= epoch}
         if cfg.backbone.trainable:

@@ -102,6 +102,9 @@ def search_checks(cfg: DictConfig) -> list[Check]:
          f"(format one of {', '.join(FORMATS)})"),
         ("search.pruner", len(se.objectives) == 1 or se.pruner == "none",
          "none when the study has several objectives (Optuna prunes single-objective studies only)"),
+        ("split.refit", not cfg.split.refit,
+         "false: a study chooses on validation, which a refit does not have (refit its choice afterwards: "
+         "python -m rps.refit <study's parent run id>)"),
     ]
     for key, spec in se.space.items():
         problem = _space_problem(spec)

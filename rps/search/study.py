@@ -296,7 +296,7 @@ class Study:
         from rps import tracking
 
         if len(self.cfg.search.objectives) == 1:
-            return [finished.objective]
+            return None if finished.objective is None else [finished.objective]
         metrics = tracking.get_run(finished.run_id).data.metrics
         values = [finished.objective] + [metrics.get(o) for o in self.cfg.search.objectives[1:]]
         return None if any(v is None for v in values) else values

@@ -55,6 +55,10 @@ CALIBRATION_ROWS = (("val_ece", "expected calibration error, validation"), ("tes
 
 
 def _calibration(metrics: dict, params: dict) -> list[str]:
+    if "val_ece" not in metrics and "test_ece" in metrics:  # a refit: no validation to fit a temperature on
+        return ["| number | value |", "|---|---|", f"| expected calibration error, test `test_ece` | {metrics['test_ece']:.4f} |",
+                "", "No temperature: a refit has no validation split to fit one on; the probabilities are uncalibrated.",
+                "The run's `plots/reliability.png` and `eval/calibration.json` show the bins."]
     if "val_ece" not in metrics:
         return ["Not measured: this run predates rps's calibration metrics; do not read the probabilities "
                 "as calibrated confidence."]
@@ -74,6 +78,10 @@ def _numbers(metrics: dict, tags: dict, chosen_by: str) -> list[str]:
              f"| test accuracy (reported only, never used to choose) | {_value(metrics, 'test_accuracy')} |",
              f"| test loss | {_value(metrics, 'test_loss')} |"]
     lines += [f"| `{key}` | {metrics[key]:.4f} |" for key in sorted(metrics) if key.startswith("test_recall_")]
+    refit = tags.get("rps.refit_of")
+    if refit:
+        chosen_by = (f"a refit (validation's images trained too) of run `{refit}`, whose config was chosen on "
+                     f"validation{' by sweep `' + tags['rps.refit_parent'] + '`' if tags.get('rps.refit_parent') else ''}")
     return lines + ["", f"The objective measures: {tags.get(OBJECTIVE_TAG, 'not recorded')}.", "",
                     f"Chosen by: {chosen_by}"]
 
@@ -107,7 +115,7 @@ def _limits(params: dict, metrics: dict) -> list[str]:
                      "accuracy on real photos was not measured.")
     lines.append("- It always answers one of its classes: an image with no hand, or another gesture, still gets one.")
     n_val = params.get("data.n_val")
-    if n_val:
+    if n_val and int(n_val) > 0:  # (a refit has none)
         lines.append(f"- The validation set has {n_val} images: one image moves the objective by {1 / int(n_val):.4f}.")
     return lines
 

@@ -16,6 +16,7 @@ the end, and only reported.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import logging
 from dataclasses import dataclass, field
@@ -301,13 +302,17 @@ def _measures(cfg: DictConfig, folds: Optional[list]) -> str:
 def fold_predictions(prepared: Prepared, pool: Examples, index: dict, features: Optional[np.ndarray], n_classes: int,
                      stop: StopSignal) -> tuple[np.ndarray, np.ndarray]:
     """One fold's model, trained as the run's model is (phase 1, and phase 2 when it fine-tunes:
-    on the same feature and activation caches, which are keyed by the pool, not the fold), and its
-    validation predictions."""
+    on the same feature cache and unaugmented activation cache, which are keyed by the pool; augmented
+    views are keyed by the training examples, so each fold computes its own), and its validation
+    predictions."""
     quiet, nothing = Reporter(), (lambda metrics, epoch: None)
     trained = train_head(prepared, pool, index, features, n_classes, nothing, stop, quiet)
     if prepared.cfg.backbone.trainable and not stop():
         trained = fine_tune(prepared, trained, pool, index, n_classes, nothing, stop, quiet)
-    return predict(trained.trainee, trained.datasets["val"])
+    predictions = predict(trained.trainee, trained.datasets["val"])
+    del trained
+    gc.collect()  # the fold's backbone copy and activations go before the next fold's
+    return predictions
 
 
 def select(prepared: Prepared, trained: Trained, pool: Examples, folds: Optional[list], features: Optional[np.ndarray],
@@ -316,7 +321,7 @@ def select(prepared: Prepared, trained: Trained, pool: Examples, folds: Optional
     and that model's validation predictions (probabilities, labels). A refit (no validation split)
     has no objective: its config was chosen on the validation of the run it refits."""
     cfg, stop = prepared.cfg, stop or StopSignal()
-    if "val" not in trained.datasets:
+    if cfg.split.refit:
         report.tags({OBJECTIVE_TAG: "none: a refit on every training example (no validation split)"})
         report.metrics({"epochs_trained": epochs_done(trained.history)})
         return {}, (None, None)

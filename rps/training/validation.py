@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from rps.data.examples import Examples
 from rps.data.pipelines import feature_datasets
-from rps.data.splits import carve_out_cycle, group_folds, grouped_indices, groups_from_features, groups_from_pattern, split_indices, split_sizes
+from rps.data.splits import carve_out_cycle, official_test, group_folds, grouped_indices, groups_from_features, groups_from_pattern, split_indices, split_sizes
 from rps.training.evaluate import evaluate
 from rps.training.loop import seed_everything, train_phase
 from rps.training.outcome import OBJECTIVE, OBJECTIVE_LOSS
@@ -53,7 +53,7 @@ def make_split(cfg: DictConfig, train_ex: Examples, test_ex: Examples,
         folds = group_folds(groups, train_ex.labels, sp.folds, cfg.seed, stratify)
         rng = np.random.default_rng(cfg.seed)
         rest = np.setdiff1d(np.arange(n_train), folds[0])
-        index = {"train": rng.permutation(rest), "val": folds[0], "test": n_train + rng.permutation(n_test)}
+        index = {"train": rng.permutation(rest), "val": folds[0], "test": official_test(n_train, n_test, cfg.seed)}
     else:
         index = grouped_indices(groups, train_ex.labels, n_test, sizes.val, cfg.seed, stratify)
         k = carve_out_cycle(groups, train_ex.labels, sizes.val, stratify)
