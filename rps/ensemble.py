@@ -17,8 +17,8 @@ import argparse
 import sys
 
 import rps  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
-from rps.common.errors import RpsError, Terminated, interrupt_on_signals, release_interrupted
-from rps.common.quiet import info_logging, quiet_tensorflow_startup
+from rps.common.errors import RpsError, Terminated, release_interrupted
+from rps.common.quiet import run_tool
 from rps.reproduce import _run_id
 from rps.runner import ensemble
 
@@ -59,10 +59,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def cli() -> None:
     """The ``rps-ensemble`` command (also ``python -m rps.ensemble``)."""
-    quiet_tensorflow_startup()
-    info_logging()
-    interrupt_on_signals()
-    sys.exit(main())
+    run_tool(main)
 
 
 if __name__ == "__main__":

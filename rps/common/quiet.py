@@ -122,6 +122,18 @@ def info_logging() -> None:
         logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
+def run_tool(main: Callable[[], int]) -> None:
+    """How rps.reproduce, rps.refit and rps.ensemble start: TensorFlow's start-up quiet, a run's INFO
+    lines, Ctrl-C / SIGTERM as KeyboardInterrupt (the run is then marked KILLED), ``main()``'s
+    return value as the exit code."""
+    from rps.common.errors import interrupt_on_signals
+
+    quiet_tensorflow_startup()
+    info_logging()
+    interrupt_on_signals()
+    sys.exit(main())
+
+
 def run_command(main: Callable[[], int]) -> None:
     """How a non-Hydra command starts: files private to its user, TensorFlow's start-up quiet,
     ``main()``'s return value as the exit code."""

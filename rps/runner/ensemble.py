@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 
 from rps.common.errors import ResourceError
 from rps.config.logged import logged_config
-from rps.runner.reproduce import pinned_dataset
+from rps.runner.reproduce import logged_run, pinned_dataset
 from rps.tracking import provenance
 from rps.tracking.reporter import MODEL_URI_TAG
 from rps.training.outcome import OBJECTIVE
@@ -38,16 +38,7 @@ class Plan:
 
 
 def _get(run_id: str, uri: str):
-    import mlflow
-
-    from rps import tracking
-
-    try:
-        return tracking.get_run(run_id)
-    except mlflow.exceptions.MlflowException as err:
-        raise ResourceError(f"No run {run_id} in the tracking store {tracking.redact(uri)} ({err.error_code}). "
-                            "Give a sweep's parent run id (or the members' run ids) from the MLflow UI or "
-                            "rps.compare.") from err
+    return logged_run(run_id, uri, "a sweep's parent run id (or the members' run ids)")
 
 
 def plan(run_ids: list[str] | str, uri: str) -> Plan:

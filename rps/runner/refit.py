@@ -27,7 +27,7 @@ from omegaconf import DictConfig
 
 from rps.common.errors import ResourceError
 from rps.config.logged import logged_config
-from rps.runner.reproduce import rerun_config
+from rps.runner.reproduce import logged_run, rerun_config
 from rps.tracking import provenance
 
 REFIT_OF_TAG, REFIT_PARENT_TAG = "rps.refit_of", "rps.refit_parent"
@@ -43,16 +43,7 @@ class Plan:
 
 
 def _run(run_id: str, uri: str):
-    import mlflow
-
-    from rps import tracking
-
-    try:
-        return tracking.get_run(run_id)
-    except mlflow.exceptions.MlflowException as err:
-        raise ResourceError(f"No run {run_id} in the tracking store {tracking.redact(uri)} ({err.error_code}). "
-                            "Give a sweep's or study's parent run id (or a single run's) from the MLflow UI "
-                            "or rps.compare, and --tracking-uri for a store other than ./mlruns.") from err
+    return logged_run(run_id, uri, "a sweep's or study's parent run id (or a single run's)")
 
 
 def _kept_epochs(run, cfg: DictConfig) -> dict[int, int]:

@@ -88,16 +88,7 @@ class Verdict:
 
 def plan(run_id: str, tracking_uri: str, mlruns_dir: str) -> Plan:
     """The original run, its config for the rerun, and the environment's differences."""
-    import mlflow
-
-    from rps import tracking
-
-    try:
-        run = tracking.get_run(run_id)
-    except mlflow.exceptions.MlflowException as err:
-        raise ResourceError(f"No run {run_id} in the tracking store {tracking.redact(tracking_uri)} "
-                            f"({err.error_code}). Give a run id from the MLflow UI or rps.compare, and "
-                            "--tracking-uri for a store other than ./mlruns.") from err
+    run = logged_run(run_id, tracking_uri, "a run id")
     if run.info.status != "FINISHED":
         raise ResourceError(f"Run {run_id} ended {run.info.status}: it has no complete numbers to reproduce.")
     text = provenance.recorded_text(run_id, "config/config.yaml")
@@ -110,6 +101,21 @@ def plan(run_id: str, tracking_uri: str, mlruns_dir: str) -> Plan:
     same_code = bool(recorded.commit) and (recorded.commit, recorded.diff) == (current.commit, current.diff)
     cfg = rerun_config(run, logged_config(text), tracking_uri, mlruns_dir)
     return Plan(run, cfg, provenance.differences(recorded, current), same_machine, same_code)
+
+
+def logged_run(run_id: str, uri: str, what: str):
+    """The MLflow run ``run_id`` of the store at ``uri``; a :class:`ResourceError` naming the store
+    and what to give instead (``what``, e.g. "a run id") when there is none."""
+    import mlflow
+
+    from rps import tracking
+
+    try:
+        return tracking.get_run(run_id)
+    except mlflow.exceptions.MlflowException as err:
+        raise ResourceError(f"No run {run_id} in the tracking store {tracking.redact(uri)} ({err.error_code}). "
+                            f"Give {what} from the MLflow UI or rps.compare, and --tracking-uri for a store "
+                            "other than ./mlruns.") from err
 
 
 def rerun_config(run, cfg: DictConfig, tracking_uri: str, mlruns_dir: str) -> DictConfig:
