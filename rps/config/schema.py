@@ -19,6 +19,7 @@ from rps.model.formats import FORMATS  # the TFLite formats export.formats may n
 DEFAULT_HANDLE = "https://tfhub.dev/google/tf2-preview/mobilenet_v2/feature_vector/4"
 SPLIT_KINDS = ("tutorial", "official")
 GROUPINGS = ("none", "clusters", "pattern")
+GROUP_FEATURES = ("backbone", "colour", "mix")
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("none", "cosine", "plateau")
 AUGMENTS = ("none", "basic", "strong")
@@ -113,8 +114,11 @@ class SplitConfig:
 
     Grouped validation (official only): ``group_by`` holds out whole groups of similar training
     images instead of random ones, so validation shows hands training did not (``clusters``:
-    k-means on the frozen backbone's features of each class into ``groups`` groups, validation
-    taking whole groups of every class; ``pattern``: an image
+    k-means on features of each class's images into ``groups`` groups, validation taking whole
+    groups of every class; ``group_features`` says which features: ``backbone``, the frozen
+    backbone's; ``colour``, colour and shape statistics of the decoded images
+    (rps.data.appearance: the hand's colour, how much of the image it fills, a grey thumbnail);
+    ``mix``, both, each L2-normalized, side by side; ``pattern``: an image
     folder's file names, the first regex group of ``pattern`` naming the subject). ``folds=K``
     trains K models as the run's is trained (head, and fine-tuning when it fine-tunes), each
     validated on another 1/K of the groups, and a run is then judged by their mean validation
@@ -132,6 +136,7 @@ class SplitConfig:
     test_size: Optional[float] = 400  # tutorial only; must be null for official
     group_by: str = "none"  # none | clusters | pattern
     groups: int = 5  # clusters: how many groups of similar frames each class is cut into
+    group_features: str = "backbone"  # clusters: what is clustered: backbone | colour | mix
     pattern: Optional[str] = None  # pattern: regex over file names, e.g. '^(\w+?)\d*_' (group 1 = subject)
     folds: int = 1  # 1: one validation carve-out; K >= 2: group K-fold, judged by the fold mean
     refit: bool = False  # true: validation's examples train too; no validation, no objective (rps.refit)
@@ -165,6 +170,7 @@ def split_checks(cfg: DictConfig) -> list[Check]:
         ("split.group_by", sp.group_by in GROUPINGS and (sp.group_by == "none" or sp.kind == "official"),
          f"one of {', '.join(GROUPINGS)}; grouped validation needs split=official (the test split stays the dataset's)"),
         ("split.groups", sp.groups >= 2, "an integer >= 2"),
+        _one_of("split.group_features", sp.group_features, GROUP_FEATURES),
         ("split.pattern", sp.group_by != "pattern" or (bool(sp.pattern) and regex is None
                                                        and cfg.dataset.kind == "image_folder"),
          f"a regex over file names whose first group is the subject (with dataset=image_folder){': ' + regex if regex else ''}"),

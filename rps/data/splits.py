@@ -5,7 +5,8 @@ split fits the data within a second. Membership is one seeded permutation of exa
 into the *pool* (the dataset's train examples, then its test examples): every epoch sees exactly
 the same train / val / test membership (the reference tutorial reshuffled on every iteration and
 so leaked val/test images into training). Grouped validation holds out whole groups of similar
-images (clusters of backbone features, or subjects named in file names) instead.
+images (clusters of backbone features or of colour and shape statistics, or subjects named in
+file names) instead.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 from omegaconf import DictConfig
@@ -100,13 +102,28 @@ def groups_from_pattern(paths: list[str], pattern: str) -> np.ndarray:
     return np.asarray(groups, dtype=object)
 
 
+def _unit_rows(features: np.ndarray) -> np.ndarray:
+    return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+
+
+def grouping_features(kind: str, backbone: Optional[np.ndarray], appearance: Optional[np.ndarray]) -> np.ndarray:
+    """What :func:`groups_from_features` clusters for ``split.group_features=kind``: the backbone's
+    features, the images' colour and shape statistics (rps.data.appearance), or ``mix``: both, each
+    L2-normalized (equal weight), side by side."""
+    if kind == "backbone":
+        return backbone
+    if kind == "colour":
+        return appearance
+    return np.concatenate([_unit_rows(backbone), _unit_rows(appearance)], axis=1)
+
+
 def groups_from_features(features: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     """Groups of similar images of each class: k-means (``k`` groups per class, a fixed seed, so
-    every run of every seed sees the same groups) on L2-normalized backbone features; runs of
-    near-identical frames of one hand fall into one group. Ids are ``<label>-<cluster>``."""
+    every run of every seed sees the same groups) on L2-normalized features (:func:`grouping_features`);
+    runs of near-identical frames of one hand fall into one group. Ids are ``<label>-<cluster>``."""
     from sklearn.cluster import KMeans
 
-    normalized = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    normalized = _unit_rows(features)
     groups = np.empty(len(labels), dtype=object)
     for label in np.unique(labels):
         members = np.flatnonzero(labels == label)

@@ -24,7 +24,7 @@ INERT: tuple[tuple[str, Callable[[Any], bool], tuple[str, ...]], ...] = (
     ("optimizer.name", lambda name: name != "sgd", ("optimizer.momentum",)),
     ("early_stopping.enabled", lambda enabled: not enabled,
      ("early_stopping.patience", "early_stopping.restore_best_weights")),
-    ("split.group_by", lambda group_by: group_by != "clusters", ("split.groups",)),
+    ("split.group_by", lambda group_by: group_by != "clusters", ("split.groups", "split.group_features")),
     ("split.group_by", lambda group_by: group_by != "pattern", ("split.pattern",)),
     ("feature_cache.enabled", lambda enabled: enabled is False, ("feature_cache.engine",)),
 )

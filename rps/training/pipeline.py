@@ -41,7 +41,7 @@ from rps.training.loop import PhaseCheckpoints, epochs_done, predict, release_me
 from rps.training.preflight import preflight
 from rps.training.outcome import OBJECTIVE, OBJECTIVE_LOSS, OBJECTIVE_TAG, Outcome, RunningObjective, StopSignal
 from rps.training.report import Reporter
-from rps.training.validation import cross_validate, make_split, train_on_features
+from rps.training.validation import clusters_backbone_features, cross_validate, make_split, train_on_features
 
 log = logging.getLogger(__name__)
 EpochHook = Callable[[dict[str, float], int], None]
@@ -369,7 +369,7 @@ def train_and_evaluate(prepared: Prepared, report: Optional[Reporter] = None, st
     pool = concat(train_ex, test_ex)
     log.info("Feature cache %s", cache_plan(cfg)[1])
     features = None  # the frozen backbone's features: to train on, or to find groups of similar images
-    if cache_plan(cfg)[0] or cfg.split.group_by == "clusters":
+    if cache_plan(cfg)[0] or clusters_backbone_features(cfg.split):
         features = pool_features(prepared, pool, report)
     index, folds, groups = split(prepared, train_ex, test_ex, class_names, features, report)
     trained = train_head(prepared, pool, index, features, len(class_names), sink, stop, report, checkpoints)

@@ -4,8 +4,8 @@ judges the run.
 
 Why groups: the training images come in runs of near-identical frames of one hand, so a random
 validation carve-out shares hands with training and scores ~1.0 whatever the recipe; the test
-split shows other hands. Holding out whole groups (clusters of the frozen backbone's features, or
-subjects named in file names) makes validation show unseen hands too.
+split shows other hands. Holding out whole groups (clusters of the frozen backbone's features or of
+the images' colour and shape, or subjects named in file names) makes validation show unseen hands too.
 """
 
 from __future__ import annotations
@@ -16,9 +16,11 @@ from typing import Callable, Optional
 import numpy as np
 from omegaconf import DictConfig
 
+from rps.data.appearance import appearance_features
 from rps.data.examples import Examples
 from rps.data.pipelines import feature_datasets
-from rps.data.splits import carve_out_cycle, official_test, group_folds, grouped_indices, groups_from_features, groups_from_pattern, split_indices, split_sizes
+from rps.data.splits import (carve_out_cycle, official_test, group_folds, grouped_indices, grouping_features,
+                             groups_from_features, groups_from_pattern, split_indices, split_sizes)
 from rps.training.evaluate import evaluate
 from rps.training.loop import seed_everything, train_phase
 from rps.training.outcome import OBJECTIVE, OBJECTIVE_LOSS
@@ -27,9 +29,17 @@ from rps.training.report import Reporter
 log = logging.getLogger(__name__)
 
 
+def clusters_backbone_features(split: DictConfig) -> bool:
+    """Whether the split's groups are clusters of the frozen backbone's features (alone or mixed)."""
+    return split.group_by == "clusters" and split.group_features != "colour"
+
+
 def _groups(split: DictConfig, train_ex: Examples, pool_features: Optional[np.ndarray]) -> np.ndarray:
     if split.group_by == "clusters":
-        return groups_from_features(pool_features[: len(train_ex)], train_ex.labels, split.groups)
+        backbone = pool_features[: len(train_ex)] if clusters_backbone_features(split) else None
+        appearance = None if split.group_features == "backbone" else appearance_features(train_ex)
+        return groups_from_features(grouping_features(split.group_features, backbone, appearance),
+                                    train_ex.labels, split.groups)
     if split.group_by == "pattern":
         return groups_from_pattern(list(train_ex.images), split.pattern)
     return np.arange(len(train_ex))  # folds without grouping: every example is its own group
