@@ -24,7 +24,9 @@ import argparse
 import math
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import replace
+from typing import Iterator
 
 import rps  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from rps.synthetic import mirrors_in_env, tiny_mirrors
@@ -69,12 +71,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run")
     args = parser.parse_args(argv)
+    with official_data("rps-bench-validation-") as (base, real):
+        _measure([*base, *args.overrides], args.recipes, args.seeds, args.modes, real)
+
+
+@contextmanager
+def official_data(prefix: str) -> Iterator[tuple[list[str], bool]]:
+    """The overrides every run of a benchmark on the official split starts from, and whether the
+    data are the real mirrors (both mirror variables set); else tiny generated data and a feature
+    cache in a temporary folder named ``prefix...`` (removed after), with a split that fits them."""
     real = mirrors_in_env()
-    with tempfile.TemporaryDirectory(prefix="rps-bench-validation-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         extra = [] if real else ["split.val_size=30", "batch_size=32", f"feature_cache.dir={tmp}/features"]
         if not real:
             tiny_mirrors(tmp)
-        _measure(["split=official", *extra, *args.overrides], args.recipes, args.seeds, args.modes, real)
+        yield ["split=official", *extra], real
 
 
 def _measure(base: list[str], recipes: list[str], seeds: list[int], modes: list[str], real: bool) -> None:

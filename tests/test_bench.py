@@ -78,3 +78,29 @@ def test_validation_benchmark_ranks_recipes_and_chooses_on_validation_only(tmp_p
             assert float(refit) == round(refits[recipe, seed], 3), "the refit of the recipe this mode chose"
     assert not list(tmp_path.iterdir()), "the benchmark cleans up its temporary data and cache"
 
+
+
+def test_groups_benchmark_reports_every_grouping_and_groups_per_class(tmp_path):
+    env = bench_env()
+    out = subprocess.run([sys.executable, "-m", "benchmarks.groups", "--groups", "3", "8", "--seeds", "0", "1"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    runs = {(kind, int(k), int(s)): (float(v), float(t)) for kind, k, s, v, t in re.findall(
+        r"^(backbone|colour|mix)\s+(\d) groups seed (\d): val ([\d.]+) test ([\d.]+) carve-out [\d.]+ \(\d\) whole True$",
+        out.stdout, re.M)}
+    assert len(runs) == 3 * 2 * 2, out.stdout  # groupings x groups per class x seeds, every carve-out whole
+    for kind in ("backbone", "colour", "mix"):
+        for k in (3, 8):
+            cells = re.search(rf"^\| {kind} \| {k} \| ([^|]+) \| ([^|]+) \|$", out.stdout, re.M)
+            assert cells, out.stdout
+            for seed, cell in enumerate(cells.groups()):
+                val, test, gap = map(float, cell.split(" / "))
+                assert (val, test) == tuple(round(x, 3) for x in runs[kind, k, seed])
+                assert gap == pytest.approx(abs(runs[kind, k, seed][0] - runs[kind, k, seed][1]), abs=1.5e-3)
+            summary = re.search(rf"^\| {kind} \| {k} \| [\d.]+ \([\d.]+\) \|.* \| yes \| yes \| yes \({k}\) \| (.+) \|$",
+                                out.stdout, re.M)
+            assert summary, out.stdout  # whole groups, the same groups for both seeds, disjoint carve-outs
+            ari = summary.group(1)
+            assert ari == "n/a" if kind == "backbone" else re.fullmatch(r"rock -?[\d.]+, paper -?[\d.]+, scissors -?[\d.]+", ari)
+    assert "Nothing is chosen here" in out.stdout
+    assert not list(tmp_path.iterdir()), "the benchmark cleans up its temporary data and cache"
