@@ -103,6 +103,7 @@ def _worker(args):
     return result.status, result.features.sum()
 
 
+@pytest.mark.slow  # > 9 s: kept out of the fast tier (docs/testing.md)
 def test_parallel_builders_compute_once_and_agree(tmp_path):
     with mp.get_context("spawn").Pool(4) as pool:
         results = pool.map(_worker, [(tmp_path / "cache", tmp_path / "calls", i) for i in range(4)])

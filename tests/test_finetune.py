@@ -46,6 +46,7 @@ def test_fine_tuning_changes_only_the_unfrozen_top_of_the_backbone(setup):
     np.testing.assert_allclose(out.classifier(images, training=False).numpy(), out.probs, atol=1e-5)
 
 
+@pytest.mark.slow  # > 9 s: kept out of the fast tier (docs/testing.md)
 def test_phase_one_on_cached_features_matches_phase_one_on_images(setup):
     """The cache only changes how phase 1 is computed: both ways fine-tune from the same head."""
     results = {}
@@ -63,6 +64,7 @@ def test_phase_one_on_cached_features_matches_phase_one_on_images(setup):
     np.testing.assert_allclose(cached[1].history["val_loss"], uncached[1].history["val_loss"], rtol=0.02)
 
 
+@pytest.mark.slow  # > 9 s: kept out of the fast tier (docs/testing.md)
 def test_fine_tuning_with_augmentation_runs_both_phases_on_images(setup):
     report = Reporter()
     train_and_evaluate(setup("backbone.trainable=true", "epochs=1", "backbone.fine_tune_epochs=1", "augment=basic"), report)
@@ -70,6 +72,7 @@ def test_fine_tuning_with_augmentation_runs_both_phases_on_images(setup):
     assert report.recorded["tags"]["feature_cache_fine_tune"].startswith(ON_IMAGES)
 
 
+@pytest.mark.slow  # > 9 s: kept out of the fast tier (docs/testing.md)
 def test_augmenting_only_the_fine_tuning_phase_keeps_phase_one_on_the_cache(setup):
     results = {}
     for augment in ("none", "basic"):

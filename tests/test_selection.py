@@ -7,6 +7,7 @@ receives) are all computed with the test split relabelled; only the reported tes
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from conftest import compose, store
 from rps.search.summary import choose_best, rank_key
@@ -74,6 +75,7 @@ def test_the_sweep_summary_picks_its_best_job_on_validation(tmp_path):
     assert chosen == {"true": "0.5", "relabelled": "0.5"}
 
 
+@pytest.mark.slow  # > 9 s: kept out of the fast tier (docs/testing.md)
 def test_relabelling_the_test_split_changes_no_choice_of_a_run(tiny_tfds, relabelled_tfds, tiny_backbone, tmp_path):
     """Early stopping, the exported model and the returned objective; split=official, so the
     dataset's test split is exactly the run's test split."""
