@@ -119,3 +119,27 @@ def test_every_carve_out_holds_whole_groups_of_every_class(kind):
     held = [set(val) for val, _ in runs]  # 3 groups per class: seeds 0-2 are one cycle
     assert not (held[0] & held[1] or held[0] & held[2] or held[1] & held[2]), "seeds 0-2 hold out disjoint groups"
     assert set().union(*held) == set(range(len(train_ex))), "and together cover the training set"
+
+
+def test_mix_weighs_backbone_and_colour_alike_though_backbone_features_are_uncentred():
+    """Backbone features are non-negative and uncentred (ReLU outputs): L2-normalizing them left
+    their rows close together, so mix grouped as colour alone did (found in review, 2026-12-03)."""
+    rng = np.random.default_rng(0)
+    n = 40
+    halves = np.arange(n) < n // 2
+    backbone = 10 + 0.1 * rng.random((n, 16))
+    backbone[halves, :4] += 3.0  # two kinds of image, in the backbone's eyes only
+    colour = rng.normal(size=(n, 32))  # standardized colour statistics that tell nothing apart
+    mixed = grouping_features("mix", backbone, colour)
+    assert np.mean(np.sum(mixed[:, :16] ** 2, axis=1)) == pytest.approx(np.mean(np.sum(mixed[:, 16:] ** 2, axis=1)))
+    groups = groups_from_features(mixed, np.zeros(n, np.int64), 2)
+    assert len(set(groups[halves])) == 1 and len(set(groups[~halves])) == 1 and groups[0] != groups[-1]
+
+
+def test_colour_and_thumbnail_blocks_carry_the_same_weight_whatever_columns_are_constant():
+    examples, _ = hands()
+    stats = appearance_statistics(examples)
+    assert (stats.std(axis=0)[:COLOUR_DIMENSIONS] == 0).any(), "the case: some colour columns never vary"
+    features = appearance_features(examples)
+    colour, thumbnail = features[:, :COLOUR_DIMENSIONS].var(axis=0).sum(), features[:, COLOUR_DIMENSIONS:].var(axis=0).sum()
+    assert colour == pytest.approx(1) and thumbnail == pytest.approx(1)

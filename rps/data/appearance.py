@@ -73,6 +73,9 @@ def appearance_features(examples: Examples) -> np.ndarray:
     stats = appearance_statistics(examples).astype(np.float64)
     spread = stats.std(axis=0)
     standardized = (stats - stats.mean(axis=0)) / np.where(spread > 0, spread, 1.0)
-    weights = np.r_[np.full(COLOUR_DIMENSIONS, COLOUR_DIMENSIONS ** -0.5),
-                    np.full(DIMENSIONS - COLOUR_DIMENSIONS, (DIMENSIONS - COLOUR_DIMENSIONS) ** -0.5)]
+    varying = spread > 0  # a constant column is 0 after standardizing: it must not count in its block's weight
+    blocks = np.r_[np.zeros(COLOUR_DIMENSIONS, bool), np.ones(DIMENSIONS - COLOUR_DIMENSIONS, bool)]
+    weights = np.zeros(DIMENSIONS)
+    for block in (~blocks, blocks):
+        weights[block] = max(int((varying & block).sum()), 1) ** -0.5
     return standardized * weights

@@ -106,15 +106,27 @@ def _unit_rows(features: np.ndarray) -> np.ndarray:
     return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
 
 
+def _unit_spread(block: np.ndarray) -> np.ndarray:
+    """``block`` centred on its mean row and scaled so that its rows' mean squared distance to it
+    is 1 (a block whose rows are all equal stays all zero)."""
+    centred = block - block.mean(axis=0)
+    spread = np.sqrt(np.mean(np.sum(centred ** 2, axis=1)))
+    return centred / spread if spread > 0 else centred
+
+
 def grouping_features(kind: str, backbone: Optional[np.ndarray], appearance: Optional[np.ndarray]) -> np.ndarray:
     """What :func:`groups_from_features` clusters for ``split.group_features=kind``: the backbone's
-    features, the images' colour and shape statistics (rps.data.appearance), or ``mix``: both, each
-    L2-normalized (equal weight), side by side."""
+    features, the images' colour and shape statistics (rps.data.appearance), or ``mix``: both side
+    by side, each centred and scaled to the same spread (:func:`_unit_spread`), so each weighs as
+    much in the distances k-means sees. (L2-normalizing each block would not do: the backbone's
+    features are non-negative and uncentred, so their unit rows lie close together and the
+    centred colour block outweighed them ~4:1, making ``mix`` group as ``colour`` did.)"""
     if kind == "backbone":
         return backbone
     if kind == "colour":
         return appearance
-    return np.concatenate([_unit_rows(backbone), _unit_rows(appearance)], axis=1)
+    return np.concatenate([_unit_spread(backbone.astype(np.float64)), _unit_spread(appearance.astype(np.float64))],
+                          axis=1)
 
 
 def groups_from_features(features: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
