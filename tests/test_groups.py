@@ -87,14 +87,14 @@ def test_appearance_statistics_are_deterministic_and_describe_the_coloured_pixel
 def test_colour_grouping_separates_two_skin_tones_within_each_class():
     examples, families = hands()
     colour = appearance_features(examples)
-    groups = groups_from_features(grouping_features("colour", None, colour), examples.labels, 2)
+    groups = groups_from_features(grouping_features("colour", None, colour, examples.labels), examples.labels, 2)
     for label in (0, 1):
         mine = examples.labels == label
         assert len(set(groups[mine])) == 2
         for family in FAMILIES:
             assert len(set(groups[mine & (families == family)])) == 1, "one skin tone, one group"
     flat = np.ones((len(examples), 8))  # backbone features that tell no image apart: mix groups by colour
-    assert list(groups_from_features(grouping_features("mix", flat, colour), examples.labels, 2)) == list(groups)
+    assert list(groups_from_features(grouping_features("mix", flat, colour, examples.labels), examples.labels, 2)) == list(groups)
 
 
 @pytest.mark.parametrize("kind", ["backbone", "colour", "mix"])
@@ -121,19 +121,27 @@ def test_every_carve_out_holds_whole_groups_of_every_class(kind):
     assert set().union(*held) == set(range(len(train_ex))), "and together cover the training set"
 
 
-def test_mix_weighs_backbone_and_colour_alike_though_backbone_features_are_uncentred():
-    """Backbone features are non-negative and uncentred (ReLU outputs): L2-normalizing them left
-    their rows close together, so mix grouped as colour alone did (found in review, 2026-12-03)."""
+def test_mix_weighs_backbone_and_colour_alike_within_each_class():
+    """Backbone features are non-negative, uncentred and spread mostly between the classes: with
+    L2-normalized rows, or one scale over all classes, colour outweighed them within a class and mix
+    grouped as colour alone did (found in review, 2026-12-03)."""
     rng = np.random.default_rng(0)
     n = 40
-    halves = np.arange(n) < n // 2
+    labels = np.repeat([0, 1], n // 2)
+    halves = np.arange(n) % (n // 2) < n // 4  # two kinds of image in each class, in the backbone's eyes only
     backbone = 10 + 0.1 * rng.random((n, 16))
-    backbone[halves, :4] += 3.0  # two kinds of image, in the backbone's eyes only
+    backbone[labels == 1, 8:] += 50.0  # the classes far apart: the backbone's spread is mostly between them
+    backbone[halves, :4] += 3.0
     colour = rng.normal(size=(n, 32))  # standardized colour statistics that tell nothing apart
-    mixed = grouping_features("mix", backbone, colour)
-    assert np.mean(np.sum(mixed[:, :16] ** 2, axis=1)) == pytest.approx(np.mean(np.sum(mixed[:, 16:] ** 2, axis=1)))
-    groups = groups_from_features(mixed, np.zeros(n, np.int64), 2)
-    assert len(set(groups[halves])) == 1 and len(set(groups[~halves])) == 1 and groups[0] != groups[-1]
+    mixed = grouping_features("mix", backbone, colour, labels)
+    for label in (0, 1):
+        mine = mixed[labels == label]
+        assert np.mean(np.sum(mine[:, :16] ** 2, axis=1)) == pytest.approx(np.mean(np.sum(mine[:, 16:] ** 2, axis=1)))
+    groups = groups_from_features(mixed, labels, 2)
+    for label in (0, 1):
+        mine = labels == label
+        assert len(set(groups[mine & halves])) == 1 and len(set(groups[mine & ~halves])) == 1
+        assert set(groups[mine & halves]) != set(groups[mine & ~halves])
 
 
 def test_colour_and_thumbnail_blocks_carry_the_same_weight_whatever_columns_are_constant():

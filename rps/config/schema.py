@@ -118,7 +118,7 @@ class SplitConfig:
     groups of every class; ``group_features`` says which features: ``backbone``, the frozen
     backbone's; ``colour``, colour and shape statistics of the decoded images
     (rps.data.appearance: the hand's colour, how much of the image it fills, a grey thumbnail);
-    ``mix``, both, each L2-normalized, side by side; ``pattern``: an image
+    ``mix``, both side by side, each centred and scaled to the same spread; ``pattern``: an image
     folder's file names, the first regex group of ``pattern`` naming the subject). ``folds=K``
     trains K models as the run's is trained (head, and fine-tuning when it fine-tunes), each
     validated on another 1/K of the groups, and a run is then judged by their mean validation

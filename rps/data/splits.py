@@ -114,19 +114,25 @@ def _unit_spread(block: np.ndarray) -> np.ndarray:
     return centred / spread if spread > 0 else centred
 
 
-def grouping_features(kind: str, backbone: Optional[np.ndarray], appearance: Optional[np.ndarray]) -> np.ndarray:
+def grouping_features(kind: str, backbone: Optional[np.ndarray], appearance: Optional[np.ndarray],
+                      labels: np.ndarray) -> np.ndarray:
     """What :func:`groups_from_features` clusters for ``split.group_features=kind``: the backbone's
     features, the images' colour and shape statistics (rps.data.appearance), or ``mix``: both side
-    by side, each centred and scaled to the same spread (:func:`_unit_spread`), so each weighs as
-    much in the distances k-means sees. (L2-normalizing each block would not do: the backbone's
-    features are non-negative and uncentred, so their unit rows lie close together and the
-    centred colour block outweighed them ~4:1, making ``mix`` group as ``colour`` did.)"""
+    by side, each centred and scaled to the same spread within each class (:func:`_unit_spread`),
+    so each weighs as much in the distances k-means sees, class by class. (Not L2-normalized rows,
+    nor one scale over all classes: the backbone's features are non-negative and uncentred, and
+    most of their spread lies between the classes, so either way colour outweighed them within a
+    class and ``mix`` grouped as ``colour`` did: ARI 0.82-1.00 between the two on the real mirrors.)"""
     if kind == "backbone":
         return backbone
     if kind == "colour":
         return appearance
-    return np.concatenate([_unit_spread(backbone.astype(np.float64)), _unit_spread(appearance.astype(np.float64))],
-                          axis=1)
+    mixed = np.zeros((len(labels), backbone.shape[1] + appearance.shape[1]))
+    for label in np.unique(labels):
+        members = labels == label
+        mixed[members] = np.concatenate([_unit_spread(backbone[members].astype(np.float64)),
+                                         _unit_spread(appearance[members].astype(np.float64))], axis=1)
+    return mixed
 
 
 def groups_from_features(features: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:

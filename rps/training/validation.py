@@ -38,7 +38,7 @@ def _groups(split: DictConfig, train_ex: Examples, pool_features: Optional[np.nd
     if split.group_by == "clusters":
         backbone = pool_features[: len(train_ex)] if clusters_backbone_features(split) else None
         appearance = None if split.group_features == "backbone" else appearance_features(train_ex)
-        return groups_from_features(grouping_features(split.group_features, backbone, appearance),
+        return groups_from_features(grouping_features(split.group_features, backbone, appearance, train_ex.labels),
                                     train_ex.labels, split.groups)
     if split.group_by == "pattern":
         return groups_from_pattern(list(train_ex.images), split.pattern)
