@@ -151,3 +151,19 @@ def test_colour_and_thumbnail_blocks_carry_the_same_weight_whatever_columns_are_
     features = appearance_features(examples)
     colour, thumbnail = features[:, :COLOUR_DIMENSIONS].var(axis=0).sum(), features[:, COLOUR_DIMENSIONS:].var(axis=0).sum()
     assert colour == pytest.approx(1) and thumbnail == pytest.approx(1)
+
+
+@pytest.mark.parametrize("kind, backbone_features", [("colour", False), ("mix", True)])
+def test_only_groupings_that_use_backbone_features_compute_them_when_the_cache_is_off(
+        tiny_tfds, tiny_backbone, tmp_path, kind, backbone_features):
+    from conftest import prepared_run
+    from rps.training.pipeline import train_and_evaluate
+    from rps.training.report import Reporter
+
+    cfg = compose(f"dataset.data_dir={tiny_tfds}", f"backbone.handle={tiny_backbone}", "backbone.image_size=32",
+                  "split=official", "split.group_by=clusters", f"split.group_features={kind}", "split.groups=2",
+                  "epochs=1", "batch_size=16", "feature_cache.enabled=false", f"feature_cache.dir={tmp_path}")
+    report = Reporter()
+    train_and_evaluate(prepared_run(cfg), report)
+    assert report.recorded["params"]["data.n_groups"] == 6  # 2 per class
+    assert ("feature_cache_key" in report.recorded["tags"]) == backbone_features
