@@ -35,18 +35,6 @@ FEATURES = ("backbone", "colour", "mix")
 HEADS = [name for name, overrides in RECIPES.items() if "backbone.trainable=true" not in overrides]
 
 
-class KeptTexts(Reporter):
-    """An in-memory reporter that also keeps the texts a run writes (its ``data/groups.csv``)."""
-
-    def __init__(self):
-        super().__init__()
-        self.texts: dict[str, str] = {}
-
-    def text(self, text: str, path: str) -> None:
-        super().text(text, path)
-        self.texts[path] = text
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--features", nargs="+", default=list(FEATURES), choices=FEATURES)
@@ -73,7 +61,7 @@ def _measure(base: list[str], features: list[str], groups: list[int], seeds: lis
     for kind in features:
         for k in groups:
             for seed in seeds:
-                reporter = KeptTexts()
+                reporter = Reporter()
                 cfg = _compose(base + [f"split.group_features={kind}", f"split.groups={k}", f"seed={seed}"])
                 out = train_and_evaluate(replace(prepared, cfg=cfg), reporter)
                 class_names = out.class_names
@@ -84,7 +72,7 @@ def _measure(base: list[str], features: list[str], groups: list[int], seeds: lis
     return runs, class_names
 
 
-def carve_out(reporter: KeptTexts) -> dict:
+def carve_out(reporter: Reporter) -> dict:
     """A grouped run's groups and carve-out, as it logged them: each training image's group, label
     and side (``data/groups.csv``), the carve-out's fraction, its cycle (``data.carve_out``), and
     whether it holds whole groups of every class."""

@@ -69,15 +69,14 @@ def test_confused_pairs_and_worst_mistakes():
 
 
 class Capture(Reporter):
-    """A Reporter that also keeps the texts and figure sizes (what MlflowReporter would upload)."""
+    """A Reporter that also keeps the figure sizes (what MlflowReporter would upload) and reads its JSON texts."""
 
     def __init__(self):
         super().__init__()
-        self.texts, self.sizes = {}, {}
+        self.sizes = {}
 
-    def text(self, text, path):
-        super().text(text, path)
-        self.texts[path] = json.loads(text)
+    def json(self, path):
+        return json.loads(self.texts[path])
 
     def figure(self, fig, path, compare_as=None, step=0):
         self.sizes[path] = tuple(fig.get_size_inches())
@@ -109,14 +108,14 @@ def test_every_run_reports_calibration_and_its_worst_mistakes():
     assert {CALIBRATION, ERRORS, RELIABILITY, GALLERY} <= set(report.artifacts)
     assert metrics["temperature"] > 1 and metrics["val_loss_calibrated"] < calibration.nll(val_probs, val_labels)
     assert metrics["test_ece"] == pytest.approx(calibration.expected_calibration_error(test_probs, test_labels))
-    errors = report.texts[ERRORS]
+    errors = report.json(ERRORS)
     for split, (probs, labels) in {"val": (val_probs, val_labels), "test": (test_probs, test_labels)}.items():
         wrong = int((probs.argmax(1) != labels).sum())
         assert errors[split]["errors"] == wrong and len(errors[split]["worst"]) == min(wrong, 20)
         p_actual = [w["p_actual"] for w in errors[split]["worst"]]
         assert p_actual == sorted(p_actual) and all(w["actual"] != w["predicted"] for w in errors[split]["worst"])
     assert report.sizes[GALLERY][1] > 2 * 2.5, "one row of images per split"
-    assert len(report.texts[CALIBRATION]["val"]["reliability"]) == calibration.BINS
+    assert len(report.json(CALIBRATION)["val"]["reliability"]) == calibration.BINS
 
 
 def test_a_refit_reports_test_calibration_and_mistakes_without_a_temperature():
@@ -131,6 +130,6 @@ def test_a_refit_reports_test_calibration_and_mistakes_without_a_temperature():
     metrics = report.recorded["metrics"]
     assert {CALIBRATION, ERRORS, RELIABILITY, GALLERY} <= set(report.artifacts)
     assert metrics["test_ece"] == pytest.approx(calibration.expected_calibration_error(test_probs, test_labels))
-    assert "temperature" not in metrics and report.texts[CALIBRATION]["temperature"] is None
-    assert set(report.texts[ERRORS]) == {"test"}
-    assert report.texts[ERRORS]["test"]["errors"] == int((test_probs.argmax(1) != test_labels).sum())
+    assert "temperature" not in metrics and report.json(CALIBRATION)["temperature"] is None
+    assert set(report.json(ERRORS)) == {"test"}
+    assert report.json(ERRORS)["test"]["errors"] == int((test_probs.argmax(1) != test_labels).sum())

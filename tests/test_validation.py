@@ -110,10 +110,8 @@ def test_an_image_folder_holds_out_whole_subjects(tmp_path, tiny_backbone):
 
     from rps.training.diagnostics import GROUPS, report_diagnostics
 
-    texts = {}
-    report.text = lambda text, path: texts.setdefault(path, text)  # keep what is written
     report_diagnostics(out, report)  # what every run logs after training (rps.training.outputs)
-    rows = json.loads(texts[GROUPS])
+    rows = json.loads(report.texts[GROUPS])
     assert [r["examples"] for r in rows] == [9] and set(rows[0]["classes"]) == {"rock", "paper", "scissors"}
     assert report.recorded["metrics"]["val_group_accuracy_min"] == rows[0]["accuracy"]
 

@@ -19,6 +19,7 @@ class Reporter:
         self.epochs: list[tuple[int, dict[str, float]]] = []
         self.artifacts: list[str] = []  # artifact paths, in the order reported
         self.datasets: list[dict[str, Any]] = []  # the data of each split, as reported
+        self.texts: dict[str, str] = {}  # each text artifact, by path
 
     def params(self, values: dict[str, Any]) -> None:
         self.recorded["params"].update(values)
@@ -48,6 +49,7 @@ class Reporter:
 
     def text(self, text: str, path: str) -> None:
         self.artifacts.append(path)
+        self.texts[path] = text
 
     def files(self, local: Path, artifact_dir: str) -> None:
         """A local file or folder, stored under ``artifact_dir``."""
