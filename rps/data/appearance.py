@@ -74,8 +74,8 @@ def appearance_features(examples: Examples) -> np.ndarray:
     spread = stats.std(axis=0)
     standardized = (stats - stats.mean(axis=0)) / np.where(spread > 0, spread, 1.0)
     varying = spread > 0  # a constant column is 0 after standardizing: it must not count in its block's weight
-    blocks = np.r_[np.zeros(COLOUR_DIMENSIONS, bool), np.ones(DIMENSIONS - COLOUR_DIMENSIONS, bool)]
+    colour = np.arange(DIMENSIONS) < COLOUR_DIMENSIONS  # the colour block; the rest is the thumbnail
     weights = np.zeros(DIMENSIONS)
-    for block in (~blocks, blocks):
-        weights[block] = max(int((varying & block).sum()), 1) ** -0.5
+    for block in (colour, ~colour):
+        weights[block] = max(int(varying[block].sum()), 1) ** -0.5
     return standardized * weights

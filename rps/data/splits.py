@@ -102,10 +102,6 @@ def groups_from_pattern(paths: list[str], pattern: str) -> np.ndarray:
     return np.asarray(groups, dtype=object)
 
 
-def _unit_rows(features: np.ndarray) -> np.ndarray:
-    return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
-
-
 def _unit_spread(block: np.ndarray) -> np.ndarray:
     """``block`` centred on its mean row and scaled so that its rows' mean squared distance to it
     is 1 (a block whose rows are all equal stays all zero)."""
@@ -141,7 +137,7 @@ def groups_from_features(features: np.ndarray, labels: np.ndarray, k: int) -> np
     runs of near-identical frames of one hand fall into one group. Ids are ``<label>-<cluster>``."""
     from sklearn.cluster import KMeans
 
-    normalized = _unit_rows(features)
+    normalized = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
     groups = np.empty(len(labels), dtype=object)
     for label in np.unique(labels):
         members = np.flatnonzero(labels == label)
