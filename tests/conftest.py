@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 import rps  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from rps.config import DEFAULT_HANDLE, register_configs
 from rps.search.config import register_tune_configs
+from support.commands import clean_env, run_module  # noqa: F401  (clean_env: tests import it from here)
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_OFFLINE = ROOT.parent / "shared" / "offline"
@@ -106,18 +106,6 @@ def rps_signal_handlers():
         signal.signal(s, handler)
 
 
-# What the calling shell may have set that changes what rps does or prints: tests build their own.
-INHERITED = ("MLFLOW_", "TFDS_", "TFHUB_", "TF_CPP_MIN_LOG_LEVEL", "RPS_TF_LOG_LEVEL", "RPS_QUIET_FILTER", "RPS_VERBOSE")
-
-
-def clean_env() -> dict[str, str]:
-    """The environment a subprocess of a test runs in, whatever the shell running pytest has set
-    (a TF log level, a tracking URI, an unactivated venv): this interpreter's bin/ first on PATH."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(INHERITED)}
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    return env
-
-
 @pytest.fixture
 def offline_env(tiny_tfds, hub_cache, tmp_path) -> dict[str, str]:
     """Environment for a CLI run on the tiny mirrors, with its own empty tracking store."""
@@ -134,13 +122,10 @@ class CliResult:
     seconds: float
 
 
-def run_cli(*overrides: str, cwd: Path, env: dict[str, str], timeout: float = 600) -> CliResult:
-    """`python -m rps.run <overrides>` in a subprocess, launched from ``cwd``."""
+def run_cli(*overrides: str, cwd: Path, env: dict[str, str], timeout: float = 600, cold: bool = False) -> CliResult:
+    """`python -m rps.run <overrides>` launched from ``cwd`` (forked warm unless ``cold``: support.commands)."""
     start = time.monotonic()
-    proc = subprocess.run(
-        [sys.executable, "-m", "rps.run", *overrides],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
-    )
+    proc = run_module("rps.run", *overrides, cwd=cwd, env=env, timeout=timeout, cold=cold)
     return CliResult(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - start)
 
 

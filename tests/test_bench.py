@@ -2,12 +2,11 @@
 
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 
 from conftest import ROOT
+from support.commands import run_module
 
 pytestmark = pytest.mark.slow
 
@@ -20,10 +19,8 @@ def bench_env() -> dict[str, str]:
 
 def test_benchmark_reports_every_variant_and_thread_setting(tmp_path):
     env = bench_env()
-    out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.speed", "--sweep-points", "2", "--uncached-sweep-points", "1", "--threads",
-         "--thread-setting", "0,0", "--thread-setting", "1,1", "epochs=1"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    out = run_module("benchmarks.speed", "--sweep-points", "2", "--uncached-sweep-points", "1", "--threads",
+                     "--thread-setting", "0,0", "--thread-setting", "1,1", "epochs=1", cwd=tmp_path, env=env, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     text = out.stdout
     assert "tiny generated data" in text
@@ -53,9 +50,8 @@ def test_benchmark_reports_every_variant_and_thread_setting(tmp_path):
 
 def test_validation_benchmark_ranks_recipes_and_chooses_on_validation_only(tmp_path):
     env = bench_env()
-    out = subprocess.run([sys.executable, "-m", "benchmarks.validation", "--seeds", "1", "2",
-                          "--recipes", "head-2", "head-10-lr1e-4"],
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    out = run_module("benchmarks.validation", "--seeds", "1", "2", "--recipes", "head-2", "head-10-lr1e-4",
+                     cwd=tmp_path, env=env, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     runs = {(r, m, int(s)): (float(v), float(loss), float(t)) for r, m, s, v, loss, t in re.findall(
         r"^(\S+)\s+(grouped-5fold|random|grouped)\s+seed (\d): val ([\d.]+) \(loss ([\d.]+)\) test ([\d.]+)",
@@ -82,8 +78,7 @@ def test_validation_benchmark_ranks_recipes_and_chooses_on_validation_only(tmp_p
 
 def test_groups_benchmark_reports_every_grouping_and_groups_per_class(tmp_path):
     env = bench_env()
-    out = subprocess.run([sys.executable, "-m", "benchmarks.groups", "--groups", "3", "8", "--seeds", "0", "1"],
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    out = run_module("benchmarks.groups", "--groups", "3", "8", "--seeds", "0", "1", cwd=tmp_path, env=env, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     runs = {(kind, int(k), int(s)): (float(v), float(t)) for kind, k, s, v, t in re.findall(
         r"^(backbone|colour|mix)\s+(\d) groups seed (\d): val ([\d.]+) test ([\d.]+) carve-out [\d.]+ \(\d\) whole True$",

@@ -2,20 +2,18 @@
 
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 
 from conftest import ROOT
+from support.commands import run_module
 
 pytestmark = pytest.mark.slow
 
 
 def test_benchmark_runs_both_paths_for_a_seed_and_summarizes(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TFDS_", "TFHUB_"))}
-    out = subprocess.run([sys.executable, "-m", "benchmarks.finetune", "--seeds", "1"], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=900)
+    out = run_module("benchmarks.finetune", "--seeds", "1", cwd=ROOT, env=env, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     text = out.stdout
     assert "tiny generated data" in text

@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT, TINY_SPLIT, all_runs, clean_env, compose, free_port, run_cli, split_examples, store
+from support.commands import start_module
 
 pytestmark = pytest.mark.slow
 EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
@@ -29,7 +30,7 @@ def finished_run(tiny_tfds, hub_cache, tmp_path_factory):
     env = clean_env()
     env.update(TFDS_DATA_DIR=str(tiny_tfds), TFHUB_CACHE_DIR=str(hub_cache),
                XDG_CACHE_HOME=str(tmp_path_factory.mktemp("own_cache")))
-    result = run_cli("epochs=2", *TINY_SPLIT, cwd=cwd, env=env)
+    result = run_cli("epochs=2", *TINY_SPLIT, cwd=cwd, env=env, cold=True)  # its start-up output is checked
     assert result.returncode == 0, result.stderr[-3000:]
     runs = all_runs(cwd)
     assert len(runs) == 1
@@ -330,9 +331,7 @@ def test_signal_mid_training_ends_the_run_killed_keeping_finished_epochs(offline
     (tmp_path / "mlruns").mkdir()
     store(tmp_path).search_experiments()  # create the tables first: this test polls the store meanwhile
     # Started with SIGINT ignored, as a shell starts background jobs: rps must still honour Ctrl-C.
-    proc = subprocess.Popen([sys.executable, "-m", "rps.run", "epochs=100000", *TINY_SPLIT],
-                            cwd=tmp_path, env=offline_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    proc = start_module("rps.run", "epochs=100000", *TINY_SPLIT, cwd=tmp_path, env=offline_env, ignore_sigint=True)
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
@@ -386,8 +385,7 @@ def test_unwritable_artifact_store_fails_before_training(offline_env, tmp_path):
 
 def test_concurrent_runs_on_a_new_store_all_complete(offline_env, tmp_path):
     """Two runs start at once on a store that does not exist yet (table creation races)."""
-    procs = [subprocess.Popen([sys.executable, "-m", "rps.run", "epochs=1", *TINY_SPLIT, f"seed={i}"],
-                              cwd=tmp_path, env=offline_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    procs = [start_module("rps.run", "epochs=1", *TINY_SPLIT, f"seed={i}", cwd=tmp_path, env=offline_env)
              for i in range(2)]
     outputs = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [err[-1500:] for _, err in outputs]

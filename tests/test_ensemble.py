@@ -4,13 +4,12 @@ and members tested on different images are refused."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from conftest import TINY_SPLIT, run_cli, store, sweep_runs
+from support.commands import run_module
 
 CLASSES = ["rock", "paper", "scissors"]
 
@@ -81,8 +80,7 @@ def test_the_ensemble_of_a_sweep_is_a_logged_model_measured_against_its_members(
     result = run_cli("-m", "head.dropout=0.2,0.5", "epochs=2", *TINY_SPLIT, cwd=tmp_path, env=offline_env)
     assert result.returncode == 0, result.stderr[-3000:]
     parent, children = sweep_runs(tmp_path)
-    done = subprocess.run([sys.executable, "-m", "rps.ensemble", parent.info.run_id, "--flip"], cwd=tmp_path,
-                          env=offline_env, capture_output=True, text=True, timeout=600)
+    done = run_module("rps.ensemble", parent.info.run_id, "--flip", cwd=tmp_path, env=offline_env)
     assert done.returncode == 0, done.stderr[-3000:]
     client = store(tmp_path)
     ensemble = client.search_runs([parent.info.experiment_id], f"tags.`rps.ensemble_of` = '{parent.info.run_id}'")[0]

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY_SPLIT, all_runs, free_port, run_cli, store
+from support.commands import run_module
 
 MANIFEST_TAG = "rps.model_manifest_sha256"
 # Appended to the logged model's python file: it would leave this marker if it ever ran.
@@ -110,8 +110,7 @@ def tampered(path: Path, change):
 
 
 def _cli(module: str, cwd: Path, env: dict, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return run_module(module, *args, cwd=cwd, env=env, timeout=timeout)
 
 
 def _append(text: str):

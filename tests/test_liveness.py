@@ -11,6 +11,7 @@ import time
 import pytest
 
 from conftest import TINY_SPLIT, all_runs, store
+from support.commands import run_module, start_module
 from rps.tracking import runs as liveness
 
 
@@ -69,8 +70,7 @@ def test_heartbeat_renews_its_tag(tmp_path):
 def test_a_killed_run_is_reaped_by_the_next_command_and_a_live_one_is_not(offline_env, tmp_path):
     (tmp_path / "mlruns").mkdir()
     store(tmp_path).search_experiments()  # create the tables first: this test polls the store meanwhile
-    proc = subprocess.Popen([sys.executable, "-m", "rps.run", "epochs=100000", *TINY_SPLIT], cwd=tmp_path,
-                            env=offline_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_module("rps.run", "epochs=100000", *TINY_SPLIT, cwd=tmp_path, env=offline_env)
     try:
         deadline = time.monotonic() + 240
         while not (all_runs(tmp_path) and store(tmp_path).get_metric_history(all_runs(tmp_path)[0].info.run_id,
@@ -79,8 +79,7 @@ def test_a_killed_run_is_reaped_by_the_next_command_and_a_live_one_is_not(offlin
             time.sleep(1)
 
         def compare():
-            out = subprocess.run([sys.executable, "-m", "rps.compare"], cwd=tmp_path, env=offline_env,
-                                 capture_output=True, text=True, timeout=120)
+            out = run_module("rps.compare", cwd=tmp_path, env=offline_env, timeout=120)
             assert out.returncode == 0, out.stderr[-2000:]
             (run,) = all_runs(tmp_path)
             return run

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from conftest import TINY_SPLIT, all_runs, free_port, run_cli, store, wait_until_up
+from support.commands import run_module
 
 pytestmark = pytest.mark.slow
 
@@ -43,8 +44,7 @@ def images(tmp_path_factory):
 
 
 def predict_cli(cwd, env, *args):
-    return subprocess.run([sys.executable, "-m", "rps.predict", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return run_module("rps.predict", *args, cwd=cwd, env=env)
 
 
 def test_cli_matches_the_model_in_process_and_skips_the_corrupt_file(exported_run, images, tmp_path):

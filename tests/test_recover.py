@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY_SPLIT, free_port, wait_until_up
+from support.commands import start_module
 
 pytestmark = pytest.mark.slow
 
@@ -57,8 +58,7 @@ def kept(tiny_tfds, hub_cache, tmp_path_factory):
     env.update(TFDS_DATA_DIR=str(tiny_tfds), TFHUB_CACHE_DIR=str(hub_cache), MLFLOW_TRACKING_URI=server.url,
                MLFLOW_HTTP_REQUEST_MAX_RETRIES="0")  # a dead server is noticed at once
     server.start()
-    proc = subprocess.Popen([sys.executable, "-m", "rps.run", "epochs=100000", *TINY_SPLIT], cwd=cwd, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = start_module("rps.run", "epochs=100000", *TINY_SPLIT, cwd=cwd, env=env)
     client = mlflow.MlflowClient(server.url)
     try:
         deadline = time.monotonic() + 240
@@ -77,9 +77,8 @@ def kept(tiny_tfds, hub_cache, tmp_path_factory):
     return server, cwd, env, folder, running[0].info.run_id
 
 
-def _recover(cwd: Path, env: dict, folder: Path, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "rps.recover", str(folder)], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+def _recover(cwd: Path, env: dict, folder: Path):
+    return start_module("rps.recover", str(folder), cwd=cwd, env=env)
 
 
 def test_a_kept_model_whose_files_changed_is_refused_before_anything_is_sent(kept, tmp_path):

@@ -7,8 +7,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
@@ -17,6 +15,7 @@ import pytest
 from PIL import Image
 
 from conftest import all_runs, store
+from support.commands import run_module
 from rps.model.formats import FORMATS, TOLERANCE
 from rps.training.outcome import OBJECTIVE
 
@@ -59,8 +58,8 @@ def shipped(tiny_tfds, hub_cache, tmp_path_factory):
     cwd = tmp_path_factory.mktemp("ship")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TFDS_", "TFHUB_"))}
     env.update(TFDS_DATA_DIR=str(tiny_tfds), TFHUB_CACHE_DIR=str(hub_cache), PYTHONUNBUFFERED="1")
-    out = subprocess.run([sys.executable, "-m", "rps.tune", "+experiment=tiny_ship", f"hydra.searchpath=[file://{extra}]"],
-                         cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    out = run_module("rps.tune", "+experiment=tiny_ship", f"hydra.searchpath=[file://{extra}]", cwd=cwd, env=env,
+                     timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     runs = all_runs(cwd)
     (parent,) = [r for r in runs if r.data.tags.get("sweep") == "parent"]
@@ -135,13 +134,12 @@ def test_every_format_predicts_like_the_float_model(shipped, labelled_photos, tm
 def test_the_predict_command_takes_a_tflite_file(shipped, labelled_photos, tmp_path):
     parent, _, client, cwd, env = shipped
     local = client.download_artifacts(parent.data.tags["best_run_id"], "export/model_int8.tflite", str(tmp_path))
-    out = subprocess.run([sys.executable, "-m", "rps.predict", local, str(labelled_photos), "--output",
-                          str(tmp_path / "p.json")], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    out = run_module("rps.predict", local, str(labelled_photos), "--output", str(tmp_path / "p.json"), cwd=cwd, env=env,
+                     timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "model_int8.tflite" in out.stderr and len(json.loads((tmp_path / "p.json").read_text())) == 30
     (tmp_path / "fake.tflite").write_bytes(b"\x00" * 64)
-    bad = subprocess.run([sys.executable, "-m", "rps.predict", str(tmp_path / "fake.tflite"), str(labelled_photos)],
-                         cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    bad = run_module("rps.predict", str(tmp_path / "fake.tflite"), str(labelled_photos), cwd=cwd, env=env, timeout=300)
     assert bad.returncode == 2 and "not a TFLite model" in bad.stderr and "Traceback" not in bad.stderr
 
 
@@ -220,8 +218,7 @@ def test_the_alias_moves_only_on_improvement_or_when_forced(shipped, tmp_path):
 def test_reproduce_reruns_a_trial_bit_for_bit(shipped):
     parent, _, client, cwd, env = shipped
     original = client.get_run(parent.data.tags["best_run_id"])
-    out = subprocess.run([sys.executable, "-m", "rps.reproduce", original.info.run_id], cwd=cwd, env=env,
-                         capture_output=True, text=True, timeout=600)
+    out = run_module("rps.reproduce", original.info.run_id, cwd=cwd, env=env, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "Environment: no difference" in out.stdout and "bit-exact" in out.stdout
     (rerun,) = [r for r in all_runs(cwd) if r.data.tags.get("rps.reproduces") == original.info.run_id]

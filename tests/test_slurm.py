@@ -8,12 +8,12 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 import time
 
 import pytest
 
 from conftest import TINY_SPLIT, sweep_runs
+from support.commands import start_module
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 SLURM = ["hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=3",
@@ -57,8 +57,7 @@ def _job_id() -> str:
 
 
 def test_a_preempted_slurm_job_is_requeued_and_resumes_its_run(offline_env, tmp_path):
-    proc = subprocess.Popen([sys.executable, "-m", "rps.run", "-m", *SLURM, "seed=4", "epochs=120", *TINY_SPLIT],
-                            cwd=tmp_path, env=offline_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = start_module("rps.run", "-m", *SLURM, "seed=4", "epochs=120", *TINY_SPLIT, cwd=tmp_path, env=offline_env)
     try:
         for preempt in (["scontrol", "requeue"], ["scancel", "--signal=USR2"]):
             seen = _checkpoint_epoch(tmp_path)

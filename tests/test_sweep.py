@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from conftest import TINY_SPLIT, clean_env, free_port, run_cli, store, sweep_runs, wait_until_up
+from support.commands import run_module
 
 pytestmark = pytest.mark.slow
 GRID = ["head.dropout=0.2,0.5", "optimizer.lr=0.01,0.001"]
@@ -99,8 +100,9 @@ def test_compare_ranks_on_validation_and_reports_test_on_request(basic_sweep):
     by_test = sorted(children, key=lambda c: -c.data.metrics["test_accuracy"])
     for args, expected in ((["--sweep", parent.info.run_id], by_validation), (["--experiment", "rps"], by_validation),
                            (["--sort", "test_accuracy"], by_test)):
-        out = subprocess.run([sys.executable, "-m", "rps.compare", *args], cwd=cwd, capture_output=True,
-                             text=True, check=True).stdout
+        out = run_module("rps.compare", *args, cwd=cwd)
+        assert out.returncode == 0, out.stderr[-2000:]
+        out = out.stdout
         column, rows = _board(out)
         assert len(rows) == 4
         key = "selection_val_accuracy" if expected is by_validation else "test_accuracy"
@@ -111,8 +113,7 @@ def test_compare_ranks_on_validation_and_reports_test_on_request(basic_sweep):
         assert ("reporting only" in out) == (expected is by_test)
         mean = sum(c.data.metrics["test_accuracy"] for c in children) / 4
         assert f"test_accuracy {mean:.4f}" in out and f"sweep {parent.info.run_id[:8]}: mean selection_val_accuracy" in out
-    missing = subprocess.run([sys.executable, "-m", "rps.compare", "--experiment", "nope"], cwd=cwd,
-                             capture_output=True, text=True)
+    missing = run_module("rps.compare", "--experiment", "nope", cwd=cwd)
     assert missing.returncode == 2 and "no experiment 'nope'" in missing.stderr
 
 
@@ -148,8 +149,9 @@ def test_mlflow_ui_serves_the_sweep(basic_sweep):
         assert contexts == ["test", "training", "validation"]
         history = _api(base, f"/api/2.0/mlflow/metrics/get-history?run_id={children[0].info.run_id}&metric_key=val_accuracy")
         assert [m["step"] for m in history["metrics"]] == [1, 2]
-        board = subprocess.run([sys.executable, "-m", "rps.compare", "--tracking-uri", base, "--sweep",
-                                parent.info.run_id], cwd=cwd, capture_output=True, text=True, check=True).stdout
+        board = run_module("rps.compare", "--tracking-uri", base, "--sweep", parent.info.run_id, cwd=cwd)
+        assert board.returncode == 0, board.stderr[-2000:]
+        board = board.stdout
         assert all(c.info.run_id in board for c in children) and base in board
     finally:
         os.killpg(server.pid, signal.SIGTERM)

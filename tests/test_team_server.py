@@ -17,6 +17,7 @@ import requests
 from mlflow.exceptions import MlflowException
 
 from conftest import TINY_SPLIT, free_port, run_cli
+from support.commands import run_module, start_module
 from support.team import PASSWORDS, TeamServer, postgres_problem, strong_password, together
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
@@ -92,11 +93,9 @@ def test_runs_sweeps_registry_predict_and_compare_work_against_the_server(team_s
     from PIL import Image
     import numpy as np
     Image.fromarray(tiny_image(1, np.random.default_rng(0))).save(photo)
-    predicted = subprocess.run([sys.executable, "-m", "rps.predict", "models:/team-tiny/1", str(photo)], cwd=tmp_path,
-                               env=as_alice, capture_output=True, text=True, timeout=300)
+    predicted = run_module("rps.predict", "models:/team-tiny/1", str(photo), cwd=tmp_path, env=as_alice, timeout=300)
     assert predicted.returncode == 0 and "hand.png" in predicted.stdout, predicted.stderr[-2000:]
-    board = subprocess.run([sys.executable, "-m", "rps.compare"], cwd=tmp_path, env=as_alice, capture_output=True,
-                           text=True, timeout=300)
+    board = run_module("rps.compare", cwd=tmp_path, env=as_alice, timeout=300)
     assert board.returncode == 0 and board.stdout.count("| FINISHED |") == 3, board.stdout + board.stderr
 
     client = team_server.client("alice")
@@ -149,8 +148,7 @@ def test_sign_in_and_permission_failures_stop_before_training_naming_the_variabl
 
 def test_a_server_lost_mid_run_costs_nothing_trained_and_the_run_is_recovered(team_server, as_alice, tmp_path):
     client = team_server.client("alice")
-    proc = subprocess.Popen([sys.executable, "-m", "rps.run", "epochs=100000", *TINY_SPLIT], cwd=tmp_path,
-                            env=as_alice, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_module("rps.run", "epochs=100000", *TINY_SPLIT, cwd=tmp_path, env=as_alice)
     try:
         deadline = time.monotonic() + 240
         while True:

@@ -6,13 +6,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from conftest import all_runs, store
+from support.commands import run_module, start_module
 
 pytestmark = pytest.mark.slow
 
@@ -50,13 +50,11 @@ def search_dir(tmp_path_factory) -> Path:
 
 
 def tune_command(search_dir: Path, *overrides: str) -> list[str]:
-    return [sys.executable, "-m", "rps.tune", "+experiment=tiny_search", f"hydra.searchpath=[file://{search_dir}]",
-            *overrides]
+    return ["rps.tune", "+experiment=tiny_search", f"hydra.searchpath=[file://{search_dir}]", *overrides]
 
 
 def run_tune(search_dir, cwd, env, *overrides) -> subprocess.CompletedProcess:
-    return subprocess.run(tune_command(search_dir, *overrides), cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=900)
+    return run_module(*tune_command(search_dir, *overrides), cwd=cwd, env=env, timeout=900)
 
 
 def trials(cwd: Path, study: str = "tiny"):
@@ -124,8 +122,7 @@ def test_a_study_prunes_and_survives_failing_trials_choosing_on_validation_only(
     refits = {}
     for name in ("true", "relabelled"):
         cwd, parent_id = tmp_path / name, seen[name][1].info.run_id
-        result = subprocess.run([sys.executable, "-m", "rps.refit", parent_id], cwd=cwd, env=offline_env,
-                                capture_output=True, text=True, timeout=600)
+        result = run_module("rps.refit", parent_id, cwd=cwd, env=offline_env)
         assert result.returncode == 0, result.stderr[-3000:]
         client = store(cwd)
         after = client.get_run(parent_id)
@@ -147,8 +144,8 @@ def test_a_study_prunes_and_survives_failing_trials_choosing_on_validation_only(
 
 
 def test_two_workers_share_one_study_and_one_parent(search_dir, offline_env, tmp_path):
-    procs = [subprocess.Popen(tune_command(search_dir, "search.pruner=none"), cwd=tmp_path, env=offline_env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [start_module(*tune_command(search_dir, "search.pruner=none"), cwd=tmp_path, env=offline_env)
+             for _ in range(2)]
     errors = [p.communicate(timeout=900)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [e[-2000:] for e in errors]
     study = trials(tmp_path)
@@ -170,8 +167,7 @@ def in_a_trial_after_two_finished(runs) -> bool:
 def test_an_interrupted_study_resumes_where_it_stopped(search_dir, offline_env, tmp_path):
     (tmp_path / "mlruns").mkdir()
     store(tmp_path).search_experiments()  # create the tables first: this test polls the store meanwhile
-    proc = subprocess.Popen(tune_command(search_dir, "search.pruner=none", "epochs=30"), cwd=tmp_path,
-                            env=offline_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = start_module(*tune_command(search_dir, "search.pruner=none", "epochs=30"), cwd=tmp_path, env=offline_env)
     try:
         deadline = time.monotonic() + 300
         while not in_a_trial_after_two_finished(all_runs(tmp_path)):

@@ -9,13 +9,13 @@ import os
 import secrets
 import shutil
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from rps.team.accounts import password_problem
+from support.commands import run_module
 
 USERS = ("admin", "alice", "bob", "carol", "dave")
 
@@ -38,8 +38,7 @@ class TeamServer:
     def cli(self, *args: str, user: str | None = "admin", env_extra: dict | None = None) -> subprocess.CompletedProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_")}
         env |= self.creds(user) | (env_extra or {})
-        return subprocess.run([sys.executable, "-m", "rps.server", *args, *self.args], env=env,
-                              capture_output=True, text=True, timeout=300)
+        return run_module("rps.server", *args, *self.args, cwd=os.getcwd(), env=env, timeout=300)
 
     def creds(self, user: str | None) -> dict[str, str]:
         return {"MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": PASSWORDS[user]} if user else {}
