@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, clean_env
 from support.commands import run_module
 
 pytestmark = pytest.mark.slow
@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 def bench_env() -> dict[str, str]:
     """The benchmarks live outside the package, in the repository: make them importable."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TFDS_", "TFHUB_"))}
+    env = clean_env()
     return env | {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))}
 
 

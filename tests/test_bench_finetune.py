@@ -1,18 +1,17 @@
 """benchmarks.finetune runs both fine-tuning paths side by side (tiny data; no timing asserts)."""
 
-import os
 import re
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, clean_env
 from support.commands import run_module
 
 pytestmark = pytest.mark.slow
 
 
 def test_benchmark_runs_both_paths_for_a_seed_and_summarizes(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TFDS_", "TFHUB_"))}
+    env = clean_env()
     out = run_module("benchmarks.finetune", "--seeds", "1", cwd=ROOT, env=env, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     text = out.stdout

@@ -1,18 +1,17 @@
 """benchmarks.main_command times the tutorial's code and rps.run cold and warm (tiny data; no timing asserts)."""
 
-import os
 import re
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, clean_env
 from support.commands import run_module
 
 pytestmark = pytest.mark.slow
 
 
 def test_main_command_benchmark_times_the_tutorial_and_both_runs():
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TFDS_", "TFHUB_"))}  # tiny data
+    env = clean_env()  # tiny data
     out = run_module("benchmarks.main_command", cwd=ROOT, env=env, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     text = out.stdout

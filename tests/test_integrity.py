@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_SPLIT, all_runs, free_port, run_cli, store
+from conftest import TINY_SPLIT, all_runs, clean_env, free_port, run_cli, store
 from support.commands import run_module
 
 MANIFEST_TAG = "rps.model_manifest_sha256"
@@ -74,7 +74,7 @@ def test_a_manifest_names_every_changed_added_or_missing_file(tmp_path):
 def logged(tiny_tfds, hub_cache, tmp_path_factory):
     """One tiny run whose model is logged and registered (rps-tiny/1) in a local store."""
     cwd = tmp_path_factory.mktemp("logged")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TFDS_", "TFHUB_"))}
+    env = clean_env()
     env.update(TFDS_DATA_DIR=str(tiny_tfds), TFHUB_CACHE_DIR=str(hub_cache))
     result = run_cli("epochs=1", *TINY_SPLIT, "register_model=rps-tiny", cwd=cwd, env=env)
     assert result.returncode == 0, result.stderr[-3000:]

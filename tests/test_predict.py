@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TINY_SPLIT, all_runs, free_port, run_cli, store, wait_until_up
+from conftest import TINY_SPLIT, all_runs, clean_env, free_port, run_cli, store, wait_until_up
 from support.commands import run_module
 
 pytestmark = pytest.mark.slow
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def exported_run(tiny_tfds, hub_cache, tmp_path_factory):
     cwd = tmp_path_factory.mktemp("exported")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TFDS_", "TFHUB_"))}
+    env = clean_env()
     env.update(TFDS_DATA_DIR=str(tiny_tfds), TFHUB_CACHE_DIR=str(hub_cache))
     result = run_cli("epochs=2", *TINY_SPLIT, "export.formats=[float32,dynamic_range]", "export.latency_runs=3",
                      "register_model=rps-tiny", cwd=cwd, env=env)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_SPLIT, free_port, wait_until_up
+from conftest import TINY_SPLIT, clean_env, free_port, wait_until_up
 from support.commands import start_module
 
 pytestmark = pytest.mark.slow
@@ -54,7 +54,7 @@ def kept(tiny_tfds, hub_cache, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("server")
     server, cwd = Server(root), tmp_path_factory.mktemp("client")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TFDS_", "TFHUB_"))}
+    env = clean_env()
     env.update(TFDS_DATA_DIR=str(tiny_tfds), TFHUB_CACHE_DIR=str(hub_cache), MLFLOW_TRACKING_URI=server.url,
                MLFLOW_HTTP_REQUEST_MAX_RETRIES="0")  # a dead server is noticed at once
     server.start()

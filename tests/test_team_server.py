@@ -16,7 +16,7 @@ import pytest
 import requests
 from mlflow.exceptions import MlflowException
 
-from conftest import TINY_SPLIT, free_port, run_cli
+from conftest import TINY_SPLIT, clean_env, free_port, run_cli
 from support.commands import run_module, start_module
 from support.team import PASSWORDS, TeamServer, postgres_problem, strong_password, together
 
@@ -60,7 +60,7 @@ class AliceRun:
 def alice(team_server, tiny_tfds, hub_cache, tmp_path_factory) -> AliceRun:
     """A real tiny rps run of alice's (experiment 'rps', its model registered as team-tiny), where
     bob is then granted EDIT: the first test builds on it, the owner tests attack it."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TFDS_", "TFHUB_"))}
+    env = clean_env()
     env |= {"TFDS_DATA_DIR": str(tiny_tfds), "TFHUB_CACHE_DIR": str(hub_cache), "PYTHONUNBUFFERED": "1",
             "MLFLOW_TRACKING_URI": team_server.url} | team_server.creds("alice")
     cwd = tmp_path_factory.mktemp("alice")

@@ -25,6 +25,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 # What the shell running pytest may have set that changes what rps does or prints: tests build their own.
@@ -34,7 +35,9 @@ PRELOAD = ["rps", "tensorflow", "tf_keras", "tensorflow_hub", "tensorflow_datase
            "mlflow.store.tracking.sqlalchemy_store", "hydra", "omegaconf", "matplotlib"]
 # Variables read while those libraries import (or by rps/__init__.py before them).
 IMPORT_TIME = ("TF_", "RPS_", "PYTHON", "MPL", "OMP_", "KMP_", "CUDA", "XLA_", "LD_", "MALLOC", "OPENBLAS", "MKL")
-RUNTIME_ONLY = ("PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE", "RPS_QUIET_FILTER")  # read later, or by the child itself
+# Read later, or by the child itself; or set by joblib and scikit-learn when a test process imports
+# them (for Intel's OpenMP runtime, which none of the preloaded libraries loads).
+RUNTIME_ONLY = ("PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE", "RPS_QUIET_FILTER", "KMP_DUPLICATE_LIB_OK", "KMP_INIT_AT_FORK")
 
 
 def clean_env() -> dict[str, str]:
@@ -215,8 +218,17 @@ def start_module(module: str, *args: str, cwd: Path | str, env: dict[str, str] |
 
 
 def _cold(env: dict[str, str], cold: bool = False) -> bool:
-    """Whether a command must start as a real subprocess (see the module's docstring)."""
-    return cold or os.environ.get("RPS_TEST_COLD") == "1" or _import_time(env) != _import_time(_SERVER_ENV)
+    """Whether a command must start as a real subprocess (see the module's docstring); one that
+    must because of its environment says which variables, as a warning in pytest's summary (an
+    environment copied from a test process that an in-process test changed: use clean_env)."""
+    if cold or os.environ.get("RPS_TEST_COLD") == "1":
+        return True
+    mine, server = _import_time(env), _import_time(_SERVER_ENV)
+    if mine == server:
+        return False
+    differ = sorted(k for k in {*mine, *server} if mine.get(k) != server.get(k))
+    warnings.warn(f"a command started cold: its {', '.join(differ)} differ from the warm fork server's", stacklevel=3)
+    return True
 
 
 def run_module(module: str, *args: str, cwd: Path | str, env: dict[str, str] | None = None,

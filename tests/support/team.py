@@ -15,7 +15,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from rps.team.accounts import password_problem
-from support.commands import run_module
+from support.commands import clean_env, run_module
 
 USERS = ("admin", "alice", "bob", "carol", "dave")
 
@@ -36,8 +36,7 @@ class TeamServer:
     args: list[str]
 
     def cli(self, *args: str, user: str | None = "admin", env_extra: dict | None = None) -> subprocess.CompletedProcess:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_")}
-        env |= self.creds(user) | (env_extra or {})
+        env = clean_env() | self.creds(user) | (env_extra or {})
         return run_module("rps.server", *args, *self.args, cwd=os.getcwd(), env=env, timeout=300)
 
     def creds(self, user: str | None) -> dict[str, str]:
