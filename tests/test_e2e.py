@@ -247,6 +247,8 @@ def test_fine_tuned_run_logs_its_phases_and_exports_the_fine_tuned_model(tiny_tf
 
 
 def test_same_seed_gives_the_same_run(finished_run, tmp_path):
+    """The first run started as a real process, this one forked from the tests' warm fork server
+    (tests/support/commands.py): the same numbers, so a warm command is the real command."""
     _, first, env, _ = finished_run
     result = run_cli("epochs=2", *TINY_SPLIT, cwd=tmp_path, env=env)  # the same feature cache
     assert result.returncode == 0, result.stderr[-3000:]

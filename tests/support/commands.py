@@ -34,7 +34,7 @@ INHERITED = ("MLFLOW_", "TFDS_", "TFHUB_", "TF_CPP_MIN_LOG_LEVEL", "RPS_TF_LOG_L
 PRELOAD = ["rps", "tensorflow", "tf_keras", "tensorflow_hub", "tensorflow_datasets", "mlflow",
            "mlflow.store.tracking.sqlalchemy_store", "hydra", "omegaconf", "matplotlib"]
 # Variables read while those libraries import (or by rps/__init__.py before them).
-IMPORT_TIME = ("TF_", "RPS_", "PYTHON", "MPL", "OMP_", "KMP_", "CUDA", "XLA_", "LD_", "MALLOC", "OPENBLAS", "MKL")
+IMPORT_TIME = ("TF_", "RPS_VERBOSE", "RPS_TF_LOG_LEVEL", "PYTHON", "MPL", "OMP_", "KMP_", "CUDA", "XLA_", "LD_", "MALLOC", "OPENBLAS", "MKL")
 # Read later, or by the child itself; or set by joblib and scikit-learn when a test process imports
 # them (for Intel's OpenMP runtime, which none of the preloaded libraries loads).
 RUNTIME_ONLY = ("PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE", "RPS_QUIET_FILTER", "KMP_DUPLICATE_LIB_OK", "KMP_INIT_AT_FORK")
