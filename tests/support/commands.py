@@ -1,7 +1,7 @@
 """How tests start rps's commands: `python -m <module> <args>`, forked from a warm process.
 
 A command of rps spends ~8 of a tiny run's ~12 s importing TensorFlow, MLflow and Hydra
-(docs/testing.md), and the suite runs a few hundred commands. So :func:`run_module` starts them
+(docs/testing.md), and the suite runs over a hundred commands. So :func:`run_module` starts them
 from :mod:`multiprocessing`'s fork server, which imports those libraries once (``PRELOAD``) and
 forks a child per command. The child then does what ``python -m`` does: the test's environment,
 working directory, ``sys.argv`` and stdout/stderr; the module run as ``__main__``; non-daemon
