@@ -4,7 +4,6 @@ and members tested on different images are refused."""
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 

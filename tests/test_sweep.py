@@ -100,9 +100,9 @@ def test_compare_ranks_on_validation_and_reports_test_on_request(basic_sweep):
     by_test = sorted(children, key=lambda c: -c.data.metrics["test_accuracy"])
     for args, expected in ((["--sweep", parent.info.run_id], by_validation), (["--experiment", "rps"], by_validation),
                            (["--sort", "test_accuracy"], by_test)):
-        out = run_module("rps.compare", *args, cwd=cwd)
-        assert out.returncode == 0, out.stderr[-2000:]
-        out = out.stdout
+        result = run_module("rps.compare", *args, cwd=cwd)
+        assert result.returncode == 0, result.stderr[-2000:]
+        out = result.stdout
         column, rows = _board(out)
         assert len(rows) == 4
         key = "selection_val_accuracy" if expected is by_validation else "test_accuracy"
@@ -149,9 +149,9 @@ def test_mlflow_ui_serves_the_sweep(basic_sweep):
         assert contexts == ["test", "training", "validation"]
         history = _api(base, f"/api/2.0/mlflow/metrics/get-history?run_id={children[0].info.run_id}&metric_key=val_accuracy")
         assert [m["step"] for m in history["metrics"]] == [1, 2]
-        board = run_module("rps.compare", "--tracking-uri", base, "--sweep", parent.info.run_id, cwd=cwd)
-        assert board.returncode == 0, board.stderr[-2000:]
-        board = board.stdout
+        result = run_module("rps.compare", "--tracking-uri", base, "--sweep", parent.info.run_id, cwd=cwd)
+        assert result.returncode == 0, result.stderr[-2000:]
+        board = result.stdout
         assert all(c.info.run_id in board for c in children) and base in board
     finally:
         os.killpg(server.pid, signal.SIGTERM)

@@ -18,7 +18,9 @@ installed entry points). ``RPS_TEST_COLD=1`` runs every command cold.
 
 from __future__ import annotations
 
+import functools
 import importlib
+import json
 import multiprocessing
 import os
 import signal
@@ -58,39 +60,35 @@ def _import_time(env: dict[str, str]) -> dict[str, str]:
 
 
 _SERVER_ENV = clean_env()
-_FRESH_PATH: list[str] = []
 
 
-def _fresh_sys_path() -> list[str]:
+@functools.cache
+def _fresh_sys_path() -> tuple[str, ...]:
     """The module search path of a fresh interpreter, without its first entry (the script's
     folder, or the working directory for ``-m``): not the test process's, which tests change
     (pytest's rootdir, a logged model's code folder that MLflow puts first when loading it)."""
-    import json
-
-    if not _FRESH_PATH:
-        out = subprocess.run([sys.executable, "-c", "import json, sys; print(json.dumps(sys.path[1:]))"],
-                             env=_SERVER_ENV, capture_output=True, text=True, check=True)
-        _FRESH_PATH.extend(json.loads(out.stdout))
-    return list(_FRESH_PATH)
+    out = subprocess.run([sys.executable, "-c", "import json, sys; print(json.dumps(sys.path[1:]))"],
+                         env=_SERVER_ENV, capture_output=True, text=True, check=True)
+    return tuple(json.loads(out.stdout))
 
 
+@functools.cache
 def _server():
     """This test process's fork server (started on first use, in the clean environment)."""
-    context = multiprocessing.get_context("forkserver")
     from multiprocessing import forkserver
 
-    if not _FRESH_PATH:
-        context.set_forkserver_preload(PRELOAD)
-        before, path = dict(os.environ), list(sys.path)
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(PRELOAD)
+    before, path = dict(os.environ), list(sys.path)
+    os.environ.clear()
+    os.environ.update(_SERVER_ENV)
+    sys.path[:] = _fresh_sys_path()  # what the fork server imports with
+    try:
+        forkserver.ensure_running()
+    finally:
         os.environ.clear()
-        os.environ.update(_SERVER_ENV)
-        sys.path[:] = _fresh_sys_path()  # what the fork server imports with, and its children inherit
-        try:
-            forkserver.ensure_running()
-        finally:
-            os.environ.clear()
-            os.environ.update(before)
-            sys.path[:] = path
+        os.environ.update(before)
+        sys.path[:] = path
     return context
 
 
@@ -117,7 +115,7 @@ def _as_main_process() -> None:
     process._process_counter = itertools.count(1)
 
 
-def _child(module: str, args: list[str], cwd: str, env: dict[str, str], path: list[str], out: str, err: str,
+def _child(module: str, args: list[str], cwd: str, env: dict[str, str], path: tuple[str, ...], out: str, err: str,
            ignore_sigint: bool) -> None:
     """In the forked child: become `python -m module args`, and exit as it would."""
     import atexit
