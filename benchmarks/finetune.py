@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 import rps  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+from benchmarks.processes import benchmarks_env
 from benchmarks.speed import _compose, _cpu, _forward_rate, _peak_gb, _reset_peak
 from rps.training.outcome import OBJECTIVE
 from rps.synthetic import mirrors_in_env, tiny_mirrors
@@ -246,7 +247,7 @@ def compare_threads(overrides: list[str], rounds: int = 2) -> None:
     for _ in range(rounds):  # settings in turn, each in a fresh process (pools are fixed at start)
         for intra, inter in THREAD_SETTINGS:
             out = subprocess.run([sys.executable, "-m", "benchmarks.finetune", "--probe-threads", f"{intra},{inter}",
-                                  *overrides], capture_output=True, text=True)
+                                  *overrides], capture_output=True, text=True, env=benchmarks_env())
             line = next((ln for ln in out.stdout.splitlines() if ln.startswith("THREADS")), None)
             if line:
                 rates[(intra, inter)].append(float(line.split()[-1]))

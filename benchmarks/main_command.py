@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.processes import Measured, run_measured
+from benchmarks.processes import Measured, benchmarks_env, run_measured
 from rps.synthetic import mirrors_in_env, tiny_mirrors
 
 TARGETS = {"cold": 0.5, "warm": 0.25}  # wall time relative to the tutorial's code
@@ -67,8 +67,7 @@ def main(argv: list[str] | None = None) -> None:
         for var in ("TFDS_DATA_DIR", "TFHUB_CACHE_DIR"):  # each command runs in a folder of its own
             if env.get(var):
                 env[var] = str(Path(env[var]).resolve())
-        repo = str(Path(__file__).resolve().parent.parent)  # benchmarks.tutorial, from any folder
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [repo, env.get("PYTHONPATH")]))
+        env = benchmarks_env(env)  # benchmarks.tutorial, from any folder
         command = ["-m", "rps.run", "epochs=2", "batch_size=64", *overrides, *args.overrides]
         print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M')}; "
               f"{data}")

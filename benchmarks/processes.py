@@ -7,6 +7,9 @@ import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent  # the folder that holds benchmarks/
 
 
 @dataclass
@@ -28,3 +31,11 @@ def run_measured(args: list[str], cwd=None, env: dict[str, str] | None = None) -
         out.seek(0), err.seek(0)
         return Measured(seconds, usage.ru_maxrss / 1024, os.waitstatus_to_exitcode(status),
                         out.read().decode(errors="replace"), err.read().decode(errors="replace"))
+
+
+def benchmarks_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """``env`` (default: this process's) with the repository on PYTHONPATH: a benchmark's own
+    processes (``python -m benchmarks...``) import it from any folder, however it was started."""
+    env = dict(os.environ if env is None else env)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env

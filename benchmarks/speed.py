@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 import rps  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+from benchmarks.processes import benchmarks_env
 from rps.synthetic import mirrors_in_env, tiny_mirrors
 
 TARGETS = {"cold": 0.25, "warm": 0.05, "sweep": 1.5}  # times relative to (a), the uncached run
@@ -130,7 +131,7 @@ def compare_threads(overrides: list[str], settings=THREAD_SETTINGS) -> None:
     print("backbone images/s by TensorFlow thread pools (intra_op, inter_op; 0 = default):")
     for intra, inter in settings:
         out = subprocess.run([sys.executable, "-m", "benchmarks.speed", "--probe-threads", f"{intra},{inter}", *overrides],
-                             capture_output=True, text=True)
+                             capture_output=True, text=True, env=benchmarks_env())
         rate = next((line.split()[-1] for line in out.stdout.splitlines() if line.startswith("THREADS")), "failed")
         print(f"  intra_op={intra} inter_op={inter}: {rate}", flush=True)
 

@@ -1,26 +1,20 @@
 """The benchmark runs every variant side by side and reports ratios (tiny data; no timing asserts)."""
 
-import os
 import re
 
 import pytest
 
-from conftest import ROOT, clean_env
+from conftest import ROOT
 from support.commands import run_module
 
 pytestmark = pytest.mark.slow
-
-
-def bench_env() -> dict[str, str]:
-    """The benchmarks live outside the package, in the repository: make them importable."""
-    env = clean_env()
-    return env | {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))}
+BENCHMARKS = [ROOT]  # the benchmarks live outside the package, in the repository: import them from there
 
 
 def test_benchmark_reports_every_variant_and_thread_setting(tmp_path):
-    env = bench_env()
     out = run_module("benchmarks.speed", "--sweep-points", "2", "--uncached-sweep-points", "1", "--threads",
-                     "--thread-setting", "0,0", "--thread-setting", "1,1", "epochs=1", cwd=tmp_path, env=env, timeout=900)
+                     "--thread-setting", "0,0", "--thread-setting", "1,1", "epochs=1", cwd=tmp_path, path=BENCHMARKS,
+                     timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     text = out.stdout
     assert "tiny generated data" in text
@@ -49,9 +43,8 @@ def test_benchmark_reports_every_variant_and_thread_setting(tmp_path):
 
 
 def test_validation_benchmark_ranks_recipes_and_chooses_on_validation_only(tmp_path):
-    env = bench_env()
     out = run_module("benchmarks.validation", "--seeds", "1", "2", "--recipes", "head-2", "head-10-lr1e-4",
-                     cwd=tmp_path, env=env, timeout=900)
+                     cwd=tmp_path, path=BENCHMARKS, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     runs = {(r, m, int(s)): (float(v), float(loss), float(t)) for r, m, s, v, loss, t in re.findall(
         r"^(\S+)\s+(grouped-5fold|random|grouped)\s+seed (\d): val ([\d.]+) \(loss ([\d.]+)\) test ([\d.]+)",
@@ -75,10 +68,9 @@ def test_validation_benchmark_ranks_recipes_and_chooses_on_validation_only(tmp_p
     assert not list(tmp_path.iterdir()), "the benchmark cleans up its temporary data and cache"
 
 
-
 def test_groups_benchmark_reports_every_grouping_and_groups_per_class(tmp_path):
-    env = bench_env()
-    out = run_module("benchmarks.groups", "--groups", "3", "8", "--seeds", "0", "1", cwd=tmp_path, env=env, timeout=900)
+    out = run_module("benchmarks.groups", "--groups", "3", "8", "--seeds", "0", "1", cwd=tmp_path, path=BENCHMARKS,
+                     timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     runs = {(kind, int(k), int(s)): (float(v), float(t)) for kind, k, s, v, t in re.findall(
         r"^(backbone|colour|mix)\s+(\d) groups seed (\d): val ([\d.]+) test ([\d.]+) carve-out [\d.]+ \(\d\) whole True$",

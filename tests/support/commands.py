@@ -29,12 +29,13 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Sequence
 
 # What the shell running pytest may have set that changes what rps does or prints: tests build their own.
 INHERITED = ("MLFLOW_", "TFDS_", "TFHUB_", "TF_CPP_MIN_LOG_LEVEL", "RPS_TF_LOG_LEVEL", "RPS_QUIET_FILTER", "RPS_VERBOSE")
 # Imported once by the fork server: what the commands import that costs seconds.
 PRELOAD = ["rps", "tensorflow", "tf_keras", "tensorflow_hub", "tensorflow_datasets", "mlflow",
-           "mlflow.store.tracking.sqlalchemy_store", "hydra", "omegaconf", "matplotlib"]
+           "mlflow.store.tracking.sqlalchemy_store", "hydra", "omegaconf", "matplotlib", "matplotlib.pyplot"]
 # Variables read while those libraries import (or by rps/__init__.py before them).
 IMPORT_TIME = ("TF_", "RPS_VERBOSE", "RPS_TF_LOG_LEVEL", "PYTHON", "MPL", "OMP_", "KMP_", "CUDA", "XLA_", "LD_", "MALLOC", "OPENBLAS", "MKL")
 # Read later, or by the child itself; or set by joblib and scikit-learn when a test process imports
@@ -164,13 +165,15 @@ class Command:
     (``pid``, ``poll``, ``wait``, ``communicate``, ``send_signal``, ``kill``, ``returncode``);
     stdout and stderr are captured to files and returned as text by :meth:`communicate`."""
 
-    def __init__(self, module: str, args: tuple[str, ...], cwd: Path | str, env: dict[str, str], ignore_sigint: bool):
+    def __init__(self, module: str, args: tuple[str, ...], cwd: Path | str, env: dict[str, str], ignore_sigint: bool,
+                 path: tuple[str, ...] = ()):
         self.args = [sys.executable, "-m", module, *args]
         self._folder = tempfile.TemporaryDirectory(prefix="rps-command-")
         self._out, self._err = Path(self._folder.name, "stdout"), Path(self._folder.name, "stderr")
         self._out.touch(), self._err.touch()
         self._process = _server().Process(target=_child, args=(
-            module, list(args), str(cwd), dict(env), _fresh_sys_path(), str(self._out), str(self._err), ignore_sigint))
+            module, list(args), str(cwd), dict(env), (*path, *_fresh_sys_path()), str(self._out), str(self._err),
+            ignore_sigint))
         self._process.start()
         self.pid = self._process.pid
 
@@ -204,15 +207,22 @@ class Command:
 
 
 def start_module(module: str, *args: str, cwd: Path | str, env: dict[str, str] | None = None,
-                 ignore_sigint: bool = False) -> Command | subprocess.Popen:
+                 ignore_sigint: bool = False, path: Sequence[Path | str] = ()) -> Command | subprocess.Popen:
     """`python -m module args` started in ``cwd`` (forked warm as :func:`run_module` decides), its
     output captured; ``ignore_sigint`` starts it with SIGINT ignored, as a shell starts background jobs."""
     env = clean_env() if env is None else env
     if _cold(env):
         preexec = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore_sigint else None
-        return subprocess.Popen([sys.executable, "-m", module, *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, preexec_fn=preexec)
-    return Command(module, args, cwd, env, ignore_sigint)
+        return subprocess.Popen([sys.executable, "-m", module, *args], cwd=cwd, env=_with_path(env, path),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=preexec)
+    return Command(module, args, cwd, env, ignore_sigint, tuple(map(str, path)))
+
+
+def _with_path(env: dict[str, str], path: Sequence[Path | str]) -> dict[str, str]:
+    """``env`` with ``path`` first on its PYTHONPATH (what the warm child puts on its sys.path)."""
+    if not path:
+        return env
+    return env | {"PYTHONPATH": os.pathsep.join([*map(str, path), *filter(None, [env.get("PYTHONPATH")])])}
 
 
 def _cold(env: dict[str, str], cold: bool = False) -> bool:
@@ -230,15 +240,16 @@ def _cold(env: dict[str, str], cold: bool = False) -> bool:
 
 
 def run_module(module: str, *args: str, cwd: Path | str, env: dict[str, str] | None = None,
-               timeout: float = 600, cold: bool = False) -> subprocess.CompletedProcess:
+               timeout: float = 600, cold: bool = False, path: Sequence[Path | str] = ()) -> subprocess.CompletedProcess:
     """`python -m module args` in ``cwd`` with ``env`` (default: :func:`clean_env`), returned as
     ``subprocess.run(..., capture_output=True, text=True)`` returns it; forked from the warm fork
-    server unless ``cold``, ``RPS_TEST_COLD=1`` or an import-time variable differs from its."""
+    server unless ``cold``, ``RPS_TEST_COLD=1`` or an import-time variable differs from its.
+    ``path``: folders to import from, as PYTHONPATH would add them (without making the command cold)."""
     env = clean_env() if env is None else env
     if _cold(env, cold):
-        return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                              timeout=timeout)
-    command = Command(module, args, cwd, env, ignore_sigint=False)
+        return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=_with_path(env, path),
+                              capture_output=True, text=True, timeout=timeout)
+    command = Command(module, args, cwd, env, ignore_sigint=False, path=tuple(map(str, path)))
     try:
         out, err = command.communicate(timeout)
     except subprocess.TimeoutExpired:
