@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT, TINY_SPLIT, all_runs, clean_env, compose, free_port, run_cli, split_examples, store
-from support.commands import start_module
+from support.commands import run_module, start_module
 
 pytestmark = pytest.mark.slow
 EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
@@ -146,8 +146,7 @@ def test_a_credential_on_the_command_line_is_refused_before_anything_is_written(
     env = offline_env | {"XDG_CACHE_HOME": str(tmp_path / "cache")}
     if command == "environment":
         env["MLFLOW_TRACKING_URI"] = f"http://alice:{secret}@127.0.0.1:9"
-    result = subprocess.run([sys.executable, "-m", *(a.format(secret=secret) for a in args)], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=300)
+    result = run_module(*(a.format(secret=secret) for a in args), cwd=tmp_path, env=env, timeout=300)
     assert result.returncode == 2 and expected in result.stderr, result.stderr[-2000:]
     assert "Traceback" not in result.stderr and secret not in result.stdout + result.stderr
     assert "MLFLOW_TRACKING_PASSWORD" in result.stderr and "Nothing was written" in result.stderr

@@ -6,14 +6,15 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from conftest import TINY_SPLIT, all_runs, run_cli, store
+from support.commands import run_module, start_module
+
+TESTS = Path(__file__).parent  # support.sweep_job (and the conftest it imports) from there
 
 pytestmark = pytest.mark.slow
 
@@ -34,13 +35,10 @@ def _checkpointed_epoch(cwd: Path) -> tuple[str, int, int]:
     return "", 0, 0
 
 
-def _kill_after(command: list[str], cwd: Path, env: dict, epoch: int, phase: int) -> str:
-    """Start a run (``python -m rps.run <overrides>``, or a whole command), SIGKILL it once a
-    checkpoint of ``phase`` at ``epoch`` or later exists; returns its run id."""
-    if command[0] != sys.executable:
-        command = [sys.executable, "-m", "rps.run", *command]
-    proc = subprocess.Popen(command, cwd=cwd, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def _kill_after(args: list[str], cwd: Path, env: dict, epoch: int, phase: int, module: str = "rps.run") -> str:
+    """Start ``python -m module args``, SIGKILL it once a checkpoint of ``phase`` at ``epoch`` or
+    later exists; returns its run id."""
+    proc = start_module(module, *args, cwd=cwd, env=env, path=[TESTS] if module.startswith("support.") else [])
     deadline = time.monotonic() + 300
     try:
         while True:
@@ -49,7 +47,10 @@ def _kill_after(command: list[str], cwd: Path, env: dict, epoch: int, phase: int
                 proc.send_signal(signal.SIGKILL)
                 proc.wait(timeout=30)
                 return run_id
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-3000:]
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"no checkpoint of phase {phase} epoch {epoch} (exit {proc.poll()}): "
+                            f"{proc.communicate()[1][-3000:]}")
             time.sleep(0.05)
     finally:
         proc.kill()
@@ -94,15 +95,6 @@ def test_resume_refuses_other_values_and_a_damaged_checkpoint(offline_env, tmp_p
     assert os.stat(folder).st_mode & 0o077 == 0, "checkpoints are the user's own"
 
 
-REQUEUED_JOB = """
-import sys
-from conftest import compose
-from rps.runner import job
-overrides = sys.argv[1:]
-job.run(compose(*overrides), None, overrides)
-"""
-
-
 def test_a_sweep_job_launched_again_resumes_its_own_run(offline_env, tmp_path):
     """What a SLURM requeue does: the same job of the same sweep (same parent, same overrides) runs
     again; it finds its unfinished run by its job key and resumes it instead of starting over."""
@@ -112,10 +104,8 @@ def test_a_sweep_job_launched_again_resumes_its_own_run(offline_env, tmp_path):
     parent = tracking.open_parent_run(client.create_experiment("rps"), "sweep", {"sweep": "parent", "sweep.keys": "seed"}, {})
     overrides = ["seed=3", *FROZEN, f"parent_run_id={parent}", f"mlruns_dir={tmp_path / 'mlruns'}",
                  f"tracking_uri=sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"]
-    env = offline_env | {"PYTHONPATH": str(Path(__file__).parent)}
-    command = [sys.executable, "-c", REQUEUED_JOB, *overrides]
-    first = _kill_after(command, tmp_path, env, 10, 1)
-    again = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    first = _kill_after(overrides, tmp_path, offline_env, 10, 1, module="support.sweep_job")
+    again = run_module("support.sweep_job", *overrides, cwd=tmp_path, env=offline_env, path=[TESTS])
     assert again.returncode == 0, again.stderr[-3000:]
     children = tracking.child_runs(parent, client)
     assert [c.info.run_id for c in children] == [first] and children[0].info.status == "FINISHED"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -173,8 +172,7 @@ def test_a_server_lost_mid_run_costs_nothing_trained_and_the_run_is_recovered(te
 
     restarted = team_server.cli("start", user=None)  # the server comes back
     assert restarted.returncode == 0, restarted.stderr[-2000:]
-    recovered = subprocess.run([sys.executable, "-m", "rps.recover", str(folder)], cwd=tmp_path, env=as_alice,
-                               capture_output=True, text=True, timeout=300)
+    recovered = run_module("rps.recover", str(folder), cwd=tmp_path, env=as_alice, timeout=300)
     assert recovered.returncode == 0, recovered.stderr[-2000:]
     assert not folder.exists()
     client = team_server.client("alice")
@@ -186,12 +184,10 @@ def test_a_server_lost_mid_run_costs_nothing_trained_and_the_run_is_recovered(te
 
 
 def test_parallel_sweeps_against_one_server_lose_no_run(team_server, as_alice, tmp_path):
-    first = subprocess.Popen([sys.executable, "-m", "rps.run", "-m", "head.dropout=0.1,0.2", "epochs=1",
-                              *TINY_SPLIT, "experiment_name=load", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
-                             cwd=tmp_path, env=as_alice, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    second = subprocess.Popen([sys.executable, "-m", "rps.run", "-m", "optimizer.lr=0.01,0.001", "epochs=1",
-                               *TINY_SPLIT, "experiment_name=load"],
-                              cwd=tmp_path, env=as_alice, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    first = start_module("rps.run", "-m", "head.dropout=0.1,0.2", "epochs=1", *TINY_SPLIT, "experiment_name=load",
+                         "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", cwd=tmp_path, env=as_alice)
+    second = start_module("rps.run", "-m", "optimizer.lr=0.01,0.001", "epochs=1", *TINY_SPLIT, "experiment_name=load",
+                          cwd=tmp_path, env=as_alice)
     errors = [p.communicate(timeout=900)[1] for p in (first, second)]
     assert [first.returncode, second.returncode] == [0, 0], [e[-2000:] for e in errors]
     client = team_server.client("alice")
