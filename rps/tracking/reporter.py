@@ -50,6 +50,13 @@ def _pixels(fig):
     return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
 
 
+def _save_png(image, path: Path) -> None:
+    """An RGB array as a PNG file (what ``savefig`` would write, without drawing the figure again)."""
+    from PIL import Image
+
+    Image.fromarray(image).save(path, format="PNG")
+
+
 class SplitDataset(MetaDataset):
     """A split as an MLflow dataset: name, source (a local folder), digest and a profile (size,
     class counts), so the runs table's Dataset column tells which data and split a run used."""
@@ -170,10 +177,13 @@ class MlflowReporter(Reporter):
             self._send(path, lambda: self.client.log_artifact(self.run_id, str(local), str(Path(path).parent)))
 
     def figure(self, fig, path: str, compare_as: Optional[str] = None, step: int = 0) -> None:
-        if compare_as:  # MLflow's chart view shows logged images side by side across runs
-            image = _pixels(fig)
+        if compare_as and path.endswith(".png"):  # MLflow's chart view shows logged images side by side across runs
+            image = _pixels(fig)  # drawn once, for both: the file holds the very pixels the chart view shows
             self._send(compare_as, lambda: self.client.log_image(self.run_id, image, key=compare_as, step=step))
-        self._artifact(path, fig.savefig, lambda: self.client.log_figure(self.run_id, fig, path))
+            self._artifact(path, lambda local: _save_png(image, local),
+                           lambda: self.client.log_image(self.run_id, image, artifact_file=path))
+        else:
+            self._artifact(path, fig.savefig, lambda: self.client.log_figure(self.run_id, fig, path))
         super().figure(fig, path, compare_as, step)
 
     def dataset(self, context: str, name: str, source: str, digest: str, profile: dict[str, Any]) -> None:
