@@ -31,6 +31,22 @@ def compose(*overrides: str, return_hydra_config: bool = False):
         return hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=return_hydra_config)
 
 
+# pytest-xdist hands test files to its workers in collection order (pyproject.toml turns off its
+# own order, by count of tests): the longest files go first, so the files that start last are short
+# and no worker ends alone on a long one. In the 2026-12-03 dry runs the SLURM file (2 tests, ~90 s)
+# started last and ran alone for ~3 min. Order by worker time per file (--durations of those runs);
+# the files not named keep their order, after these. A schedule only: no test depends on it.
+LONGEST_FIRST = ("test_finetune_cache.py", "test_team_server.py", "test_tune.py", "test_cluster.py", "test_e2e.py",
+                 "test_bench.py", "test_resume.py", "test_sweep.py", "test_ship.py", "test_bench_finetune.py",
+                 "test_mirrors.py", "test_predict.py", "test_slurm.py", "test_bench_main_command.py", "test_ensemble.py",
+                 "test_ui.py", "test_recover.py", "test_selection.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file's tests in their order
+
+
 def pytest_sessionstart(session):
     """In CI (.ci/run), services install beside the project: wait for them before the first test,
     and stop if they failed (a skipped server, SLURM or browser test would hide lost coverage)."""
