@@ -19,8 +19,6 @@ from conftest import TINY_SPLIT, free_port, run_cli, sweep_runs
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
 
-
-
 def test_submitit_local_runs_each_job_in_its_own_process(offline_env, tmp_path):
     result = run_cli("-m", "head.dropout=0.2,0.5,1.5", "epochs=1", *TINY_SPLIT,
                      "hydra/launcher=submitit_local", cwd=tmp_path, env=offline_env, timeout=900)
@@ -32,8 +30,6 @@ def test_submitit_local_runs_each_job_in_its_own_process(offline_env, tmp_path):
     pids = {c.data.tags["rps.pid"] for c in children if c.info.status == "FINISHED"}
     assert len(pids) == 2 and str(os.getpid()) not in pids, "each job ran in a process of its own"
     assert all("head.dropout=1.5" in c.data.tags["error"] for c in children if c.info.status == "FAILED")
-
-
 
 
 @pytest.fixture
@@ -99,7 +95,7 @@ def test_jobs_that_never_reached_the_store_are_counted_missing_and_fail_the_swee
     from rps.search.sweep import summarize
 
     client = store(tmp_path)
-    experiment = client.create_experiment("rps")
+    experiment = client.create_experiment("rps", artifact_location=(tmp_path / "artifacts").as_uri())  # not the cwd's mlruns/
     parent = tracking.open_parent_run(experiment, "sweep", {"sweep": "parent", "sweep.keys": "seed",
                                                             "sweep.expected_jobs": "3"}, {})
     run = client.create_run(experiment, run_name="seed=1", tags={tracking.PARENT_TAG: parent})

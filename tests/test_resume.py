@@ -101,7 +101,8 @@ def test_a_sweep_job_launched_again_resumes_its_own_run(offline_env, tmp_path):
     from rps import tracking
 
     client = store(tmp_path)
-    parent = tracking.open_parent_run(client.create_experiment("rps"), "sweep", {"sweep": "parent", "sweep.keys": "seed"}, {})
+    experiment = client.create_experiment("rps", artifact_location=(tmp_path / "mlruns" / "artifacts").as_uri())  # as rps does
+    parent = tracking.open_parent_run(experiment, "sweep", {"sweep": "parent", "sweep.keys": "seed"}, {})
     overrides = ["seed=3", *FROZEN, f"parent_run_id={parent}", f"mlruns_dir={tmp_path / 'mlruns'}",
                  f"tracking_uri=sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"]
     first = _kill_after(overrides, tmp_path, offline_env, 10, 1, module="support.sweep_job")
