@@ -225,6 +225,12 @@ def store(cwd: Path):
     return mlflow.MlflowClient()
 
 
+def new_experiment(cwd: Path, name: str) -> str:
+    """An experiment in ``cwd``'s default store whose artifacts go beside it, where rps puts them
+    (``mlruns/artifacts``; MLflow's own default is the test process's working directory)."""
+    return store(cwd).create_experiment(name, artifact_location=(cwd / "mlruns" / "artifacts").as_uri())
+
+
 def free_port() -> int:
     """A loopback port nothing listens on (for servers the tests start)."""
     import socket

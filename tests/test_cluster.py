@@ -90,12 +90,12 @@ def test_the_expected_number_of_jobs_is_known_before_they_run(overrides, params,
 def test_jobs_that_never_reached_the_store_are_counted_missing_and_fail_the_sweep(tmp_path):
     from mlflow.entities import Metric
 
-    from conftest import store
+    from conftest import new_experiment, store
     from rps import tracking
     from rps.search.sweep import summarize
 
     client = store(tmp_path)
-    experiment = client.create_experiment("rps", artifact_location=(tmp_path / "artifacts").as_uri())  # not the cwd's mlruns/
+    experiment = new_experiment(tmp_path, "rps")
     parent = tracking.open_parent_run(experiment, "sweep", {"sweep": "parent", "sweep.keys": "seed",
                                                             "sweep.expected_jobs": "3"}, {})
     run = client.create_run(experiment, run_name="seed=1", tags={tracking.PARENT_TAG: parent})

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_SPLIT, all_runs, run_cli, store
+from conftest import TINY_SPLIT, all_runs, new_experiment, run_cli, store
 from support.commands import run_module, start_module
 
 TESTS = Path(__file__).parent  # support.sweep_job (and the conftest it imports) from there
@@ -35,10 +35,11 @@ def _checkpointed_epoch(cwd: Path) -> tuple[str, int, int]:
     return "", 0, 0
 
 
-def _kill_after(args: list[str], cwd: Path, env: dict, epoch: int, phase: int, module: str = "rps.run") -> str:
-    """Start ``python -m module args``, SIGKILL it once a checkpoint of ``phase`` at ``epoch`` or
-    later exists; returns its run id."""
-    proc = start_module(module, *args, cwd=cwd, env=env, path=[TESTS] if module.startswith("support.") else [])
+def _kill_after(args: list[str], cwd: Path, env: dict, epoch: int, phase: int, module: str = "rps.run",
+                path: tuple[Path, ...] = ()) -> str:
+    """Start ``python -m module args`` (importing also from ``path``), SIGKILL it once a checkpoint
+    of ``phase`` at ``epoch`` or later exists; returns its run id."""
+    proc = start_module(module, *args, cwd=cwd, env=env, path=path)
     deadline = time.monotonic() + 300
     try:
         while True:
@@ -101,11 +102,10 @@ def test_a_sweep_job_launched_again_resumes_its_own_run(offline_env, tmp_path):
     from rps import tracking
 
     client = store(tmp_path)
-    experiment = client.create_experiment("rps", artifact_location=(tmp_path / "mlruns" / "artifacts").as_uri())  # as rps does
-    parent = tracking.open_parent_run(experiment, "sweep", {"sweep": "parent", "sweep.keys": "seed"}, {})
+    parent = tracking.open_parent_run(new_experiment(tmp_path, "rps"), "sweep", {"sweep": "parent", "sweep.keys": "seed"}, {})
     overrides = ["seed=3", *FROZEN, f"parent_run_id={parent}", f"mlruns_dir={tmp_path / 'mlruns'}",
                  f"tracking_uri=sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"]
-    first = _kill_after(overrides, tmp_path, offline_env, 10, 1, module="support.sweep_job")
+    first = _kill_after(overrides, tmp_path, offline_env, 10, 1, module="support.sweep_job", path=(TESTS,))
     again = run_module("support.sweep_job", *overrides, cwd=tmp_path, env=offline_env, path=[TESTS])
     assert again.returncode == 0, again.stderr[-3000:]
     children = tracking.child_runs(parent, client)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import compose, store
+from conftest import compose, new_experiment, store
 from rps.search.summary import choose_best, rank_key
 
 
@@ -46,7 +46,7 @@ def _fake_sweep(cwd, children: list[tuple[str, float, float, int, float]]) -> st
     from rps import tracking
 
     client = store(cwd)
-    experiment = client.create_experiment("sweep", artifact_location=(cwd / "mlruns" / "artifacts").as_uri())  # as rps does
+    experiment = new_experiment(cwd, "sweep")
     parent = tracking.open_parent_run(experiment, "sweep", {"sweep": "parent", "sweep.keys": "head.dropout"}, {})
     for i, (name, val, loss, epochs, test) in enumerate(children):
         run = client.create_run(experiment, run_name=name, tags={tracking.PARENT_TAG: parent}, start_time=1000 + i)
