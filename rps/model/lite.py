@@ -5,7 +5,7 @@ float32 TFLite conversions of their TensorFlow models through LiteRT (``ai-edge-
 pinned in pyproject.toml), which applies the XNNPACK delegate to float models and uses every
 core it may. LiteRT rather than ``tf.lite.Interpreter``: TensorFlow 2.21 deprecates its own
 interpreter in LiteRT's favour and warns on each use; LiteRT is the maintained one. Outputs
-agree with TensorFlow's to ~1e-5. Conversions (seconds; ~10 s for MobileNet-V2 here) are
+agree with TensorFlow's to ~1e-5. Conversions (seconds: a frozen MobileNet-V2 ~1.5 s here, a SavedModel more) are
 cached on disk by a key of what determines them. Fine-tuning keeps TensorFlow: its weights change.
 """
 
@@ -48,12 +48,18 @@ def from_saved_model(saved_model_dir: Path, quantize: bool = False) -> bytes:
 
 
 def from_layer(layer, image_size: int) -> bytes:
-    """Float32 TFLite flatbuffer of a Keras layer (a frozen backbone) on ``image_size`` squares."""
+    """Float32 TFLite flatbuffer of a Keras layer (a frozen backbone) on ``image_size`` squares.
+
+    The function itself is the converter's ``trackable_obj``: TensorFlow then converts its graph
+    with the weights frozen in, instead of first saving the layer as a SavedModel (which traces
+    every Keras layer again) and loading it back. Same outputs (to 1e-7), same XNNPACK speed; 1.5 s
+    instead of 7.8 s for the real MobileNet-V2 at 224 px (2026-12-03, 2-core AMD EPYC, AVX-512).
+    """
     import tensorflow as tf
 
     spec = tf.TensorSpec([None, image_size, image_size, 3], tf.float32)
     forward = tf.function(lambda x: layer(x, training=False), input_signature=[spec])
-    return tf.lite.TFLiteConverter.from_concrete_functions([forward.get_concrete_function()], layer).convert()
+    return tf.lite.TFLiteConverter.from_concrete_functions([forward.get_concrete_function()], forward).convert()
 
 
 def conversion_key(*parts: str) -> str:
