@@ -1,8 +1,6 @@
 """Feature cache: keyed on exactly what determines features, verified, atomic, shared safely."""
 
 import multiprocessing as mp
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +10,7 @@ from conftest import TINY_SPLIT, compose, prepared_run
 from rps.data.pipelines import make_dataset
 from rps.model import features
 from rps.data.examples import Examples
+from support.feature_builders import build_shared, counting_compute
 
 
 def _key(images, labels, backbone, size=224, engine="xnnpack"):
@@ -55,18 +54,9 @@ def test_image_folder_examples_are_keyed_by_path_size_and_mtime(tmp_path):
     assert key() == same_mtime
 
 
-def _counting_compute(counter: Path, n=6, dim=4, delay=0.0):
-    def compute():
-        with open(counter, "a") as f:
-            f.write("x")
-        time.sleep(delay)
-        return np.arange(n * dim, dtype=np.float32).reshape(n, dim)
-    return compute
-
-
 def test_build_then_hit(tmp_path):
     labels = np.array([0, 1, 2, 0, 1, 2])
-    compute = _counting_compute(tmp_path / "calls")
+    compute = counting_compute(tmp_path / "calls")
     first = features.cached_features("k", labels, 4, compute, tmp_path / "cache")
     second = features.cached_features("k", labels, 4, compute, tmp_path / "cache")
     assert (first.status, second.status) == ("built", "hit")
@@ -78,7 +68,7 @@ def test_build_then_hit(tmp_path):
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "flip_byte", "wrong_labels"])
 def test_damaged_entry_is_detected_logged_and_rebuilt(tmp_path, damage, caplog):
     labels = np.array([0, 1, 2, 0, 1, 2])
-    compute = _counting_compute(tmp_path / "calls")
+    compute = counting_compute(tmp_path / "calls")
     built = features.cached_features("k", labels, 4, compute, tmp_path)
     data = built.path.read_bytes()
     if damage == "truncate":
@@ -97,16 +87,9 @@ def test_damaged_entry_is_detected_logged_and_rebuilt(tmp_path, damage, caplog):
     assert features.read_entry(rebuilt.path, labels, 4).shape == (6, 4)
 
 
-def _worker(args):
-    cache, counter, i = args
-    result = features.cached_features("shared", np.arange(6) % 3, 4, _counting_compute(counter, delay=1.0), cache)
-    return result.status, result.features.sum()
-
-
-@pytest.mark.slow  # > 9 s: kept out of the fast tier (docs/testing.md)
 def test_parallel_builders_compute_once_and_agree(tmp_path):
     with mp.get_context("spawn").Pool(4) as pool:
-        results = pool.map(_worker, [(tmp_path / "cache", tmp_path / "calls", i) for i in range(4)])
+        results = pool.map(build_shared, [(tmp_path / "cache", tmp_path / "calls", i) for i in range(4)])
     assert sorted(s for s, _ in results) == ["built", "hit", "hit", "hit"]
     assert len({total for _, total in results}) == 1
     assert (tmp_path / "calls").read_text() == "x"
@@ -178,7 +161,7 @@ def test_unwritable_cache_costs_the_entry_not_the_run(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(features, "write_entry", disk_full)
-    result = features.cached_features("k", labels, 4, _counting_compute(tmp_path / "calls"), tmp_path / "cache")
+    result = features.cached_features("k", labels, 4, counting_compute(tmp_path / "calls"), tmp_path / "cache")
     assert result.status == "built, not stored" and result.features.shape == (6, 4)
     assert not result.path.exists()
 
