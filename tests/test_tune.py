@@ -167,7 +167,10 @@ def in_a_trial_after_two_finished(runs) -> bool:
 def test_an_interrupted_study_resumes_where_it_stopped(search_dir, offline_env, tmp_path):
     (tmp_path / "mlruns").mkdir()
     store(tmp_path).search_experiments()  # create the tables first: this test polls the store meanwhile
-    proc = start_module(*tune_command(search_dir, "search.pruner=none", "epochs=30"), cwd=tmp_path, env=offline_env)
+    # 4 trials: two finish, the third is cut (the poll below sees its first epochs; 12 leave room), the
+    # resumed study asks it again and runs the fourth
+    study_args = ("search.pruner=none", "epochs=12", "search.trials=4")
+    proc = start_module(*tune_command(search_dir, *study_args), cwd=tmp_path, env=offline_env)
     try:
         deadline = time.monotonic() + 300
         while not in_a_trial_after_two_finished(all_runs(tmp_path)):
@@ -184,11 +187,11 @@ def test_an_interrupted_study_resumes_where_it_stopped(search_dir, offline_env, 
     parent, _ = study_runs(tmp_path)
     assert parent.info.status == "KILLED"
     done_before = [t.number for t in trials(tmp_path) if t.state.name == "COMPLETE"]
-    resumed = run_tune(search_dir, tmp_path, offline_env, "search.pruner=none", "epochs=30")
+    resumed = run_tune(search_dir, tmp_path, offline_env, *study_args)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     study = trials(tmp_path)
     counted = [t for t in study if t.state.name != "FAIL" or not t.user_attrs.get("interrupted")]
-    assert len(counted) == 6 and all(t.number in [s.number for s in study] for t in counted)
+    assert len(counted) == 4 and all(t.number in [s.number for s in study] for t in counted)
     assert set(done_before) <= {t.number for t in study if t.state.name == "COMPLETE"}, "finished trials were kept"
     assert any(t.user_attrs.get("interrupted") for t in study)
     parent, children = study_runs(tmp_path)
