@@ -13,7 +13,7 @@ BENCHMARKS = [ROOT]  # the benchmarks live outside the package, in the repositor
 
 def test_benchmark_reports_every_variant_and_thread_setting(tmp_path):
     out = run_module("benchmarks.speed", "--sweep-points", "2", "--uncached-sweep-points", "1", "--threads",
-                     "--thread-setting", "0,0", "--thread-setting", "1,1", "epochs=1", cwd=tmp_path, path=BENCHMARKS,
+                     "--thread-setting", "1,1", "epochs=1", cwd=tmp_path, path=BENCHMARKS,
                      timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     text = out.stdout
@@ -38,7 +38,8 @@ def test_benchmark_reports_every_variant_and_thread_setting(tmp_path):
     assert abs(lite / tf_rate - ratio) <= 0.01 * ratio + 0.005  # the printed ratio is of the printed rates
     assert re.search(r"rps.predict on the 40 test images: [\d.]+ images/s after loading the model \(xnnpack", text)
     rates = re.findall(r"intra_op=(\d) inter_op=(\d): ([\d.]+|failed)", text)
-    assert [r[:2] for r in rates] == [("0", "0"), ("1", "1")] and all(rate != "failed" for *_, rate in rates), text
+    # one setting: each runs in a process of its own that imports TensorFlow cold (~10 s of CPU)
+    assert [r[:2] for r in rates] == [("1", "1")] and all(rate != "failed" for *_, rate in rates), text
     assert not list(tmp_path.iterdir()), "the benchmark cleans up its temporary data and cache"
 
 
