@@ -167,9 +167,9 @@ def in_a_trial_after_two_finished(runs) -> bool:
 def test_an_interrupted_study_resumes_where_it_stopped(search_dir, offline_env, tmp_path):
     (tmp_path / "mlruns").mkdir()
     store(tmp_path).search_experiments()  # create the tables first: this test polls the store meanwhile
-    # 4 trials: two finish, the third is cut (the poll below sees its first epochs; 12 leave room), the
+    # 4 trials: two finish, the third is cut (the poll below sees its first epochs; 20 leave room), the
     # resumed study asks it again and runs the fourth
-    study_args = ("search.pruner=none", "epochs=12", "search.trials=4")
+    study_args = ("search.pruner=none", "epochs=20", "search.trials=4")
     proc = start_module(*tune_command(search_dir, *study_args), cwd=tmp_path, env=offline_env)
     try:
         deadline = time.monotonic() + 300
