@@ -177,11 +177,10 @@ class MlflowReporter(Reporter):
             self._send(path, lambda: self.client.log_artifact(self.run_id, str(local), str(Path(path).parent)))
 
     def figure(self, fig, path: str, compare_as: Optional[str] = None, step: int = 0) -> None:
-        image = None
         if compare_as:  # MLflow's chart view shows logged images side by side across runs
             image = _pixels(fig)
             self._send(compare_as, lambda: self.client.log_image(self.run_id, image, key=compare_as, step=step))
-        if image is not None and path.endswith(".png"):  # drawn once: the file holds the very pixels the chart shows
+        if compare_as and path.endswith(".png"):  # drawn once: the file holds the very pixels the chart shows
             self._artifact(path, lambda local: _save_png(image, local),
                            lambda: self.client.log_image(self.run_id, image, artifact_file=path))
         else:
