@@ -64,10 +64,18 @@ class SplitBackbone:
             module_var.assign(keras_var)
 
 
+def _first_kernel(alpha: float) -> tuple[int, ...]:
+    """The shape of Keras' MobileNetV2 first variable (the stem's 3x3 kernel) at width ``alpha``:
+    32 filters times alpha, rounded as Keras' ``_make_divisible(32 * alpha, 8)`` does."""
+    filters = max(8, int(32 * alpha + 4) // 8 * 8)
+    return 3, 3, 3, (filters + 8 if filters < 0.9 * 32 * alpha else filters)
+
+
 def _mobilenet(module, image_size: int) -> tuple[keras.Model, list]:
     """A Keras MobileNetV2 whose variables line up with the module's, and the (module, Keras) pairs."""
     shapes = [tuple(v.shape) for v in module.variables]
-    for alpha in ALPHAS:
+    # building a network takes ~1 s: only the widths whose stem has the module's first shape can match
+    for alpha in [a for a in ALPHAS if shapes[:1] == [_first_kernel(a)]]:
         net = keras.applications.MobileNetV2(input_shape=(image_size, image_size, 3), alpha=alpha,
                                              include_top=False, pooling="avg", weights=None)
         if [tuple(w.shape) for w in net.weights] == shapes:
