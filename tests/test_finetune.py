@@ -13,12 +13,21 @@ from rps.training.pipeline import prepare, train_and_evaluate
 from rps.training.report import Reporter
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def setup(tiny_tfds, tiny_backbone):
     def make(*overrides):
         return prepare(compose(f"dataset.data_dir={tiny_tfds}", f"backbone.handle={tiny_backbone}", *TINY_SPLIT,
                                "backbone.image_size=32", *overrides))
     return make
+
+
+@pytest.fixture(scope="module")
+def plain_fine_tune(setup):
+    """(report, outcome) of an unaugmented fine-tuning run, phase 1 on the feature cache (on by
+    default): what a run without the cache and one augmenting phase 2 only are compared with."""
+    report = Reporter()
+    return report, train_and_evaluate(setup("backbone.trainable=true", "epochs=2", "backbone.fine_tune_epochs=1"),
+                                      report)
 
 
 ON_IMAGES = "off: the backbone cannot be split at the cut"  # the tiny backbone is no MobileNet-V2
@@ -47,15 +56,12 @@ def test_fine_tuning_changes_only_the_unfrozen_top_of_the_backbone(setup):
 
 
 @pytest.mark.slow  # > 9 s: kept out of the fast tier (docs/testing.md)
-def test_phase_one_on_cached_features_matches_phase_one_on_images(setup):
+def test_phase_one_on_cached_features_matches_phase_one_on_images(setup, plain_fine_tune):
     """The cache only changes how phase 1 is computed: both ways fine-tune from the same head."""
-    results = {}
-    for enabled in ("null", "false"):
-        report = Reporter()
-        out = train_and_evaluate(setup("backbone.trainable=true", "epochs=2", "backbone.fine_tune_epochs=1",
-                                       f"feature_cache.enabled={enabled}"), report)
-        results[enabled] = (report, out)
-    cached, uncached = results["null"], results["false"]
+    report = Reporter()
+    uncached = report, train_and_evaluate(setup("backbone.trainable=true", "epochs=2", "backbone.fine_tune_epochs=1",
+                                                "feature_cache.enabled=false"), report)
+    cached = plain_fine_tune  # feature_cache.enabled=null
     assert uncached[0].recorded["tags"]["feature_cache"] == "off: feature_cache.enabled=false"
     assert cached[0].recorded["tags"]["feature_cache"] in ("built", "hit")
     for key in ("train_loss", "val_loss"):  # phase 1 (2 epochs) agrees
@@ -65,23 +71,28 @@ def test_phase_one_on_cached_features_matches_phase_one_on_images(setup):
 
 
 @pytest.mark.slow  # > 9 s: kept out of the fast tier (docs/testing.md)
-def test_fine_tuning_with_augmentation_runs_both_phases_on_images(setup):
+def test_fine_tuning_with_augmentation_runs_both_phases_on_images_also_in_a_refit(setup):
+    """A refit (no validation split) fine-tunes on images on every training example."""
     report = Reporter()
-    train_and_evaluate(setup("backbone.trainable=true", "epochs=1", "backbone.fine_tune_epochs=1", "augment=basic"), report)
+    out = train_and_evaluate(setup("backbone.trainable=true", "epochs=1", "backbone.fine_tune_epochs=2",
+                                   "augment=basic", "split.refit=true"), report)
     assert report.recorded["tags"]["feature_cache"] == "off: training images are augmented (augment=basic)"
     assert report.recorded["tags"]["feature_cache_fine_tune"].startswith(ON_IMAGES)
+    params = report.recorded["params"]
+    assert params["data.n_val"] == 0 and params["data.n_train"] == 72, "the pool of 84 less its 12 test examples"
+    assert [m["phase"] for _, m in report.epochs] == [1, 2, 2] and "val_accuracy" not in out.history
+    assert out.objective is None and 0 <= out.metrics["test_accuracy"] <= 1
 
 
 @pytest.mark.slow  # > 9 s: kept out of the fast tier (docs/testing.md)
-def test_augmenting_only_the_fine_tuning_phase_keeps_phase_one_on_the_cache(setup):
-    results = {}
-    for augment in ("none", "basic"):
-        report = Reporter()
-        out = train_and_evaluate(setup("backbone.trainable=true", "epochs=2", "backbone.fine_tune_epochs=1",
-                                       f"augment={augment}", "augment.head_phase=false"), report)
-        assert report.recorded["tags"]["feature_cache"] in ("built", "hit")
-        results[augment] = out.history
-    plain, augmented = results["none"], results["basic"]
+def test_augmenting_only_the_fine_tuning_phase_keeps_phase_one_on_the_cache(setup, plain_fine_tune):
+    report = Reporter()
+    augmented = train_and_evaluate(setup("backbone.trainable=true", "epochs=2", "backbone.fine_tune_epochs=1",
+                                         "augment=basic", "augment.head_phase=false"), report).history
+    # the unaugmented run: augment=none (the default), where augment.head_phase changes nothing
+    plain = plain_fine_tune[1].history
+    for recorded in (report, plain_fine_tune[0]):
+        assert recorded.recorded["tags"]["feature_cache"] in ("built", "hit")
     np.testing.assert_allclose(plain["train_loss"][:2], augmented["train_loss"][:2], rtol=1e-5)  # phase 1: same
     assert abs(plain["train_loss"][2] - augmented["train_loss"][2]) > 1e-4, "phase 2 saw augmented images"
 

@@ -149,16 +149,21 @@ def test_the_exported_model_predicts_what_the_split_model_was_evaluated_with(bot
 
 
 @pytest.mark.slow
-def test_augmented_views_are_cached_and_reused(run):
-    augment = ("augment=basic", "augment.head_phase=false", "seed=5")
-    first, _, cache = run(*augment)
+def test_augmented_views_are_cached_and_reused_in_a_refit_on_every_training_example(run):
+    """A fine-tuning refit (no validation split) trains both phases, the second on cached views."""
+    augment = ("augment=basic", "augment.head_phase=false", "seed=5", "split.refit=true")
+    first, out, cache = run(*augment)
     again, _, _ = run(*augment)
+    params = first.recorded["params"]
+    assert params["data.n_val"] == 0 and params["data.n_train"] == 72, "the pool of 84 less its 12 test examples"
+    assert [m["phase"] for _, m in first.epochs] == [1, 2, 2] and "val_accuracy" not in out.history
+    assert out.objective is None and 0 <= out.metrics["test_accuracy"] <= 1
     assert first.recorded["tags"]["activation_cache"] == "built, hit"  # 2 new views; the pool's entry exists
     assert again.recorded["tags"]["activation_cache"] == "hit"
     assert again.recorded["metrics"]["timing_activation_cache_seconds"] < first.recorded["metrics"][
         "timing_activation_cache_seconds"], "a hit only reads"
     assert again.recorded["tags"]["activation_cache_key"] == first.recorded["tags"]["activation_cache_key"]
-    train_views = [a for a in (np.load(p)["features"] for p in cache.glob("*.npz")) if a.ndim == 4 and len(a) == 60]
+    train_views = [a for a in (np.load(p)["features"] for p in cache.glob("*.npz")) if a.ndim == 4 and len(a) == 72]
     assert len(train_views) == 2 and not np.array_equal(*train_views), "one view per fine-tuning epoch, each its own"
     assert [m["phase"] for _, m in again.epochs] == [1, 2, 2]
 
@@ -204,25 +209,15 @@ def test_training_batches_depend_on_the_seed_and_the_epoch_only():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("cached", ["true", "false"])
-def test_a_fine_tuning_refit_trains_both_phases_on_every_training_example(run, cached):
-    report, out, _ = run("split.refit=true", f"backbone.fine_tune_cache={cached}")
-    params = report.recorded["params"]
-    assert params["data.n_val"] == 0 and params["data.n_train"] == 72, "the pool of 84 less its 12 test examples"
-    assert [m["phase"] for _, m in report.epochs] == [1, 2, 2] and "val_accuracy" not in out.history
-    assert out.objective is None and 0 <= out.metrics["test_accuracy"] <= 1
-
-
-@pytest.mark.slow
 def test_grouped_k_fold_fine_tunes_a_model_per_fold(run, caplog):
     import logging
 
     caplog.set_level(logging.INFO, logger="rps.training.pipeline")
     report, out, _ = run("split=official", "split.test_size=null", "split.group_by=clusters", "split.groups=2",
-                         "split.folds=3", "backbone.fine_tune_epochs=1")
+                         "split.folds=2", "backbone.fine_tune_epochs=1")  # 3+ folds: tests/test_validation.py
     metrics = report.recorded["metrics"]
-    folds = [metrics[f"cv/fold_{k}_val_accuracy"] for k in range(3)]
+    folds = [metrics[f"cv/fold_{k}_val_accuracy"] for k in range(2)]
     assert out.objective == pytest.approx(np.mean(folds)) and metrics["model_val_accuracy"] == folds[0]
     assert "head and fine-tuning" in report.recorded["tags"]["selection.measures"]
     fine_tuned = [r for r in caplog.records if r.getMessage().startswith("Fine-tuning the top of the backbone")]
-    assert len(fine_tuned) == 3, "the run's model and one per other fold"
+    assert len(fine_tuned) == 2, "the run's model and one per other fold"

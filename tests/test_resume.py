@@ -19,7 +19,7 @@ TESTS = Path(__file__).parent  # support.sweep_job (and the conftest it imports)
 pytestmark = pytest.mark.slow
 
 FROZEN = ["epochs=60", *TINY_SPLIT, "head.dropout=0.5", "early_stopping.enabled=true", "early_stopping.patience=100"]
-FINE_TUNE = ["epochs=2", "backbone.trainable=true", "backbone.fine_tune_epochs=30", "optimizer.fine_tune_lr=0.01",
+FINE_TUNE = ["epochs=2", "backbone.trainable=true", "backbone.fine_tune_epochs=12", "optimizer.fine_tune_lr=0.01",
              *TINY_SPLIT]
 
 
