@@ -1,7 +1,8 @@
 """Sweeps through Hydra's cluster launchers: submitit (local executor) and a real local Ray head.
 
 The jobs run in other processes (and, for Ray, another working directory) than the launching
-one; they nest under the sweep's parent because its id travels inside each job's config.
+one; they nest under the sweep's parent because its id travels inside each job's config. A job
+that fails does so alone, and the sweep's summary says so.
 """
 
 from __future__ import annotations
@@ -14,22 +15,26 @@ import tempfile
 
 import pytest
 
-from conftest import TINY_SPLIT, free_port, run_cli, sweep_runs
+from conftest import TINY_SPLIT, free_port, run_cli, store, sweep_runs
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
 
-def test_submitit_local_runs_each_job_in_its_own_process(offline_env, tmp_path):
-    result = run_cli("-m", "head.dropout=0.2,0.5,1.5", "epochs=1", *TINY_SPLIT,
+def test_submitit_local_runs_each_job_in_its_own_process_and_a_failing_one_fails_alone(offline_env, tmp_path):
+    result = run_cli("-m", "head.dropout=0.2,1.5", "epochs=1", *TINY_SPLIT,
                      "hydra/launcher=submitit_local", cwd=tmp_path, env=offline_env, timeout=900)
     assert result.returncode == 1 and "1 sweep job(s) failed" in result.stderr, result.stderr[-3000:]
     parent, children = sweep_runs(tmp_path)
     status = {c.info.run_name: c.info.status for c in children}
-    assert status == {"dropout=0.2": "FINISHED", "dropout=0.5": "FINISHED", "dropout=1.5": "FAILED"}
+    assert status == {"dropout=0.2": "FINISHED", "dropout=1.5": "FAILED"}
     assert parent.info.status == "FINISHED" and parent.data.params["launcher"].endswith("LocalLauncher")
-    pids = {c.data.tags["rps.pid"] for c in children if c.info.status == "FINISHED"}
+    pids = {c.data.tags["rps.pid"] for c in children}  # the FAILED job's run carries its process too
     assert len(pids) == 2 and str(os.getpid()) not in pids, "each job ran in a process of its own"
+    assert parent.data.tags["rps.pid"] not in pids, "no job ran in the launching process"
     assert all("head.dropout=1.5" in c.data.tags["error"] for c in children if c.info.status == "FAILED")
+    assert parent.data.metrics["n_failed"] == 1  # the failed job fails alone: the summary says so
+    summary = store(tmp_path).download_artifacts(parent.info.run_id, "summary/summary.md", str(tmp_path))
+    assert "FAILED" in open(summary).read()
 
 
 @pytest.fixture
@@ -90,7 +95,7 @@ def test_the_expected_number_of_jobs_is_known_before_they_run(overrides, params,
 def test_jobs_that_never_reached_the_store_are_counted_missing_and_fail_the_sweep(tmp_path):
     from mlflow.entities import Metric
 
-    from conftest import new_experiment, store
+    from conftest import new_experiment
     from rps import tracking
     from rps.search.sweep import summarize
 
