@@ -40,7 +40,7 @@ def compose(*overrides: str, return_hydra_config: bool = False):
 LONGEST_FIRST = ("test_finetune_cache.py", "test_team_server.py", "test_tune.py", "test_bench.py", "test_cluster.py",
                  "test_bench_finetune.py", "test_e2e.py", "test_resume.py", "test_mirrors.py",
                  "test_bench_main_command.py", "test_predict.py", "test_slurm.py", "test_sweep.py", "test_ui.py",
-                 "test_features.py", "test_ensemble.py", "test_finetune.py", "test_recover.py", "test_ship.py",
+                 "test_features.py", "test_ensemble.py", "test_finetune.py", "test_ship.py",
                  "test_refit.py", "test_selection.py", "test_quiet.py")
 
 

@@ -4,6 +4,8 @@ PostgreSQL, proxied artifacts, basic-auth sign-in), on 127.0.0.1 only. CI starts
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import signal
 import subprocess
 import time
@@ -80,44 +82,55 @@ def _files_text(folder: Path) -> str:
     return "".join(p.read_text(errors="replace") for p in folder.rglob("*") if p.is_file())
 
 
-def test_runs_sweeps_registry_predict_and_compare_work_against_the_server(team_server, alice):
+def test_parallel_sweeps_lose_no_run_and_registry_predict_and_compare_work_against_the_server(team_server, alice):
+    """Two sweeps at once into one new experiment (the first with two joblib jobs at once) beside
+    alice's single run: 2 parents + 4 jobs, all FINISHED, their files on the server only."""
     import mlflow
 
     from rps.synthetic import tiny_image
 
     single, tmp_path, as_alice = alice.result, alice.cwd, alice.env
-    sweep = run_cli("-m", "head.dropout=0.2,0.5", "epochs=1", *TINY_SPLIT, cwd=tmp_path, env=as_alice)
-    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    first = start_module("rps.run", "-m", "head.dropout=0.1,0.2", "epochs=1", *TINY_SPLIT, "experiment_name=load",
+                         "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", cwd=tmp_path, env=as_alice)
+    second = start_module("rps.run", "-m", "optimizer.lr=0.01,0.001", "epochs=1", *TINY_SPLIT, "experiment_name=load",
+                          cwd=tmp_path, env=as_alice)
+    sweeps = [p.communicate(timeout=900) for p in (first, second)]
+    assert [first.returncode, second.returncode] == [0, 0], [err[-2000:] for _, err in sweeps]
     photo = tmp_path / "hand.png"
     from PIL import Image
     import numpy as np
     Image.fromarray(tiny_image(1, np.random.default_rng(0))).save(photo)
     predicted = run_module("rps.predict", "models:/team-tiny/1", str(photo), cwd=tmp_path, env=as_alice, timeout=300)
     assert predicted.returncode == 0 and "hand.png" in predicted.stdout, predicted.stderr[-2000:]
-    board = run_module("rps.compare", cwd=tmp_path, env=as_alice, timeout=300)
-    assert board.returncode == 0 and board.stdout.count("| FINISHED |") == 3, board.stdout + board.stderr
+    board = run_module("rps.compare", "--experiment", "load", cwd=tmp_path, env=as_alice, timeout=300)
+    assert board.returncode == 0 and board.stdout.count("| FINISHED |") == 4, board.stdout + board.stderr  # the jobs
 
     client = team_server.client("alice")
-    runs = client.search_runs([client.get_experiment_by_name("rps").experiment_id])
-    parent = next(r for r in runs if r.data.tags.get("sweep") == "parent")
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert sorted(c.info.run_name for c in children) == ["dropout=0.2", "dropout=0.5"]
-    assert all(r.info.status == "FINISHED" for r in runs) and len(runs) == 4
+    swept = client.search_runs([client.get_experiment_by_name("load").experiment_id])
+    parents = {r.info.run_id: r for r in swept if r.data.tags.get("sweep") == "parent"}
+    assert len(parents) == 2 and all(p.info.status == "FINISHED" for p in parents.values())
+    by_parent = {pid: sorted(r.info.run_name for r in swept if r.data.tags.get("mlflow.parentRunId") == pid)
+                 for pid in parents}
+    assert sorted(by_parent.values()) == [["dropout=0.1", "dropout=0.2"], ["lr=0.001", "lr=0.01"]]
+    assert all(r.info.status == "FINISHED" for r in swept) and len(swept) == 6
+    runs = [*swept, client.get_run(alice.run.info.run_id)]  # and the single run, in experiment rps
     for run in runs:  # proxied: the files are on the server, none in the client's folder
         assert run.info.artifact_uri.startswith("mlflow-artifacts:/")
         on_server = team_server.state / "artifacts" / run.info.experiment_id / run.info.run_id / "artifacts"
-        assert (on_server / ("summary/summary.md" if run is parent else "plots/confusion_matrix.png")).is_file()
+        expected = "summary/summary.md" if run.info.run_id in parents else "plots/confusion_matrix.png"
+        assert (on_server / expected).is_file()
     assert not (tmp_path / "mlruns" / "mlflow.db").exists() and not (tmp_path / "mlruns" / "artifacts").exists()
     assert mlflow.MlflowClient().get_model_version("team-tiny", "1").run_id in {r.info.run_id for r in runs}
 
     password = PASSWORDS["alice"]  # never in what the runs recorded, nor in what was printed
     for run in runs:
         assert not any(password in str(v) for v in list(run.data.params.values()) + list(run.data.tags.values()))
-    config = client.download_artifacts(children[0].info.run_id, "config", str(tmp_path / "downloaded"))
+    job = next(r for r in swept if r.info.run_name == "dropout=0.1")
+    config = client.download_artifacts(job.info.run_id, "config", str(tmp_path / "downloaded"))
     assert "dropout" in _files_text(Path(config)) and password not in _files_text(Path(config))
     assert password not in _files_text(tmp_path / "mlruns" / "hydra")
-    for result in (single, sweep, predicted, board):
-        assert password not in result.stdout + result.stderr
+    for out, err in [*sweeps, *((r.stdout, r.stderr) for r in (single, predicted, board))]:
+        assert password not in out + err
 
 
 @pytest.mark.parametrize("who", ["nobody", "wrong password", "no permission", "password in the URI"])
@@ -143,60 +156,6 @@ def test_sign_in_and_permission_failures_stop_before_training_naming_the_variabl
     assert "Epoch" not in result.stdout
     assert PASSWORDS["alice"] not in result.stdout + result.stderr
     assert len(client.search_runs([e.experiment_id for e in client.search_experiments()])) == before, "no run left"
-
-
-def test_a_server_lost_mid_run_costs_nothing_trained_and_the_run_is_recovered(team_server, as_alice, tmp_path):
-    client = team_server.client("alice")
-    proc = start_module("rps.run", "epochs=100000", *TINY_SPLIT, cwd=tmp_path, env=as_alice)
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            assert time.monotonic() < deadline and proc.poll() is None, "training never started"
-            time.sleep(2)
-            experiment = client.get_experiment_by_name("rps")
-            running = client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'") if experiment else []
-            if running and len(client.get_metric_history(running[0].info.run_id, "val_accuracy")) >= 2:
-                lost = running[0]
-                break
-        os.killpg(int((team_server.state / "server.pid").read_text()), signal.SIGKILL)  # the server dies
-        killed = time.monotonic()
-        _, stderr = proc.communicate(timeout=300)
-        stopped_after = time.monotonic() - killed
-    finally:
-        proc.kill()
-    assert proc.returncode == 2 and stopped_after < 150, (stopped_after, stderr[-2000:])
-    assert "python -m rps.recover" in stderr and "Traceback" not in stderr
-    folder = Path(stderr.split("python -m rps.recover ")[-1].split()[0])
-    assert (folder / "record.json").is_file() and (folder / "model" / "saved_model" / "saved_model.pb").is_file()
-    assert (folder / "artifacts" / "config" / "config.yaml").is_file()
-
-    restarted = team_server.cli("start", user=None)  # the server comes back
-    assert restarted.returncode == 0, restarted.stderr[-2000:]
-    recovered = run_module("rps.recover", str(folder), cwd=tmp_path, env=as_alice, timeout=300)
-    assert recovered.returncode == 0, recovered.stderr[-2000:]
-    assert not folder.exists()
-    client = team_server.client("alice")
-    (new,) = client.search_runs([lost.info.experiment_id], f"tags.`rps.recovered_from` = '{lost.info.run_id}'")
-    assert new.info.status == "FINISHED" and new.data.metrics["epochs_trained"] >= 2
-    history = client.get_metric_history(new.info.run_id, "val_accuracy")
-    assert len(history) == new.data.metrics["epochs_trained"], "every finished epoch was kept"
-    assert client.get_run(lost.info.run_id).info.status == "FAILED", "the lost run was reaped (its process is gone)"
-
-
-def test_parallel_sweeps_against_one_server_lose_no_run(team_server, as_alice, tmp_path):
-    first = start_module("rps.run", "-m", "head.dropout=0.1,0.2", "epochs=1", *TINY_SPLIT, "experiment_name=load",
-                         "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", cwd=tmp_path, env=as_alice)
-    second = start_module("rps.run", "-m", "optimizer.lr=0.01,0.001", "epochs=1", *TINY_SPLIT, "experiment_name=load",
-                          cwd=tmp_path, env=as_alice)
-    errors = [p.communicate(timeout=900)[1] for p in (first, second)]
-    assert [first.returncode, second.returncode] == [0, 0], [e[-2000:] for e in errors]
-    client = team_server.client("alice")
-    runs = client.search_runs([client.get_experiment_by_name("load").experiment_id])
-    parents = {r.info.run_id: r for r in runs if r.data.tags.get("sweep") == "parent"}
-    assert len(parents) == 2 and all(p.info.status == "FINISHED" for p in parents.values())
-    by_parent = {pid: sorted(r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == pid) for pid in parents}
-    assert sorted(by_parent.values()) == [["dropout=0.1", "dropout=0.2"], ["lr=0.001", "lr=0.01"]]
-    assert all(r.info.status == "FINISHED" for r in runs) and len(runs) == 6
 
 
 # --------------------------------------------------------------------------- owners (rps.team.ownership)
@@ -413,7 +372,7 @@ def test_the_state_folder_and_all_in_it_is_private_and_the_server_never_holds_th
         assert PASSWORDS["admin"].encode() not in environ and b"MLFLOW_AUTH_ADMIN_PASSWORD" not in environ
 
 
-# --------------------------------------------------------------------------- processes (last: it restarts)
+# --------------------------------------------------------------------------- processes (last: they kill the server)
 
 
 def test_a_server_whose_main_process_died_is_reported_refused_and_stopped(team_server):
@@ -437,3 +396,105 @@ def test_a_server_whose_main_process_died_is_reported_refused_and_stopped(team_s
     restarted = team_server.cli("start", "--default-permission", "EDIT", user=None)
     assert restarted.returncode == 0, restarted.stderr[-2000:]
     team_server.client("bob").create_run(experiment_id)  # the new default permission took effect
+
+
+def _kill(server: TeamServer) -> None:
+    os.killpg(server.pid(), signal.SIGKILL)  # the server dies, all its processes at once
+
+
+def _restart(server: TeamServer) -> None:
+    restarted = server.cli("start", user=None)  # the server comes back
+    assert restarted.returncode == 0, restarted.stderr[-2000:]
+
+
+def _train_until_the_server_dies(server: TeamServer, cwd: Path, env: dict):
+    """A long run of alice's whose server is killed once it logged two epochs; returns the lost run
+    and what the run printed on stderr. Its own experiment, 'lost': the models there are its own."""
+    client = server.client("alice")
+    proc = start_module("rps.run", "epochs=100000", *TINY_SPLIT, "experiment_name=lost", cwd=cwd, env=env)
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert time.monotonic() < deadline and proc.poll() is None, "training never started"
+            time.sleep(2)
+            experiment = client.get_experiment_by_name("lost")
+            running = client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'") if experiment else []
+            if running and len(client.get_metric_history(running[0].info.run_id, "val_accuracy")) >= 2:
+                lost = running[0]
+                break
+        _kill(server)
+        killed = time.monotonic()
+        _, stderr = proc.communicate(timeout=300)
+        stopped_after = time.monotonic() - killed
+    finally:
+        proc.kill()
+    assert proc.returncode == 2 and stopped_after < 150, (stopped_after, stderr[-2000:])  # rps's default retries
+    return lost, stderr
+
+
+def _recover(folder: Path, cwd: Path, env: dict):
+    return start_module("rps.recover", str(folder), cwd=cwd, env=env)
+
+
+def _recover_until_the_server_dies_midway(server: TeamServer, folder: Path, cwd: Path, env: dict, lost) -> tuple:
+    """rps.recover, stopped as soon as its run exists (it is uploading) while the server is killed."""
+    client = server.client("alice")
+    midway = _recover(folder, cwd, env)
+    deadline = time.monotonic() + 240
+    while not client.search_runs([lost.info.experiment_id], f"tags.`rps.recovered_from` = '{lost.info.run_id}'"):
+        assert time.monotonic() < deadline and midway.poll() is None, midway.communicate()[1][-2000:]
+        time.sleep(0.05)
+    midway.send_signal(signal.SIGSTOP)
+    _kill(server)
+    midway.send_signal(signal.SIGCONT)
+    _, midway_err = midway.communicate(timeout=300)
+    return midway, midway_err
+
+
+def test_a_server_lost_mid_run_or_mid_recovery_loses_nothing_and_the_retry_leaves_one_run(team_server, as_alice, tmp_path):
+    """The run keeps what it trained; rps.recover refuses a kept model whose files changed, keeps the
+    folder while the server is down or dies mid-upload (one message for both), and once the server
+    is back leaves one run. One lost run for all of it, on this server's restarts (last: it kills it)."""
+    from mlflow.entities import ViewType
+
+    lost, stderr = _train_until_the_server_dies(team_server, tmp_path, as_alice)
+    assert "python -m rps.recover" in stderr and "Traceback" not in stderr
+    folder = Path(stderr.split("python -m rps.recover ")[-1].split()[0])
+    assert (folder / "record.json").is_file() and (folder / "model" / "saved_model" / "saved_model.pb").is_file()
+    assert (folder / "artifacts" / "config" / "config.yaml").is_file()
+
+    # The server is down. No retries from here on: a dead server is noticed at once.
+    at_once = as_alice | {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+    copy = shutil.copytree(folder, tmp_path / "copy")
+    (copy / "model" / "saved_model" / "saved_model.pb").write_bytes(b"changed")
+    _, err = _recover(copy, tmp_path, at_once).communicate(timeout=300)
+    assert "changed: saved_model.pb" in err and "Traceback" not in err, err[-2000:]  # refused before anything is sent
+    assert copy.is_dir() and folder.is_dir()
+    down = _recover(folder, tmp_path, at_once)
+    _, down_err = down.communicate(timeout=300)
+    assert down.returncode == 2 and "does not answer" in down_err and "Traceback" not in down_err, down_err[-2000:]
+
+    _restart(team_server)  # and it dies again in the middle of the upload
+    midway, midway_err = _recover_until_the_server_dies_midway(team_server, folder, tmp_path, at_once, lost)
+    assert midway.returncode == 2 and "Traceback" not in midway_err, midway_err[-2000:]
+    same = [re.sub(r"\(\w+\)", "", text.strip().splitlines()[-1]) for text in (down_err, midway_err)]
+    assert same[0] == same[1] and "Nothing is lost" in same[0] and "run the same command again" in same[0], same
+    assert (folder / "record.json").is_file()
+
+    _restart(team_server)  # back for good: the same command again
+    recovered = run_module("rps.recover", str(folder), cwd=tmp_path, env=as_alice, timeout=300)
+    assert recovered.returncode == 0, recovered.stderr[-2000:]
+    assert not folder.exists()
+    client, experiment, lost_run_id = team_server.client("alice"), lost.info.experiment_id, lost.info.run_id
+    (new,) = client.search_runs([experiment], f"tags.`rps.recovered_from` = '{lost_run_id}'")
+    deleted = client.search_runs([experiment], f"tags.`rps.recovered_from` = '{lost_run_id}'",
+                                 run_view_type=ViewType.DELETED_ONLY)
+    assert len(deleted) == 1 and deleted[0].info.run_id != new.info.run_id, "the half-written attempt was replaced"
+    tags, history = new.data.tags, client.get_metric_history(new.info.run_id, "val_accuracy")
+    assert new.info.status == "FINISHED" and tags["rps.partial"] == "true" and tags["rps.epochs_asked"] == "100000"
+    assert int(tags["rps.epochs_done"]) == len(history) >= 2
+    assert len(history) == new.data.metrics["epochs_trained"], "every finished epoch was kept"
+    assert tags["rps.model_uri"].startswith("models:/") and len(tags["rps.model_manifest_sha256"]) == 64
+    assert client.get_run(lost_run_id).info.status == "FAILED", "the lost run was reaped (its process is gone)"
+    record = {m.model_id for m in client.search_logged_models([experiment])}
+    assert record == {tags["rps.model_uri"].split("/")[-1]}, "no model left from the replaced attempt"
