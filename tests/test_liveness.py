@@ -15,6 +15,13 @@ from support.commands import run_module, start_module
 from rps.tracking import runs as liveness
 
 
+@pytest.fixture(scope="module")
+def shared_store(tmp_path_factory):
+    """One tracking store for the tests that only need one (a new store costs ~2 s of migrations):
+    each test works in an experiment of its own."""
+    return tmp_path_factory.mktemp("store")
+
+
 def _dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
@@ -36,9 +43,9 @@ def test_the_owner_rule():
     assert stale and "no heartbeat" in stale and "node-17.cluster" in stale
 
 
-def test_reaping_marks_only_dead_runs_failed(tmp_path):
-    client = store(tmp_path)
-    experiment = client.create_experiment("rps")
+def test_reaping_marks_only_dead_runs_failed(shared_store):
+    client = store(shared_store)
+    experiment = client.create_experiment("reaping")
     old = str(int(time.time() - liveness.STALE_AFTER_SECONDS - 60))
     cases = {
         "alive here": liveness.owner_tags(),
@@ -57,9 +64,9 @@ def test_reaping_marks_only_dead_runs_failed(tmp_path):
             assert run.data.tags[liveness.REAPED] in run.data.tags["error"]
 
 
-def test_heartbeat_renews_its_tag(tmp_path):
-    client = store(tmp_path)
-    run = client.create_run(client.create_experiment("rps"), tags={liveness.HEARTBEAT: "0"})
+def test_heartbeat_renews_its_tag(shared_store):
+    client = store(shared_store)
+    run = client.create_run(client.create_experiment("heartbeat"), tags={liveness.HEARTBEAT: "0"})
     with liveness.Heartbeat(run.info.run_id, interval=0.2):
         time.sleep(1.0)
     beat = float(client.get_run(run.info.run_id).data.tags[liveness.HEARTBEAT])
@@ -113,24 +120,30 @@ def test_a_signal_during_a_collection_is_delivered_after_it_not_lost(rps_signal_
         del item
         gc.collect()
 
-    lost, hook = [], sys.unraisablehook
-    sys.unraisablehook = lambda unraisable: lost.append(unraisable.exc_type)
+    # The objects already here (TensorFlow's, MLflow's: ~400,000) are set aside, so each full
+    # collection below looks at this test's garbage only: ~1 s less each, the same finalizer run.
+    gc.freeze()
     try:
-        collect_with_a_signal_in_a_finalizer(signal.SIGINT)  # unheld: no exception comes out
+        lost, hook = [], sys.unraisablehook
+        sys.unraisablehook = lambda unraisable: lost.append(unraisable.exc_type)
+        try:
+            collect_with_a_signal_in_a_finalizer(signal.SIGINT)  # unheld: no exception comes out
+        finally:
+            sys.unraisablehook = hook
+        assert lost == [KeyboardInterrupt], "Python drops it"
+        for signum, raised in ((signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, Terminated)):
+            reached = []
+            with pytest.raises(raised):
+                with signals_held():
+                    collect_with_a_signal_in_a_finalizer(signum)
+                    reached.append("end of block")
+            assert reached == ["end of block"]
     finally:
-        sys.unraisablehook = hook
-    assert lost == [KeyboardInterrupt], "Python drops it"
-    for signum, raised in ((signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, Terminated)):
-        reached = []
-        with pytest.raises(raised):
-            with signals_held():
-                collect_with_a_signal_in_a_finalizer(signum)
-                reached.append("end of block")
-        assert reached == ["end of block"]
+        gc.unfreeze()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "handlers are restored"
 
 
-def test_a_ctrl_c_inside_a_store_write_still_ends_the_run_killed(tmp_path):
+def test_a_ctrl_c_inside_a_store_write_still_ends_the_run_killed(shared_store):
     """As in a CI run: Ctrl-C landed just as SQLite returned the first row of a read inside a
     metrics write. The cursor, alive in the traceback, kept its connection and the write's lock
     open, so marking the run KILLED waited out MLflow's 20 s busy timeout three times, failed, and
@@ -140,8 +153,8 @@ def test_a_ctrl_c_inside_a_store_write_still_ends_the_run_killed(tmp_path):
 
     from rps.tracking.runs import tracked_run
 
-    client = store(tmp_path)
-    experiment = client.create_experiment("rps")
+    client = store(shared_store)
+    experiment = client.create_experiment("interrupted")
     interrupted = []
 
     def interrupt_inside_the_write(cursor, statement, parameters, context):
