@@ -2,13 +2,14 @@
 
     TFDS_DATA_DIR=../shared/offline/tfds TFHUB_CACHE_DIR=../shared/offline/tfhub python -m benchmarks.validation
     python -m benchmarks.validation --seeds 1 2 --recipes head-2 head-30 finetune   # a subset
+    python -m benchmarks.validation --folds 3 --modes grouped-3fold                  # 3-fold CV only
 
 For every recipe (frozen heads with different regularization and epochs, fine-tuning variants),
 every seed and every validation mode — ``random`` (a random 10% of the training images),
 ``grouped`` (whole clusters of similar frames, ``split.group_by=clusters``; seeds rotate through
-disjoint carve-outs) and ``grouped-5fold`` (5-fold cluster CV, judged by the fold mean; frozen
-heads only here: fine-tuning folds cost 5 fine-tunings per run, too slow for a benchmark of many
-recipes, so fine-tuning recipes are left out of that mode) — it
+disjoint carve-outs) and ``grouped-5fold`` (5-fold cluster CV, judged by the fold mean; ``--folds K``
+makes it ``grouped-Kfold``; frozen heads only here: fine-tuning folds cost K fine-tunings per run,
+too slow for a benchmark of many recipes, so fine-tuning recipes are left out of that mode) — it
 trains on the official split and records the validation accuracy a run is chosen by and the
 official test accuracy. Then, per seed and mode, the Spearman rank correlation between them
 across recipes (the higher, the better validation tells recipes apart the way unseen hands do),
@@ -46,8 +47,12 @@ RECIPES = {
     "finetune-strong": ["epochs=5", "backbone.trainable=true", "backbone.fine_tune_epochs=2",
                         "optimizer.fine_tune_lr=3e-5", "augment=strong", "augment.head_phase=false"],
 }
-MODES = {"random": ["split.group_by=none"], "grouped": ["split.group_by=clusters", "split.groups=5"],
-         "grouped-5fold": ["split.group_by=clusters", "split.groups=5", "split.folds=5"]}
+
+
+def validation_modes(folds: int = 5) -> dict[str, list[str]]:
+    """Mode name -> overrides; the k-fold mode is named after its ``folds`` (the name is printed)."""
+    return {"random": ["split.group_by=none"], "grouped": ["split.group_by=clusters", "split.groups=5"],
+            f"grouped-{folds}fold": ["split.group_by=clusters", "split.groups=5", f"split.folds={folds}"]}
 
 
 def applies(recipe: str, mode: str) -> bool:
@@ -65,14 +70,20 @@ def spearman(a: list[float], b: list[float]) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    # --folds first: it names the k-fold mode, one of --modes' choices
+    folds = argparse.ArgumentParser(add_help=False)
+    folds.add_argument("--folds", type=int, default=5, help="folds of the k-fold mode (default 5), >= 2")
+    modes = validation_modes(folds.parse_known_args(argv)[0].folds)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], parents=[folds])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
-    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    parser.add_argument("--modes", nargs="+", default=list(modes), choices=list(modes))
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run")
     args = parser.parse_args(argv)
+    if args.folds < 2:
+        parser.error(f"--folds {args.folds}: k-fold needs 2 or more (grouped is the one carve-out)")
     with official_data("rps-bench-validation-") as (base, real):
-        _measure([*base, *args.overrides], args.recipes, args.seeds, args.modes, real)
+        _measure([*base, *args.overrides], args.recipes, args.seeds, {m: modes[m] for m in args.modes}, real)
 
 
 @contextmanager
@@ -88,7 +99,8 @@ def official_data(prefix: str) -> Iterator[tuple[list[str], bool]]:
         yield ["split=official", *extra], real
 
 
-def _measure(base: list[str], recipes: list[str], seeds: list[int], modes: list[str], real: bool) -> None:
+def _measure(base: list[str], recipes: list[str], seeds: list[int], modes: dict[str, list[str]], real: bool) -> None:
+    """Every recipe x mode (name -> overrides) x seed, then each mode's choice refitted, then :func:`report`."""
     from benchmarks.speed import _compose
     from rps.training.pipeline import prepare, train_and_evaluate
     from rps.training.report import Reporter
@@ -100,7 +112,7 @@ def _measure(base: list[str], recipes: list[str], seeds: list[int], modes: list[
             if not applies(recipe, mode):
                 continue
             for seed in seeds:
-                cfg = _compose(base + RECIPES[recipe] + MODES[mode] + [f"seed={seed}"])
+                cfg = _compose(base + RECIPES[recipe] + modes[mode] + [f"seed={seed}"])
                 start = time.monotonic()
                 out = train_and_evaluate(replace(prepared, cfg=cfg), Reporter())
                 row = results[recipe, mode, seed] = {
@@ -122,7 +134,7 @@ def _measure(base: list[str], recipes: list[str], seeds: list[int], modes: list[
                 out = train_and_evaluate(replace(prepared, cfg=cfg), Reporter())
                 refits[key] = {"recipe": chosen["recipe"], "test_accuracy": out.metrics["test_accuracy"]}
                 print(f"{chosen['recipe']:<20}refit   seed {seed}: test {out.metrics['test_accuracy']:.4f}", flush=True)
-    print(report(results, refits, recipes, seeds, modes, real))
+    print(report(results, refits, recipes, seeds, list(modes), real))
 
 
 def report(results: dict[tuple[str, str, int], dict], refits: dict[tuple[str, int], dict], recipes: list[str],

@@ -17,6 +17,7 @@ from PIL import Image
 
 from conftest import ROOT, TINY_SPLIT, all_runs, clean_env, compose, free_port, run_cli, split_examples, store
 from support.commands import run_module, start_module
+from test_quiet import PROBE
 
 pytestmark = pytest.mark.slow
 EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
@@ -56,9 +57,12 @@ ALLOWED_LINES = [re.compile(pattern) for pattern in (
 
 def test_a_plain_run_prints_only_lines_a_user_can_act_on(finished_run):
     """No CUDA probe, oneDNN, dataset-source warning, MLflow table creation, font cache or
-    progress-bar redraws: each line matches the allow-list, and the run's own lines are there."""
+    progress-bar redraws: each line matches the allow-list, and the run's own lines are there.
+    A cold process at the default TF log level (test_quiet checks the levels 2 and 3, and -v)."""
     result = finished_run[3]
     assert "\r" not in result.stdout + result.stderr
+    shown = [noise for noise in PROBE if noise in result.stdout + result.stderr]
+    assert not shown, (shown, result.stderr[-2000:])  # TensorFlow's start-up lines, filtered by default
     lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
     unexpected = [line for line in lines if not any(p.fullmatch(line) for p in ALLOWED_LINES)]
     assert not unexpected, unexpected
@@ -245,22 +249,6 @@ def test_fine_tuned_run_logs_its_phases_and_exports_the_fine_tuned_model(tiny_tf
     assert metrics["test_accuracy"] == pytest.approx(run.data.metrics["test_accuracy"])
 
 
-def test_same_seed_gives_the_same_run(finished_run, tmp_path):
-    """The first run started as a real process, this one forked from the tests' warm fork server
-    (tests/support/commands.py): the same numbers, so a warm command is the real command."""
-    _, first, env, _ = finished_run
-    result = run_cli("epochs=2", *TINY_SPLIT, cwd=tmp_path, env=env)  # the same feature cache
-    assert result.returncode == 0, result.stderr[-3000:]
-    (second,) = all_runs(tmp_path)
-    assert (first.data.tags["feature_cache"], second.data.tags["feature_cache"]) == ("built", "hit")
-    assert "timing_feature_extraction_seconds" not in second.data.metrics  # a hit logs the time it took to load
-    assert second.data.metrics["timing_feature_load_seconds"] < first.data.metrics["timing_feature_extraction_seconds"]
-    for name in EPOCH_METRICS + ("test_accuracy", "test_loss"):
-        assert second.data.metrics[name] == pytest.approx(first.data.metrics[name], abs=1e-6), name
-    digests = [sorted((i.tags[0].value, i.dataset.digest) for i in r.inputs.dataset_inputs) for r in (first, second)]
-    assert digests[0] == digests[1], "same data, split and seed: the same dataset digests"
-
-
 def test_image_folder_with_local_backbone_and_skipped_corrupt_file(tiny_backbone, offline_env, tmp_path):
     from rps.synthetic import write_image_folder
 
@@ -384,17 +372,27 @@ def test_unwritable_artifact_store_fails_before_training(offline_env, tmp_path):
     assert "Epoch" not in result.stdout
 
 
-def test_concurrent_runs_on_a_new_store_all_complete(offline_env, tmp_path):
-    """Two runs start at once on a store that does not exist yet (table creation races)."""
-    procs = [start_module("rps.run", "epochs=1", *TINY_SPLIT, f"seed={i}", cwd=tmp_path, env=offline_env)
-             for i in range(2)]
+def test_concurrent_runs_on_a_new_store_complete_and_a_warm_run_repeats_the_cold_one(finished_run, tmp_path):
+    """Two runs start at once on a store that does not exist yet (table creation races). One repeats
+    finished_run: that one started as a real process, this one forked from the tests' warm fork server
+    (tests/support/commands.py): the same numbers, so a warm command is the real command."""
+    _, first, env, _ = finished_run  # its env: the same feature cache
+    procs = [start_module("rps.run", "epochs=2", *TINY_SPLIT, *seed, cwd=tmp_path, env=env) for seed in ([], ["seed=0"])]
     outputs = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [err[-1500:] for _, err in outputs]
     runs = all_runs(tmp_path)
-    assert sorted(r.data.params["seed"] for r in runs) == ["0", "1"]
+    assert sorted(r.data.params["seed"] for r in runs) == ["0", "42"]
     training = {next(i.dataset.digest for i in r.inputs.dataset_inputs if i.tags[0].value == "training") for r in runs}
     assert len(training) == 2, "another seed draws another split: another digest"
     assert all(r.info.status == "FINISHED" and "test_accuracy" in r.data.metrics for r in runs)
+    (second,) = [r for r in runs if r.data.params["seed"] == "42"]
+    assert (first.data.tags["feature_cache"], second.data.tags["feature_cache"]) == ("built", "hit")
+    assert "timing_feature_extraction_seconds" not in second.data.metrics  # a hit logs the time it took to load
+    assert second.data.metrics["timing_feature_load_seconds"] < first.data.metrics["timing_feature_extraction_seconds"]
+    for name in EPOCH_METRICS + ("test_accuracy", "test_loss"):
+        assert second.data.metrics[name] == pytest.approx(first.data.metrics[name], abs=1e-6), name
+    digests = [sorted((i.tags[0].value, i.dataset.digest) for i in r.inputs.dataset_inputs) for r in (first, second)]
+    assert digests[0] == digests[1], "same data, split and seed: the same dataset digests"
 
 
 def test_artifact_write_failure_fails_the_run_with_a_clear_error(offline_env, tmp_path):

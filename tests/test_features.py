@@ -101,38 +101,58 @@ def tiny_cfg(tiny_tfds, tiny_backbone):
                    "epochs=3", "backbone.image_size=32")
 
 
-def test_full_model_equals_head_on_cached_features(tiny_cfg, tmp_path):
+@pytest.fixture(scope="module")
+def sequences(tiny_cfg, tmp_path_factory):
+    """Two sequences of three runs in this process, as a sweep on the basic launcher or a study
+    runs them: with the cache, A = tiny_cfg (builds the entry), B = another seed, dropout and lr,
+    C = A again (a hit); without it, D, E, F alike. Per run: its outcome and Reporter; A also
+    keeps its full model's probabilities on the test images, taken right after it ran."""
     from rps.training.pipeline import train_and_evaluate
     from rps.training.report import Reporter
 
-    prepared = prepared_run(tiny_cfg, feature_cache={"dir": str(tmp_path)})
-    report = Reporter()
-    out = train_and_evaluate(prepared, report)
+    cache_dir = str(tmp_path_factory.mktemp("features"))
+    other = {"seed": 2, "head": {"dropout": 0.1}, "optimizer": {"lr": 0.05}}
+    runs, full = {}, None
+    for cached, names in ((True, "ABC"), (False, "DEF")):
+        for name, changes in zip(names, ({}, other, {})):
+            report = Reporter()
+            out = train_and_evaluate(prepared_run(tiny_cfg, feature_cache={"dir": cache_dir, "enabled": cached},
+                                                  **changes), report)
+            runs[name] = (out, report)
+            if name == "A":  # before the next run frees this one's Keras session
+                images = np.concatenate([x for x, _ in make_dataset(out.test_examples, 32, 64, 3).as_numpy_iterator()])
+                full = out.classifier(images, training=False).numpy()
+    return runs, full
+
+
+def test_full_model_equals_head_on_cached_features(sequences):
+    runs, full = sequences
+    (built, report), (_, again) = runs["A"], runs["C"]
     assert report.recorded["tags"]["feature_cache"] == "built"
-    images = np.concatenate([x for x, _ in make_dataset(out.test_examples, 32, 64, 3).as_numpy_iterator()])
-    full = out.classifier(images, training=False).numpy()
-    np.testing.assert_allclose(full, out.probs, atol=1e-5)
-    again = Reporter()
-    train_and_evaluate(prepared, again)
+    np.testing.assert_allclose(full, built.probs, atol=1e-5)
     assert again.recorded["tags"]["feature_cache"] == "hit"
     assert "timing_feature_extraction_seconds" not in again.recorded["metrics"]  # nothing was extracted
     assert 0 < again.recorded["metrics"]["timing_feature_load_seconds"] < report.recorded["metrics"][
         "timing_feature_extraction_seconds"]
 
 
-def test_cached_and_uncached_training_agree(tiny_cfg, tmp_path):
-    from rps.training.pipeline import train_and_evaluate
-    from rps.training.report import Reporter
-
-    results = {}
-    for enabled in (True, False):
-        report = Reporter()
-        out = train_and_evaluate(prepared_run(tiny_cfg, feature_cache={"dir": str(tmp_path), "enabled": enabled}), report)
-        results[enabled] = (out.metrics, report)
-    assert results[False][1].recorded["tags"]["feature_cache"] == "off: feature_cache.enabled=false"
-    cached, uncached = results[True][0], results[False][0]
+def test_cached_and_uncached_training_agree(sequences):
+    runs, _ = sequences
+    assert runs["D"][1].recorded["tags"]["feature_cache"] == "off: feature_cache.enabled=false"
+    cached, uncached = runs["A"][0].metrics, runs["D"][0].metrics
     assert abs(cached["test_accuracy"] - uncached["test_accuracy"]) <= 0.1
     assert cached["test_loss"] == pytest.approx(uncached["test_loss"], rel=0.05)
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_a_run_in_a_long_lived_process_does_not_depend_on_the_runs_before_it(sequences, cache):
+    """Sweeps on the basic launcher and studies run many runs in one process, freeing memory
+    (Keras' session included) between them: a run repeated after another gives the same result."""
+    runs, _ = sequences
+    first, other, again = (runs[name][0] for name in ("ABC" if cache else "DEF"))
+    assert first.metrics == again.metrics
+    np.testing.assert_array_equal(first.probs, again.probs)
+    assert not np.array_equal(first.probs, other.probs), "a different run differs: the comparison can fail"
 
 
 def test_augmentation_turns_the_cache_off_and_never_touches_evaluation(tiny_cfg, tmp_path):
@@ -164,24 +184,3 @@ def test_unwritable_cache_costs_the_entry_not_the_run(tmp_path, monkeypatch):
     result = features.cached_features("k", labels, 4, counting_compute(tmp_path / "calls"), tmp_path / "cache")
     assert result.status == "built, not stored" and result.features.shape == (6, 4)
     assert not result.path.exists()
-
-
-@pytest.mark.parametrize("cache", [True, False])
-def test_a_run_in_a_long_lived_process_does_not_depend_on_the_runs_before_it(tiny_tfds, tiny_backbone, tmp_path, cache):
-    """Sweeps on the basic launcher and studies run many runs in one process, freeing memory
-    (Keras' session included) between them: a run repeated after another gives the same result."""
-    from rps.training.pipeline import train_and_evaluate
-
-    def run(*overrides):
-        cfg = compose(f"dataset.data_dir={tiny_tfds}", f"backbone.handle={tiny_backbone}", *TINY_SPLIT,
-                      "backbone.image_size=32", "epochs=2", f"feature_cache.dir={tmp_path}",
-                      f"feature_cache.enabled={str(cache).lower()}", *overrides)
-        out = train_and_evaluate(prepared_run(cfg))
-        return out.metrics, out.probs
-
-    first = run("seed=1")
-    other = run("seed=2", "head.dropout=0.1", "optimizer.lr=0.05")
-    again = run("seed=1")
-    assert first[0] == again[0]
-    np.testing.assert_array_equal(first[1], again[1])
-    assert not np.array_equal(first[1], other[1]), "a different run differs: the comparison can fail"

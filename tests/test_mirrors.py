@@ -35,7 +35,9 @@ def test_reference_recipe_reaches_tutorial_accuracy(mirror_env, tmp_path):
 
 def test_official_split_reports_its_accuracy(mirror_env, tmp_path):
     """372 unseen hands: after 2 epochs accuracy varies with the seed (0.78-0.91 measured, mean 0.86)."""
-    result = run_cli("split=official", "epochs=2", "batch_size=64", cwd=tmp_path, env=mirror_env, timeout=1800)
+    # no model export: nothing here reads the model (the reference-recipe test logs one)
+    result = run_cli("split=official", "epochs=2", "batch_size=64", "export.model=false", cwd=tmp_path, env=mirror_env,
+                     timeout=1800)
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = all_runs(tmp_path)
     assert run.data.params["data.n_test"] == "372" and run.data.params["data.n_train"] == "2268"
