@@ -149,3 +149,10 @@ def preview_image(page, title: str) -> dict:
     preview.wait_for()
     page.wait_for_timeout(1000)
     return preview.bounding_box()
+
+
+def close_preview(page) -> None:
+    """Escape, and wait until the preview is gone: a busy machine can take a while, and text typed
+    meanwhile goes to the search field under the preview, whose filter the page then never applies."""
+    page.keyboard.press("Escape")
+    page.locator(".rc-image-preview-img").wait_for(state="hidden")
