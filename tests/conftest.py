@@ -147,28 +147,6 @@ def run_cli(*overrides: str, cwd: Path, env: dict[str, str], timeout: float = 60
     return CliResult(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - start)
 
 
-def run_measured(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 600) -> tuple[CliResult, float]:
-    """A command in a subprocess, and its peak resident memory in MB (``wait4``'s ``ru_maxrss``: the
-    child's own, whatever other tests' processes did)."""
-    import tempfile
-    import threading
-
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        start = time.monotonic()
-        proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=out, stderr=err)
-        timer = threading.Timer(timeout, proc.kill)
-        timer.start()
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            timer.cancel()
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0), err.seek(0)
-        result = CliResult(proc.returncode, out.read().decode(errors="replace"), err.read().decode(errors="replace"),
-                           time.monotonic() - start)
-    return result, usage.ru_maxrss / 1024
-
-
 def peak_rss_mb(pids: list[int]) -> float:
     """The highest VmHWM (peak resident memory) among live processes ``pids``, in MB."""
     peaks = []
