@@ -34,14 +34,14 @@ def compose(*overrides: str, return_hydra_config: bool = False):
 # pytest-xdist hands test files to its workers in collection order (pyproject.toml turns off its
 # own order, by count of tests): the longest files go first, so the files that start last are short
 # and no worker ends alone on a long one (the SLURM file, 2 tests, ~100 s, did: it started last).
-# Ordered by worker time per file, setup + call, in the CI dry run of 2026-12-03 13:45 (--durations=0,
+# Ordered by worker time per file, setup + call, in the CI dry run of 2026-12-03 19:10 (--durations=0,
 # docs/testing.md); the files not named keep their order, after these. A schedule only: no test
 # depends on it, and a file missing from here only starts later.
-LONGEST_FIRST = ("test_finetune_cache.py", "test_team_server.py", "test_tune.py", "test_bench.py", "test_cluster.py",
-                 "test_bench_finetune.py", "test_e2e.py", "test_resume.py", "test_mirrors.py",
-                 "test_bench_main_command.py", "test_predict.py", "test_slurm.py", "test_sweep.py", "test_ui.py",
-                 "test_features.py", "test_ensemble.py", "test_finetune.py", "test_ship.py",
-                 "test_refit.py", "test_selection.py", "test_quiet.py")
+LONGEST_FIRST = ("test_team_server.py", "test_finetune_cache.py", "test_tune.py", "test_cluster.py", "test_e2e.py",
+                 "test_resume.py", "test_slurm.py", "test_bench.py", "test_bench_finetune.py", "test_mirrors.py",
+                 "test_ui.py", "test_bench_main_command.py", "test_sweep.py", "test_predict.py", "test_ship.py",
+                 "test_ensemble.py", "test_features.py", "test_refit.py", "test_finetune.py", "test_quiet.py",
+                 "test_selection.py")
 
 
 def pytest_collection_modifyitems(items):
