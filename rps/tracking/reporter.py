@@ -179,13 +179,24 @@ class MlflowReporter(Reporter):
     def figure(self, fig, path: str, compare_as: Optional[str] = None, step: int = 0) -> None:
         if compare_as:  # MLflow's chart view shows logged images side by side across runs
             image = _pixels(fig)
-            self._send(compare_as, lambda: self.client.log_image(self.run_id, image, key=compare_as, step=step))
+            self._send(compare_as, lambda: self._log_image(image, compare_as, step))
         if compare_as and path.endswith(".png"):  # drawn once: the file holds the very pixels the chart shows
             self._artifact(path, lambda local: _save_png(image, local),
                            lambda: self.client.log_image(self.run_id, image, artifact_file=path))
         else:
             self._artifact(path, fig.savefig, lambda: self.client.log_figure(self.run_id, fig, path))
         super().figure(fig, path, compare_as, step)
+
+    def _log_image(self, image, key: str, step: int) -> None:
+        """``log_image(key=...)``, safe when another process logs an image to the same run at once (a
+        study's workers that end together both write its parent's summary). MLflow marks the run with
+        ``set_tag(mlflow.loggedImages)``, whose first write on a SQL store is a select-then-insert two
+        processes race on (IntegrityError: 6 of 60 such pairs here); log_batch retries that race, so
+        the mark is set through it first, and log_image's own write then updates the row."""
+        from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_IMAGES
+
+        self.client.log_batch(self.run_id, tags=[RunTag(MLFLOW_LOGGED_IMAGES, "True")])
+        self.client.log_image(self.run_id, image, key=key, step=step)
 
     def dataset(self, context: str, name: str, source: str, digest: str, profile: dict[str, Any]) -> None:
         from mlflow.entities import DatasetInput, InputTag
