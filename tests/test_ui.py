@@ -159,27 +159,24 @@ def test_the_chosen_childs_rerun_command_trains_it_again(sweep, tmp_path):
     assert again.data.tags["rps.model_uri"].startswith("models:/")
 
 
-@pytest.fixture
-def browser():
-    """A headless Chromium of its own for each browser check (one shared by both failed once in a
-    CI dry run of 2026-12-03, under load, with the second check's card never shown)."""
+def browser_or_skip() -> None:
     reason = ui.missing()
     if reason:
         pytest.skip(f"no headless browser here: {reason}")
-    with ui.headless_chromium() as chromium:
-        yield chromium
 
 
-def test_compare_opens_on_the_objective_in_a_browser(server, sweep, browser):
-    with ui.browser_page(browser) as page:
+def test_compare_opens_on_the_objective_in_a_browser(server, sweep):
+    browser_or_skip()
+    with ui.browser_page() as page:
         axes = ui.compare_axes(page, server, sweep.parent.info.experiment_id, [c.info.run_id for c in sweep.children])
         if SCREENSHOTS:
             page.screenshot(path=str(Path(SCREENSHOTS) / "ui-compare.png"))
     assert axes == ["head.dropout", OBJECTIVE]  # the swept value against the objective, nothing else
 
 
-def test_the_chart_view_shows_the_childrens_images_side_by_side_in_a_browser(server, sweep, browser):
-    with ui.browser_page(browser) as page:
+def test_the_chart_view_shows_the_childrens_images_side_by_side_in_a_browser(server, sweep):
+    browser_or_skip()
+    with ui.browser_page() as page:
         ui.chart_view(page, server, sweep.parent.info.experiment_id)
         ui.show_card(page, "sweep_comparison")
         sheet = ui.visible_images(page, "sweep_comparison")

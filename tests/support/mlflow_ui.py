@@ -39,33 +39,18 @@ def missing() -> Optional[str]:
 
 
 @contextmanager
-def headless_chromium() -> Iterator:
-    """Headless Chromium, for as many pages as the caller opens (one launch for them all)."""
+def browser_page() -> Iterator:
+    """A fresh page (a new profile: the UI's own defaults) in headless Chromium."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as driver:
         browser = driver.chromium.launch(executable_path=chromium(), args=FLAGS)
         try:
-            yield browser
+            page = browser.new_page(viewport=VIEWPORT)
+            page.set_default_timeout(LOADED)
+            yield page
         finally:
             browser.close()
-
-
-@contextmanager
-def browser_page(browser=None) -> Iterator:
-    """A fresh page in a new profile (the UI's own defaults: nothing another page saved), in
-    ``browser`` (from :func:`headless_chromium`) or in a Chromium of its own."""
-    if browser is None:
-        with headless_chromium() as own, browser_page(own) as page:
-            yield page
-        return
-    context = browser.new_context(viewport=VIEWPORT)
-    try:
-        page = context.new_page()
-        page.set_default_timeout(LOADED)
-        yield page
-    finally:
-        context.close()
 
 
 def _close_assistant(page) -> None:
