@@ -185,6 +185,15 @@ def prepared_run(cfg, **changes):
     return prepare(OmegaConf.merge(cfg, changes) if changes else cfg)
 
 
+def assert_a_refit_on_every_training_example(report, out) -> None:
+    """A fine-tuning refit of TINY_SPLIT (``split.refit=true``, 1 head epoch, 2 fine-tuning epochs):
+    no validation split, both phases on all 72 training examples, no objective, a test accuracy."""
+    params = report.recorded["params"]
+    assert params["data.n_val"] == 0 and params["data.n_train"] == 72, "the pool of 84 less its 12 test examples"
+    assert [m["phase"] for _, m in report.epochs] == [1, 2, 2] and "val_accuracy" not in out.history
+    assert out.objective is None and 0 <= out.metrics["test_accuracy"] <= 1
+
+
 def split_examples(train, test, split_cfg, seed: int) -> dict:
     """The examples of each split, exactly as a run with this split config and seed takes them."""
     from rps.data.examples import concat

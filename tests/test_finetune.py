@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import rps  # noqa: F401
-from conftest import TINY_SPLIT, compose
+from conftest import TINY_SPLIT, assert_a_refit_on_every_training_example, compose
 from rps.data.pipelines import make_dataset
 from rps.model.backbone import load_backbone
 from rps.training.pipeline import prepare, train_and_evaluate
@@ -78,10 +78,7 @@ def test_fine_tuning_with_augmentation_runs_both_phases_on_images_also_in_a_refi
                                    "augment=basic", "split.refit=true"), report)
     assert report.recorded["tags"]["feature_cache"] == "off: training images are augmented (augment=basic)"
     assert report.recorded["tags"]["feature_cache_fine_tune"].startswith(ON_IMAGES)
-    params = report.recorded["params"]
-    assert params["data.n_val"] == 0 and params["data.n_train"] == 72, "the pool of 84 less its 12 test examples"
-    assert [m["phase"] for _, m in report.epochs] == [1, 2, 2] and "val_accuracy" not in out.history
-    assert out.objective is None and 0 <= out.metrics["test_accuracy"] <= 1
+    assert_a_refit_on_every_training_example(report, out)
 
 
 @pytest.mark.slow  # > 9 s: kept out of the fast tier (docs/testing.md)
