@@ -149,8 +149,9 @@ def test_the_exported_model_predicts_what_the_split_model_was_evaluated_with(bot
 
 
 @pytest.mark.slow
-def test_augmented_views_are_cached_and_reused_in_a_refit_on_every_training_example(run):
-    """A fine-tuning refit (no validation split) trains both phases, the second on cached views."""
+def test_augmented_views_are_cached_and_reused_in_a_refit_on_every_training_example(run, both_ways):
+    """A fine-tuning refit (no validation split) trains both phases, the second on cached views.
+    ``both_ways`` has filled the unaugmented pool's entry (its cached run), so this run builds only views."""
     augment = ("augment=basic", "augment.head_phase=false", "seed=5", "split.refit=true")
     first, out, cache = run(*augment)
     again, _, _ = run(*augment)
