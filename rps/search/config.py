@@ -35,7 +35,7 @@ class SearchConfig:
     study: Optional[str] = None  # the study's name (null: experiment_name)
     trials: int = 20  # trials of the whole study, across all its workers
     sampler: str = "tpe"  # tpe | random
-    seed: Optional[int] = 0  # the sampler's seed (null: unseeded)
+    seed: Optional[int] = 0  # the sampler's seed; each trial draws from (seed, its number) (null: unseeded)
     pruner: str = "median"  # median | hyperband | none
     startup_trials: int = 5  # median: trials that finish before any is pruned
     warmup_epochs: int = 2  # median: epochs a trial runs before it can be pruned

@@ -67,12 +67,26 @@ def sample(trial, space: DictConfig) -> list[str]:
     return overrides
 
 
-def _sampler(cfg: DictConfig):
+def trial_seed(seed: Optional[int], number: int) -> Optional[int]:
+    """The sampler's seed for trial ``number`` of a study seeded ``seed`` (None: unseeded).
+
+    Drawn from both, so each trial has draws of its own whichever worker asks it: workers that all
+    seeded their sampler with ``seed`` drew the same values, and half the trials of a two-worker
+    study repeated the other half. A study run again with the same seed asks the same values for
+    its random trials (and, on one worker, for all of them)."""
+    import numpy as np
+
+    return None if seed is None else int(np.random.SeedSequence([seed, number]).generate_state(1)[0])
+
+
+def _sampler(cfg: DictConfig, number: int = 0):
+    """The study's sampler, seeded for trial ``number`` (see :func:`trial_seed`)."""
     import optuna
 
+    seed = trial_seed(cfg.seed, number)
     if cfg.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=cfg.seed)
-    return optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=max(1, min(10, cfg.trials // 3)))
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(1, min(10, cfg.trials // 3)))
 
 
 def _pruner(cfg: DictConfig, epochs: int):
@@ -217,6 +231,7 @@ class Study:
             while self.budget_left():
                 with signals_held():  # a Ctrl-C inside ask comes once the new trial has a name to close
                     trial = self.study.ask()
+                self.study.sampler = _sampler(self.cfg.search, trial.number)  # draws at suggest: this trial's own
                 self._trial(trial)
         except KeyboardInterrupt as err:  # in a trial, or between two: the study's records stay true
             release_interrupted(err)  # a storage write it cut short must not keep the storage locked
