@@ -35,7 +35,7 @@ import numpy as np
 
 import rps  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from benchmarks.processes import benchmarks_env
-from benchmarks.speed import _compose, _cpu, _forward_rate, _peak_gb, _reset_peak
+from benchmarks.measure import compose, cpu, forward_rate, peak_gb, reset_peak
 from rps.training.outcome import OBJECTIVE
 from rps.synthetic import mirrors_in_env, tiny_mirrors
 from rps.training.report import Reporter
@@ -64,11 +64,11 @@ def _run(prepared, cfg, peaks: dict, stage: str):
     from rps.training.pipeline import train_and_evaluate
 
     report = TimedReporter()
-    _reset_peak()
+    reset_peak()
     start = time.monotonic()
     outcome = train_and_evaluate(replace(prepared, cfg=cfg), report)
     seconds = time.monotonic() - start
-    peaks[stage] = max(peaks.get(stage, 0.0), _peak_gb())
+    peaks[stage] = max(peaks.get(stage, 0.0), peak_gb())
     phases = [m.get("phase") for _, m in report.epochs]
     first2 = phases.index(2)
     epochs = list(np.diff([start, *report.ended]))[first2:]  # phase-2 epochs: train + validation
@@ -112,7 +112,7 @@ def compare_paths(prepared, base, seeds: list[int], peaks: dict, paths: dict = P
             print(f"  seed {seed} ({key}) {paths[key]:<22} {r['seconds']:7.1f} s  fine-tuning epochs "
                   f"{' / '.join(f'{e:.1f}' for e in r['epochs'])} s  val {r['val']:.4f}  test {r['test']:.4f}  "
                   f"exported {r['exported']:.4f} (probabilities within {r['gap']:.1e})  activation cache {r['cache']}"
-                  f"  peak {_peak_gb():.2f} GB  load {os.getloadavg()[0]:.1f}", flush=True)
+                  f"  peak {peak_gb():.2f} GB  load {os.getloadavg()[0]:.1f}", flush=True)
     finetune_cache.STORAGE = np.float16
     print(f"  (b)/(c) path: {results['b'][0]['path']}")
     return results
@@ -224,8 +224,8 @@ def lower_rates(prepared, cfg, cache_dir: Path) -> None:
     digest = backbone_digest(cfg.backbone.handle, backbone_dir(cfg.backbone.handle))
     lite, _, engine = feature_forward(cfg, split.lower, digest, cache_dir, f"backbone-below-{split.cache_layer}")
     size = cfg.backbone.image_size
-    print(f"  lower part (below {split.cache_layer}) forward: {_forward_rate(lite, size):.1f} images/s on {engine}, "
-          f"{_forward_rate(tf_forward(split.lower), size):.1f} on TensorFlow (best of 3 x 64 images)", flush=True)
+    print(f"  lower part (below {split.cache_layer}) forward: {forward_rate(lite, size):.1f} images/s on {engine}, "
+          f"{forward_rate(tf_forward(split.lower), size):.1f} on TensorFlow (best of 3 x 64 images)", flush=True)
 
 
 def _probe_threads(intra: int, inter: int, overrides: list[str]) -> None:
@@ -236,7 +236,7 @@ def _probe_threads(intra: int, inter: int, overrides: list[str]) -> None:
     tf.config.threading.set_inter_op_parallelism_threads(inter)
     from rps.training.pipeline import prepare
 
-    cfg = _compose(overrides)
+    cfg = compose(overrides)
     rate = upper_step_rates(prepare(cfg), cfg, names=("float32, batch 64",))["float32, batch 64"]
     print(f"THREADS {intra} {inter} {rate:.1f}")
 
@@ -280,11 +280,11 @@ def main(argv: list[str] | None = None) -> None:
 
         from rps.training.pipeline import prepare
 
-        base = _compose(overrides)
+        base = compose(overrides)
         peaks: dict[str, float] = {}
         prepared = prepare(base)
         print(f"rps fine-tuning benchmark, {time.strftime('%Y-%m-%d')}: {'REAL mirrors' if real else 'tiny generated data'}"
-              f"; CPU: {_cpu()}; +experiment=official_robust {' '.join(args.overrides)}; seeds {args.seeds}", flush=True)
+              f"; CPU: {cpu()}; +experiment=official_robust {' '.join(args.overrides)}; seeds {args.seeds}", flush=True)
         if args.seeds:
             start = time.monotonic()
             _run(prepared, OmegaConf.merge(base, {"backbone": {"fine_tune_epochs": 1}, "epochs": 1}), peaks, "warm-up")

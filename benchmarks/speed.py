@@ -21,9 +21,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
-import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -33,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 import rps  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+from benchmarks.measure import compose, cpu, forward_rate, peak_gb, reset_peak, timed
 from benchmarks.processes import benchmarks_env
 from rps.synthetic import mirrors_in_env, tiny_mirrors
 
@@ -48,59 +46,6 @@ def _verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
 
-def _peak_gb() -> float:
-    """Peak resident memory since the last :func:`_reset_peak` (Linux's VmHWM), else of the process."""
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024**2
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KB on Linux
-
-
-def _reset_peak() -> None:
-    """Start a new peak (Linux >= 4.0); elsewhere peaks stay those of the whole process."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-
-
-def _cpu() -> str:
-    """The CPU's model name and whether it has AVX-512 (XNNPACK's fastest x86 kernels)."""
-    try:
-        info = open("/proc/cpuinfo").read()
-    except OSError:
-        return platform.machine()
-    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
-    return f"{name or platform.machine()}, {os.cpu_count()} cores, AVX-512 {'yes' if 'avx512f' in info else 'no'}"
-
-
-def _forward_rate(forward, image_size: int, n: int = 64, repeats: int = 3) -> float:
-    """Images/s of ``forward`` alone on random images (no reading, decoding or resizing), the
-    best of ``repeats``: a ceiling, and this shared machine's speed varies from second to second."""
-    images = np.random.default_rng(0).random((n, image_size, image_size, 3), dtype=np.float32)
-    forward(images[:8])  # warm-up
-    return max(n / _timed(lambda: forward(images))[0] for _ in range(repeats))
-
-
-def _compose(overrides: list[str]):
-    from hydra import compose, initialize_config_dir
-
-    from rps.config import register_configs
-
-    register_configs()
-    conf = Path(__file__).resolve().parent.parent / "conf"
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
-
-
-def _timed(fn) -> tuple[float, object]:
-    start = time.monotonic()
-    out = fn()
-    return time.monotonic() - start, out
-
-
 THREAD_SETTINGS = ((0, 0), (1, 1), (2, 1), (1, 2), (2, 2))  # (intra_op, inter_op); 0 = TF's choice
 
 
@@ -114,7 +59,7 @@ def _probe_threads(intra: int, inter: int, overrides: list[str], images: int = 2
     from rps.model.backbone import extract_features, tf_forward
     from rps.training.pipeline import prepare
 
-    cfg = _compose(overrides)
+    cfg = compose(overrides)
     prepared = prepare(cfg)
     forward = tf_forward(prepared.backbone)
     train, _, _, _ = examples.load_tfds(prepared.source)
@@ -191,19 +136,19 @@ def main(argv: list[str] | None = None) -> None:
         from rps.training.report import Reporter
         from rps.model.hub import backbone_dir
 
-        base = _compose(overrides)
+        base = compose(overrides)
         peaks: dict[str, float] = {}  # resident memory (GB) by stage: start-up, then "a" ... "e"
-        load_s, prepared = _timed(lambda: prepare(base))  # checks, then loads the backbone once
+        load_s, prepared = timed(lambda: prepare(base))  # checks, then loads the backbone once
         source = prepared.source
-        peaks["start-up"] = _peak_gb()  # imports and the backbone's load
+        peaks["start-up"] = peak_gb()  # imports and the backbone's load
 
         def run(stage: str, cache_dir: Path | None, engine: str = "xnnpack", **changes):
             cfg = OmegaConf.merge(base, changes, {"feature_cache": {
                 "enabled": cache_dir is not None, "dir": str(cache_dir) if cache_dir else None, "engine": engine}})
             report = Reporter()
-            _reset_peak()
-            seconds, outcome = _timed(lambda: train_and_evaluate(replace(prepared, cfg=cfg), report))
-            peaks[stage] = max(peaks.get(stage, 0.0), _peak_gb())  # a sweep's stage: its highest run
+            reset_peak()
+            seconds, outcome = timed(lambda: train_and_evaluate(replace(prepared, cfg=cfg), report))
+            peaks[stage] = max(peaks.get(stage, 0.0), peak_gb())  # a sweep's stage: its highest run
             return seconds, report, outcome
 
         grid = list(itertools.product(DROPOUTS, LRS))
@@ -228,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
         size, handle = base.backbone.image_size, base.backbone.handle
         digest = backbone_digest(handle, backbone_dir(handle))  # as a run computes it: the conversion is cached
         lite_forward = feature_forward(base, prepared.backbone, digest, tmp / "cache")[0]
-        ceiling = _forward_rate(lite_forward, size), _forward_rate(tf_forward(prepared.backbone), size)
+        ceiling = forward_rate(lite_forward, size), forward_rate(tf_forward(prepared.backbone), size)
         (tmp / "predict").mkdir()
         predict_rate, predict_engine = _predict_rate(outcome, base.backbone.image_size, tmp / "predict")
 
@@ -239,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
 
         lite_rate = n_images / max(cold.recorded["metrics"]["timing_feature_extraction_seconds"], 1e-9)
         tf_rate = n_images / max(tf_cold.recorded["metrics"]["timing_feature_extraction_seconds"], 1e-9)
-        print(f"\nCPU: {_cpu()}; backbone load {load_s:.1f} s (once, not counted below); features by "
+        print(f"\nCPU: {cpu()}; backbone load {load_s:.1f} s (once, not counted below); features by "
               f"{cold.recorded['tags']['feature_engine']}")
         print(line("(a) uncached run", uncached_s, "a"))
         print(line("(b) cached run, cold (XNNPACK)", cold_s, "b", TARGETS["cold"]))
