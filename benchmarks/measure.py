@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import platform
 import resource
 import time
 from pathlib import Path
@@ -30,13 +28,11 @@ def reset_peak() -> None:
 
 
 def cpu() -> str:
-    """The CPU's model name and whether it has AVX-512 (XNNPACK's fastest x86 kernels)."""
-    try:
-        info = open("/proc/cpuinfo").read()
-    except OSError:
-        return platform.machine()
-    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
-    return f"{name or platform.machine()}, {os.cpu_count()} cores, AVX-512 {'yes' if 'avx512f' in info else 'no'}"
+    """The CPU's model name, cores and whether it has AVX-512 (XNNPACK's fastest x86 kernels), as
+    the benchmarks print it; read by :mod:`rps.common.machine`, as runs record it."""
+    from rps.common import machine
+
+    return f"{machine.cpu_model()}, {machine.cores()} cores, AVX-512 {'yes' if machine.has_avx512() else 'no'}"
 
 
 def forward_rate(forward, image_size: int, n: int = 64, repeats: int = 3) -> float:
