@@ -33,9 +33,11 @@ from typing import Sequence
 
 # What the shell running pytest may have set that changes what rps does or prints: tests build their own.
 INHERITED = ("MLFLOW_", "TFDS_", "TFHUB_", "TF_CPP_MIN_LOG_LEVEL", "RPS_TF_LOG_LEVEL", "RPS_QUIET_FILTER", "RPS_VERBOSE")
-# Imported once by the fork server: what the commands import that costs seconds.
+# Imported once by the fork server: what the commands import that costs seconds; last,
+# support.warm_server (what they import lazily, then gc.freeze(): see that module).
 PRELOAD = ["rps", "tensorflow", "tf_keras", "tensorflow_hub", "tensorflow_datasets", "mlflow",
-           "mlflow.store.tracking.sqlalchemy_store", "hydra", "omegaconf", "matplotlib", "matplotlib.pyplot"]
+           "mlflow.store.tracking.sqlalchemy_store", "hydra", "omegaconf", "matplotlib", "matplotlib.pyplot",
+           "support.warm_server"]
 # Variables read while those libraries import (or by rps/__init__.py before them).
 IMPORT_TIME = ("TF_", "RPS_VERBOSE", "RPS_TF_LOG_LEVEL", "PYTHON", "MPL", "OMP_", "KMP_", "CUDA", "XLA_", "LD_", "MALLOC", "OPENBLAS", "MKL")
 # Read later, or by the child itself; or set by joblib and scikit-learn when a test process imports
@@ -82,8 +84,10 @@ def _server():
     context.set_forkserver_preload(PRELOAD)
     before, path = dict(os.environ), list(sys.path)
     os.environ.clear()
-    os.environ.update(_SERVER_ENV)
-    sys.path[:] = _fresh_sys_path()  # what the fork server imports with
+    # Its environment; PYTHONPATH lets it import support.warm_server (Python 3.11's fork server
+    # ignores the sys.path it is given: its children set their own, see _child).
+    os.environ.update(_SERVER_ENV | {"PYTHONPATH": str(Path(__file__).parents[1])})
+    sys.path[:] = _fresh_sys_path()
     try:
         forkserver.ensure_running()
     finally:

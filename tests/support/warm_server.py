@@ -1,0 +1,25 @@
+"""The last module the tests' fork server imports (``support.commands.PRELOAD``).
+
+First what rps's commands import lazily, on first use, and would otherwise import again in every
+forked command: TFDS's registry of dataset builders (``tfds.load`` imports every legacy builder
+module), Optuna's importance evaluators (the study report's plots), MLflow's pyfunc loaders (a
+logged model) and GitPython (the run's git commit). None of them reads the environment while it
+imports. (MLflow's server modules do, ``MLFLOW_AUTH_CONFIG_PATH``: they stay out.)
+
+Then ``gc.freeze()``: the ~580,000 objects of the preloaded libraries move to the permanent
+generation, so the garbage collections of a forked command (its full ones take ~0.13 s over them,
+and ``rps.training.loop.release_memory`` runs one before every run after a process's first) walk
+only what the command made. Those objects live as long as the process anyway.
+"""
+
+import gc
+import importlib
+
+import tensorflow_datasets as tfds
+
+for module in ("git", "mlflow.pyfunc", "optuna.importance", "optuna.visualization.matplotlib"):
+    importlib.import_module(module)
+tfds.builder_cls("rock_paper_scissors")  # imports the registry of builders, as tfds.load does
+
+gc.collect()  # garbage from the imports is not frozen with them
+gc.freeze()
