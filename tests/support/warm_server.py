@@ -3,8 +3,11 @@
 First what rps's commands import lazily, on first use, and would otherwise import again in every
 forked command: TFDS's registry of dataset builders (``tfds.load`` imports every legacy builder
 module), Optuna's importance evaluators (the study report's plots), MLflow's pyfunc loaders (a
-logged model) and GitPython (the run's git commit). None of them reads the environment while it
-imports. (MLflow's server modules do, ``MLFLOW_AUTH_CONFIG_PATH``: they stay out.)
+logged model) and GitPython (the run's git commit). Of what they read from the environment while
+they import, only GitPython's ``GIT_PYTHON_*`` (which git to run) could differ in a command, and no
+test sets it; Optuna's importance brings scikit-learn, which sets ``KMP_*`` in this server's
+environment, replaced in every child. (MLflow's server modules read ``MLFLOW_AUTH_CONFIG_PATH``
+while they import, which ``rps.server`` sets before it imports them: they stay out.)
 
 Then ``gc.freeze()``: the ~580,000 objects of the preloaded libraries move to the permanent
 generation, so the garbage collections of a forked command (its full ones take ~0.13 s over them,
