@@ -82,18 +82,17 @@ def _server():
 
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(PRELOAD)
-    before, path = dict(os.environ), list(sys.path)
+    before = dict(os.environ)
     os.environ.clear()
-    # Its environment; PYTHONPATH lets it import support.warm_server (Python 3.11's fork server
-    # ignores the sys.path it is given: its children set their own, see _child).
+    # It starts as a fresh interpreter with this environment, and imports from the path that gives
+    # it (Python 3.10-3.13 pass it this process's sys.path but do not apply it): PYTHONPATH adds
+    # support/ for support.warm_server. Each child sets its own path (_child).
     os.environ.update(_SERVER_ENV | {"PYTHONPATH": str(Path(__file__).parents[1])})
-    sys.path[:] = _fresh_sys_path()
     try:
         forkserver.ensure_running()
     finally:
         os.environ.clear()
         os.environ.update(before)
-        sys.path[:] = path
     return context
 
 
