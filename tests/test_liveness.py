@@ -102,47 +102,6 @@ def test_a_killed_run_is_reaped_by_the_next_command_and_a_live_one_is_not(offlin
     assert f"its process {proc.pid} on {os.uname().nodename} is gone" in run.data.tags[liveness.REAPED]
 
 
-def test_a_signal_during_a_collection_is_delivered_after_it_not_lost(rps_signal_handlers):
-    """Python drops an exception raised inside a finalizer: release_memory's collection holds
-    SIGINT/SIGTERM and delivers them once it is over."""
-    import gc
-    import weakref
-
-    from rps.common.errors import Terminated, signals_held
-
-    class Garbage:
-        pass
-
-    def collect_with_a_signal_in_a_finalizer(signum):
-        item = Garbage()
-        item.cycle = item
-        weakref.finalize(item, signal.raise_signal, signum)  # the signal lands inside gc
-        del item
-        gc.collect()
-
-    # The objects already here (TensorFlow's, MLflow's: ~400,000) are set aside, so each full
-    # collection below looks at this test's garbage only: ~1 s less each, the same finalizer run.
-    gc.freeze()
-    try:
-        lost, hook = [], sys.unraisablehook
-        sys.unraisablehook = lambda unraisable: lost.append(unraisable.exc_type)
-        try:
-            collect_with_a_signal_in_a_finalizer(signal.SIGINT)  # unheld: no exception comes out
-        finally:
-            sys.unraisablehook = hook
-        assert lost == [KeyboardInterrupt], "Python drops it"
-        for signum, raised in ((signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, Terminated)):
-            reached = []
-            with pytest.raises(raised):
-                with signals_held():
-                    collect_with_a_signal_in_a_finalizer(signum)
-                    reached.append("end of block")
-            assert reached == ["end of block"]
-    finally:
-        gc.unfreeze()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "handlers are restored"
-
-
 def test_a_ctrl_c_inside_a_store_write_still_ends_the_run_killed(shared_store):
     """As in a CI run: Ctrl-C landed just as SQLite returned the first row of a read inside a
     metrics write. The cursor, alive in the traceback, kept its connection and the write's lock

@@ -1,7 +1,7 @@
 """User-facing errors: one paragraph that names what is wrong and how to fix it."""
 
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 
 class RpsError(Exception):
@@ -66,11 +66,16 @@ def release_interrupted(err: BaseException) -> None:
 
 
 @contextmanager
-def signals_held() -> Iterator[None]:
-    """SIGINT and SIGTERM arriving inside the block are held and delivered when it ends.
+def signals_held(second_at_once: bool = False) -> Iterator[Callable[[], None]]:
+    """SIGINT and SIGTERM arriving inside the block are held and delivered when it ends, or earlier
+    where the block calls the ``deliver()`` it is given (a point where an exception is safe).
 
     For code that runs many finalizers (a garbage collection): Python drops an exception raised
-    inside a finalizer ("Exception ignored in ..."), so a Ctrl-C landing there would be lost.
+    inside a finalizer ("Exception ignored in ..."), so a Ctrl-C landing there would be lost. For
+    training: an exception landing inside TensorFlow's own ``with`` blocks (a device scope being
+    entered) can leave them unbalanced, and the error their exit raises replaces the interrupt.
+    With ``second_at_once``, a second signal is not held: it acts at once (a Ctrl-C pressed again
+    where the next safe point is slow to come).
     Outside the main thread (where handlers cannot be changed), or where a handler was installed
     by C code (Python could not put it back), the block runs as it is.
     """
@@ -79,14 +84,32 @@ def signals_held() -> Iterator[None]:
 
     held_signals = (signal.SIGINT, signal.SIGTERM)
     if threading.current_thread() is not threading.main_thread() or None in map(signal.getsignal, held_signals):
-        yield
+        yield lambda: None
         return
     held: list[int] = []
-    previous = {s: signal.signal(s, lambda signum, frame: held.append(signum)) for s in held_signals}
-    try:
-        yield
-    finally:
+    previous: dict = {}
+
+    def restore() -> None:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        previous.clear()
+
+    def deliver() -> None:
+        """If a signal was held: put the handlers back and raise the first one through them."""
         if held:
-            signal.raise_signal(held[0])
+            restore()
+            signum = held[0]
+            held.clear()
+            signal.raise_signal(signum)
+
+    def hold(signum, frame) -> None:
+        held.append(signum)
+        if second_at_once and len(held) > 1:
+            deliver()
+
+    previous.update({s: signal.signal(s, hold) for s in held_signals})
+    try:
+        yield deliver
+    finally:
+        restore()
+        deliver()

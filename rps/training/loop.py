@@ -56,6 +56,23 @@ class EpochReporter(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+class SafePoints(keras.callbacks.Callback):
+    """Raises a Ctrl-C or SIGTERM held during training (``deliver``, from
+    :func:`~rps.common.errors.signals_held`) where Keras' own state is consistent: after a batch
+    or an epoch. A signal landing anywhere else (inside TensorFlow's device scopes) could be
+    replaced by the error their unbalanced exit raises, and the run would end FAILED, not KILLED."""
+
+    def __init__(self, deliver: Callable[[], None]):
+        super().__init__()
+        self.deliver = deliver
+        self._supports_tf_logs = True  # the batch logs are not read: no conversion to numpy per batch
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.deliver()
+
+    on_test_batch_end = on_epoch_end = on_train_batch_end
+
+
 _runs_in_this_process = 0
 
 
@@ -191,8 +208,15 @@ def fit(
     steps = None
     if isinstance(train, EpochStream):  # epoch e's batches depend on (seed, e) only: resumable
         train, steps = train.epochs(initial_epoch, epochs), train.steps
-    history = model.fit(train, validation_data=val, epochs=epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
-                        callbacks=[*callbacks, EpochReporter(sink, stop)], verbose=verbose)  # logged after the checkpoint
+    with signals_held(second_at_once=True) as deliver:
+        try:
+            history = model.fit(train, validation_data=val, epochs=epochs, initial_epoch=initial_epoch,
+                                steps_per_epoch=steps, verbose=verbose,  # logged after the checkpoint:
+                                callbacks=[*callbacks, EpochReporter(sink, stop), SafePoints(deliver)])
+        except RuntimeError as err:  # TensorFlow's scope left unbalanced by a second, immediate Ctrl-C
+            if isinstance(err.__context__, KeyboardInterrupt):
+                raise err.__context__ from None
+            raise
     return {EPOCH_METRICS[k]: [float(v) for v in vs] for k, vs in history.history.items() if k in EPOCH_METRICS}
 
 
