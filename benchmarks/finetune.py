@@ -35,7 +35,8 @@ import numpy as np
 
 import rps  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from benchmarks.processes import benchmarks_env
-from benchmarks.measure import compose, cpu, forward_rate, peak_gb, reset_peak
+from rps.config import compose
+from benchmarks.measure import cpu, forward_rate, peak_gb, reset_peak
 from rps.training.outcome import OBJECTIVE
 from rps.synthetic import mirrors_in_env, tiny_mirrors
 from rps.training.report import Reporter
@@ -236,7 +237,7 @@ def _probe_threads(intra: int, inter: int, overrides: list[str]) -> None:
     tf.config.threading.set_inter_op_parallelism_threads(inter)
     from rps.training.pipeline import prepare
 
-    cfg = compose(overrides)
+    cfg = compose(*overrides)
     rate = upper_step_rates(prepare(cfg), cfg, names=("float32, batch 64",))["float32, batch 64"]
     print(f"THREADS {intra} {inter} {rate:.1f}")
 
@@ -280,7 +281,7 @@ def main(argv: list[str] | None = None) -> None:
 
         from rps.training.pipeline import prepare
 
-        base = compose(overrides)
+        base = compose(*overrides)
         peaks: dict[str, float] = {}
         prepared = prepare(base)
         print(f"rps fine-tuning benchmark, {time.strftime('%Y-%m-%d')}: {'REAL mirrors' if real else 'tiny generated data'}"

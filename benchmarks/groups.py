@@ -53,16 +53,16 @@ def main(argv: list[str] | None = None) -> None:
 
 def _measure(base: list[str], features: list[str], groups: list[int], seeds: list[int]
              ) -> tuple[dict[tuple[str, int, int], dict], list[str]]:
-    from benchmarks.measure import compose
+    from rps.config import compose
     from rps.training.pipeline import prepare, train_and_evaluate
 
-    prepared = prepare(compose(base))
+    prepared = prepare(compose(*base))
     runs, class_names = {}, []
     for kind in features:
         for k in groups:
             for seed in seeds:
                 reporter = Reporter()
-                cfg = compose(base + [f"split.group_features={kind}", f"split.groups={k}", f"seed={seed}"])
+                cfg = compose(*base + [f"split.group_features={kind}", f"split.groups={k}", f"seed={seed}"])
                 out = train_and_evaluate(replace(prepared, cfg=cfg), reporter)
                 class_names = out.class_names
                 run = runs[kind, k, seed] = carve_out(reporter) | {

@@ -1,10 +1,9 @@
-"""Measurements the in-process benchmarks share: their config, peak memory, the CPU, a forward pass's rate."""
+"""Measurements the in-process benchmarks share: peak memory, the CPU, a forward pass's rate, timing (their config: rps.config.compose)."""
 
 from __future__ import annotations
 
 import resource
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -41,18 +40,6 @@ def forward_rate(forward, image_size: int, n: int = 64, repeats: int = 3) -> flo
     images = np.random.default_rng(0).random((n, image_size, image_size, 3), dtype=np.float32)
     forward(images[:8])  # warm-up
     return max(n / timed(lambda: forward(images))[0] for _ in range(repeats))
-
-
-def compose(overrides: list[str]):
-    """rps's config with ``overrides``, composed from the repository's conf/ as a run composes it."""
-    from hydra import compose as hydra_compose, initialize_config_dir
-
-    from rps.config import register_configs
-
-    register_configs()
-    conf = Path(__file__).resolve().parent.parent / "conf"
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=overrides)
 
 
 def timed(fn) -> tuple[float, object]:

@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 
 import rps  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
-from benchmarks.measure import compose, cpu, forward_rate, peak_gb, reset_peak, timed
+from rps.config import compose
+from benchmarks.measure import cpu, forward_rate, peak_gb, reset_peak, timed
 from benchmarks.processes import benchmarks_env
 from rps.synthetic import mirrors_in_env, tiny_mirrors
 
@@ -59,7 +60,7 @@ def _probe_threads(intra: int, inter: int, overrides: list[str], images: int = 2
     from rps.model.backbone import extract_features, tf_forward
     from rps.training.pipeline import prepare
 
-    cfg = compose(overrides)
+    cfg = compose(*overrides)
     prepared = prepare(cfg)
     forward = tf_forward(prepared.backbone)
     train, _, _, _ = examples.load_tfds(prepared.source)
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
         from rps.training.report import Reporter
         from rps.model.hub import backbone_dir
 
-        base = compose(overrides)
+        base = compose(*overrides)
         peaks: dict[str, float] = {}  # resident memory (GB) by stage: start-up, then "a" ... "e"
         load_s, prepared = timed(lambda: prepare(base))  # checks, then loads the backbone once
         source = prepared.source

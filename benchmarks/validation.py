@@ -101,18 +101,18 @@ def official_data(prefix: str) -> Iterator[tuple[list[str], bool]]:
 
 def _measure(base: list[str], recipes: list[str], seeds: list[int], modes: dict[str, list[str]], real: bool) -> None:
     """Every recipe x mode (name -> overrides) x seed, then each mode's choice refitted, then :func:`report`."""
-    from benchmarks.measure import compose
+    from rps.config import compose
     from rps.training.pipeline import prepare, train_and_evaluate
     from rps.training.report import Reporter
 
-    prepared = prepare(compose(base))
+    prepared = prepare(compose(*base))
     results: dict[tuple[str, str, int], dict] = {}
     for recipe in recipes:
         for mode in modes:
             if not applies(recipe, mode):
                 continue
             for seed in seeds:
-                cfg = compose(base + RECIPES[recipe] + modes[mode] + [f"seed={seed}"])
+                cfg = compose(*base + RECIPES[recipe] + modes[mode] + [f"seed={seed}"])
                 start = time.monotonic()
                 out = train_and_evaluate(replace(prepared, cfg=cfg), Reporter())
                 row = results[recipe, mode, seed] = {
@@ -130,7 +130,7 @@ def _measure(base: list[str], recipes: list[str], seeds: list[int], modes: dict[
                 continue
             key = (chosen["recipe"], seed)
             if key not in refits:
-                cfg = compose(base + RECIPES[chosen["recipe"]] + ["split.refit=true", f"seed={seed}"])
+                cfg = compose(*base + RECIPES[chosen["recipe"]] + ["split.refit=true", f"seed={seed}"])
                 out = train_and_evaluate(replace(prepared, cfg=cfg), Reporter())
                 refits[key] = {"recipe": chosen["recipe"], "test_accuracy": out.metrics["test_accuracy"]}
                 print(f"{chosen['recipe']:<20}refit   seed {seed}: test {out.metrics['test_accuracy']:.4f}", flush=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import rps  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
-from rps.config import DEFAULT_HANDLE, register_configs
+from rps.config import DEFAULT_HANDLE, compose, register_configs  # noqa: F401  (compose: tests import it from here)
 from rps.search.config import register_tune_configs
 from support.commands import clean_env, run_module  # noqa: F401  (clean_env: tests import it from here)
 
@@ -21,14 +21,6 @@ TINY_SPLIT = ["split.val_size=12", "split.test_size=12", "batch_size=16"]
 
 register_configs()
 register_tune_configs()  # conf/tune.yaml's schemas, for tests that compose a study in-process
-
-
-def compose(*overrides: str, return_hydra_config: bool = False):
-    """The project's real config, composed as `python -m rps.run` would."""
-    from hydra import compose as hydra_compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=return_hydra_config)
 
 
 # pytest-xdist hands test files to its workers in collection order (pyproject.toml turns off its

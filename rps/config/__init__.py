@@ -10,6 +10,7 @@ of range (and combinations the feature cache cannot serve, a rule rps.model.feat
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from hydra.core.config_store import ConfigStore
@@ -18,7 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 from rps.common.errors import ConfigError
 from rps.config.schema import DEFAULT_HANDLE, GROUP_CHECKS, GROUP_SCHEMAS, Check, Config, size_problem
 
-__all__ = ["DEFAULT_HANDLE", "Check", "Config", "register_configs", "size_problem", "validate"]
+__all__ = ["CONF_DIR", "DEFAULT_HANDLE", "Check", "Config", "compose", "register_configs", "size_problem", "validate"]
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"  # the repository's conf/: the YAML files
 
 
 def register_configs() -> None:
@@ -31,6 +34,16 @@ def register_configs() -> None:
     cs.store(name="config_schema", node=Config)
     for name, node in GROUP_SCHEMAS.items():
         cs.store(group="schema", name=name, node=node)
+
+
+def compose(*overrides: str, return_hydra_config: bool = False) -> DictConfig:
+    """The config ``python -m rps.run <overrides>`` runs with, composed from :data:`CONF_DIR` by Hydra
+    outside a Hydra app (benchmarks, tests, a rerun's default config)."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=return_hydra_config)
 
 
 def _unknown_keys(node: DictConfig, prefix: str = "") -> list[tuple[str, Any, str]]:

@@ -19,7 +19,6 @@ from rps.runner.names import PARENT_KEY
 from rps.tracking.record import flatten
 
 RERUN_TAG = "rps.rerun"  # every run's tag: the command that trains it again, alone, with its model
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 _PLAIN = re.compile(r"^[\w./:@+-]+$")  # values Hydra's override grammar takes unquoted
 
 
@@ -41,16 +40,14 @@ def override_value(value: Any) -> str:
 
 def default_config() -> DictConfig:
     """``python -m rps.run``'s config with no override (composed by Hydra, in or outside an app)."""
-    from hydra import compose, initialize_config_dir
+    from hydra import compose
     from hydra.core.global_hydra import GlobalHydra
 
-    from rps.config import register_configs
+    from rps.config import compose as compose_outside_an_app
 
-    register_configs()  # (a process no Hydra app started, say rps.reproduce, has not registered them)
     if GlobalHydra.instance().is_initialized():
         return compose(config_name="config")
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config")
+    return compose_outside_an_app()
 
 
 def _plumbing(key: str, value: Any, cfg: DictConfig) -> bool:
