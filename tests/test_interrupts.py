@@ -75,14 +75,19 @@ def test_a_second_signal_acts_at_once(rps_signal_handlers):
 
 def test_an_error_an_interrupt_caused_inside_training_gives_way_to_the_interrupt(rps_signal_handlers):
     """A second Ctrl-C may still break a scope: the error its exit raises (with the interrupt as its
-    context) is not what ended the run."""
+    context, a few errors down if the scope was being traced) is not what ended the run."""
 
     class BrokenScope(keras.callbacks.Callback):
+        """As when the scope was being traced: tracing raised its own error while handling the scope's."""
+
         def on_train_batch_begin(self, batch, logs=None):
             try:
-                raise KeyboardInterrupt
-            except KeyboardInterrupt:
-                raise RuntimeError("Exiting device scope without proper scope nesting")
+                try:
+                    raise KeyboardInterrupt
+                except KeyboardInterrupt:
+                    raise RuntimeError("Exiting device scope without proper scope nesting")
+            except RuntimeError:
+                raise RuntimeError("in user code: ...")
 
     class Failing(keras.callbacks.Callback):
         def on_train_batch_begin(self, batch, logs=None):

@@ -1,7 +1,7 @@
 """User-facing errors: one paragraph that names what is wrong and how to fix it."""
 
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
 
 class RpsError(Exception):
@@ -46,6 +46,17 @@ def interrupt_on_signals() -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def interrupt_behind(err: BaseException) -> Optional[KeyboardInterrupt]:
+    """The Ctrl-C or SIGTERM that ``err`` was raised while handling (at any depth), if any."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, KeyboardInterrupt):
+            return err
+        seen.add(id(err))
+        err = err.__context__
+    return None
+
+
 def release_interrupted(err: BaseException) -> None:
     """Free what the frames an interrupt ran through still hold (their local variables), for
     ``err`` and the exceptions it interrupted; frames still running (the handler's, its callers')
@@ -76,13 +87,13 @@ def signals_held(second_at_once: bool = False) -> Iterator[Callable[[], None]]:
     entered) can leave them unbalanced, and the error their exit raises replaces the interrupt.
     With ``second_at_once``, a second signal is not held: it acts at once (a Ctrl-C pressed again
     where the next safe point is slow to come).
-    Outside the main thread (where handlers cannot be changed), or where a handler was installed
-    by C code (Python could not put it back), the block runs as it is.
+    An ignored signal stays ignored. Outside the main thread (where handlers cannot be changed), or
+    where a handler was installed by C code (Python could not put it back), the block runs as it is.
     """
     import signal
     import threading
 
-    held_signals = (signal.SIGINT, signal.SIGTERM)
+    held_signals = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not signal.SIG_IGN]
     if threading.current_thread() is not threading.main_thread() or None in map(signal.getsignal, held_signals):
         yield lambda: None
         return
@@ -107,8 +118,9 @@ def signals_held(second_at_once: bool = False) -> Iterator[Callable[[], None]]:
         if second_at_once and len(held) > 1:
             deliver()
 
-    previous.update({s: signal.signal(s, hold) for s in held_signals})
     try:
+        for s in held_signals:  # inside the try: a signal arriving between the two still gets both back
+            previous[s] = signal.signal(s, hold)
         yield deliver
     finally:
         restore()

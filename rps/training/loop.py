@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 from omegaconf import DictConfig
 
-from rps.common.errors import signals_held
+from rps.common.errors import interrupt_behind, signals_held
 from rps.data.pipelines import Batches, EpochStream
 from rps.training.checkpoints import Checkpoints, Saved
 from rps.model.head import compile_for_training
@@ -59,7 +59,8 @@ class EpochReporter(keras.callbacks.Callback):
 class SafePoints(keras.callbacks.Callback):
     """Raises a Ctrl-C or SIGTERM held during training (``deliver``, from
     :func:`~rps.common.errors.signals_held`) where Keras' own state is consistent: after a batch
-    or an epoch. A signal landing anywhere else (inside TensorFlow's device scopes) could be
+    (training or validation), or as the next epoch begins (the finished one checkpointed, reported
+    and printed). A signal landing anywhere else (inside TensorFlow's device scopes) could be
     replaced by the error their unbalanced exit raises, and the run would end FAILED, not KILLED."""
 
     def __init__(self, deliver: Callable[[], None]):
@@ -70,7 +71,7 @@ class SafePoints(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         self.deliver()
 
-    on_test_batch_end = on_epoch_end = on_train_batch_end
+    on_test_batch_end = on_epoch_begin = on_train_batch_end
 
 
 _runs_in_this_process = 0
@@ -214,8 +215,9 @@ def fit(
                                 steps_per_epoch=steps, verbose=verbose,  # logged after the checkpoint:
                                 callbacks=[*callbacks, EpochReporter(sink, stop), SafePoints(deliver)])
         except RuntimeError as err:  # TensorFlow's scope left unbalanced by a second, immediate Ctrl-C
-            if isinstance(err.__context__, KeyboardInterrupt):
-                raise err.__context__ from None
+            interrupt = interrupt_behind(err)  # (tracing re-raises: it can lie a few errors down)
+            if interrupt is not None:
+                raise interrupt from None
             raise
     return {EPOCH_METRICS[k]: [float(v) for v in vs] for k, vs in history.history.items() if k in EPOCH_METRICS}
 
