@@ -46,15 +46,18 @@ def interrupt_on_signals() -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-def interrupt_behind(err: BaseException) -> Optional[KeyboardInterrupt]:
-    """The Ctrl-C or SIGTERM that ``err`` was raised while handling (at any depth), if any."""
+def _chain(err: Optional[BaseException]) -> Iterator[BaseException]:
+    """``err`` and the exceptions it was raised while handling (its ``__context__``s), each once."""
     seen: set[int] = set()
     while err is not None and id(err) not in seen:
-        if isinstance(err, KeyboardInterrupt):
-            return err
         seen.add(id(err))
+        yield err
         err = err.__context__
-    return None
+
+
+def interrupt_behind(err: BaseException) -> Optional[KeyboardInterrupt]:
+    """The Ctrl-C or SIGTERM that ``err`` was raised while handling (at any depth), if any."""
+    return next((e for e in _chain(err) if isinstance(e, KeyboardInterrupt)), None)
 
 
 def release_interrupted(err: BaseException) -> None:
@@ -69,11 +72,8 @@ def release_interrupted(err: BaseException) -> None:
     """
     import traceback
 
-    seen: set[int] = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        traceback.clear_frames(err.__traceback__)
-        err = err.__context__
+    for e in _chain(err):
+        traceback.clear_frames(e.__traceback__)
 
 
 @contextmanager
