@@ -35,9 +35,9 @@ import numpy as np
 
 import rps  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from benchmarks.processes import benchmarks_env
-from rps.config import compose
 from benchmarks.measure import cpu, forward_rate, peak_gb, reset_peak
 from rps.training.outcome import OBJECTIVE
+from rps.config import compose
 from rps.synthetic import mirrors_in_env, tiny_mirrors
 from rps.training.report import Reporter
 

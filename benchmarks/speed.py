@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 
 import rps  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
-from rps.config import compose
 from benchmarks.measure import cpu, forward_rate, peak_gb, reset_peak, timed
 from benchmarks.processes import benchmarks_env
+from rps.config import compose
 from rps.synthetic import mirrors_in_env, tiny_mirrors
 
 TARGETS = {"cold": 0.25, "warm": 0.05, "sweep": 1.5}  # times relative to (a), the uncached run

@@ -53,7 +53,7 @@ class SignalsDuringABatch(keras.callbacks.Callback):
 def test_a_signal_during_training_is_raised_once_the_batch_it_landed_in_ends(rps_signal_handlers, signum, raised):
     """Raised where it lands, it could break a TensorFlow device scope being entered; its exit then
     raised "Exiting device scope without proper scope nesting" instead, and the run ended FAILED
-    (seen in CI's signal test, 2 of 14 repeats)."""
+    (seen in tests/test_e2e.py's signal test, 2 of 14 repeats on 2026-12-04)."""
     net, data = _tiny_training()
     sender, epochs = SignalsDuringABatch(signum), []
     with pytest.raises(raised):
