@@ -41,22 +41,6 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file's tests in their order
 
 
-def pytest_sessionstart(session):
-    """In CI (.ci/run), services install beside the project: wait for them before the first test,
-    and stop if they failed (a skipped server, SLURM or browser test would hide lost coverage)."""
-    marker = os.environ.get("RPS_CI_SERVICES")
-    if not marker:
-        return
-    deadline = time.monotonic() + 900
-    while not os.path.exists(marker):
-        if time.monotonic() > deadline:
-            pytest.exit(f"CI services not ready after 15 min (see {marker}.log)", returncode=3)
-        time.sleep(1)
-    status = open(marker).read().strip()
-    if status.startswith("FAILED"):
-        pytest.exit(f"CI services failed: {status}", returncode=3)
-
-
 @pytest.fixture(scope="session", autouse=True)
 def private_feature_cache(tmp_path_factory):
     """Keep the tests' feature cache (and runs they launch) out of the user's ~/.cache."""

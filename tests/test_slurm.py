@@ -14,6 +14,7 @@ import pytest
 
 from conftest import TINY_SPLIT, sweep_runs
 from support.commands import start_module
+from support.services import require
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 SLURM = ["hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=3",
@@ -29,9 +30,7 @@ def _slurm_problem() -> str | None:
 
 @pytest.fixture(autouse=True)
 def slurm():
-    problem = _slurm_problem()
-    if problem:
-        pytest.skip(problem)
+    require("slurm", _slurm_problem)
 
 
 def _checkpoint_epoch(cwd) -> int:

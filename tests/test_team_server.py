@@ -19,6 +19,7 @@ from mlflow.exceptions import MlflowException
 
 from conftest import TINY_SPLIT, clean_env, free_port, run_cli
 from support.commands import run_module, start_module
+from support.services import require
 from support.team import PASSWORDS, TeamServer, postgres_problem, strong_password, together
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
@@ -26,9 +27,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.server]
 
 @pytest.fixture(scope="module")
 def team_server(tmp_path_factory):
-    problem = postgres_problem()
-    if problem:
-        pytest.skip(problem)
+    require("postgresql", postgres_problem)
     port = free_port()
     state = tmp_path_factory.mktemp("server")  # exists already, mode 0755: start must make it private
     server = TeamServer(f"http://127.0.0.1:{port}", state,

@@ -28,6 +28,7 @@ from PIL import Image
 
 from conftest import TINY_SPLIT, all_runs, clean_env, free_port, run_cli, store, sweep_runs, wait_until_up
 from support import mlflow_ui as ui
+from support.services import require
 
 pytestmark = pytest.mark.slow
 OBJECTIVE, LOSS = "selection_val_accuracy", "selection_val_loss"
@@ -159,14 +160,8 @@ def test_the_chosen_childs_rerun_command_trains_it_again(sweep, tmp_path):
     assert again.data.tags["rps.model_uri"].startswith("models:/")
 
 
-def browser_or_skip() -> None:
-    reason = ui.missing()
-    if reason:
-        pytest.skip(f"no headless browser here: {reason}")
-
-
 def test_compare_opens_on_the_objective_in_a_browser(server, sweep):
-    browser_or_skip()
+    require("chromium", ui.missing)
     with ui.browser_page() as page:
         axes = ui.compare_axes(page, server, sweep.parent.info.experiment_id, [c.info.run_id for c in sweep.children])
         if SCREENSHOTS:
@@ -175,7 +170,7 @@ def test_compare_opens_on_the_objective_in_a_browser(server, sweep):
 
 
 def test_the_chart_view_shows_the_childrens_images_side_by_side_in_a_browser(server, sweep):
-    browser_or_skip()
+    require("chromium", ui.missing)
     with ui.browser_page() as page:
         ui.chart_view(page, server, sweep.parent.info.experiment_id)
         ui.show_card(page, "sweep_comparison")
