@@ -100,9 +100,42 @@ def rps_signal_handlers():
         signal.signal(s, handler)
 
 
+@pytest.fixture(scope="session")
+def store_template(tmp_path_factory) -> Path:
+    """A tracking store holding MLflow's tables and their schema version, no rows. A new store's
+    migrations take 1-2 s of CPU, ~15% of a tiny forked run (py-spy, 2026-12-04), so the tests
+    that take :func:`offline_env` start from a copy. The first run opening the copy adds MLflow's
+    Default experiment as in a new store (same rows and ids, checked 2026-12-04). A store's first
+    use (rps's lock and message) is tested where a run starts in a folder of its own."""
+    import sqlite3
+
+    from mlflow import MlflowClient
+
+    db = tmp_path_factory.mktemp("store_template") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()
+    connection = sqlite3.connect(db)
+    with connection:  # one transaction
+        connection.execute("DELETE FROM experiment_tags")
+        connection.execute("DELETE FROM experiments")
+    connection.close()
+    return db
+
+
+def copy_store(template: Path, cwd: Path) -> None:
+    """``template`` as the default store of runs launched from ``cwd`` (sqlite's backup: a consistent copy)."""
+    import sqlite3
+
+    (cwd / "mlruns").mkdir(parents=True, exist_ok=True)
+    source, target = sqlite3.connect(template), sqlite3.connect(cwd / "mlruns" / "mlflow.db")
+    source.backup(target)
+    source.close(), target.close()
+
+
 @pytest.fixture
-def offline_env(tiny_tfds, hub_cache, tmp_path) -> dict[str, str]:
-    """Environment for a CLI run on the tiny mirrors, with its own empty tracking store."""
+def offline_env(tiny_tfds, hub_cache, tmp_path, store_template) -> dict[str, str]:
+    """Environment for a CLI run on the tiny mirrors; runs launched from ``tmp_path`` find an empty
+    tracking store there (a copy of :func:`store_template`)."""
+    copy_store(store_template, tmp_path)
     env = clean_env()
     env.update(TFDS_DATA_DIR=str(tiny_tfds), TFHUB_CACHE_DIR=str(hub_cache), PYTHONUNBUFFERED="1")
     return env

@@ -150,13 +150,15 @@ def test_a_credential_on_the_command_line_is_refused_before_anything_is_written(
     env = offline_env | {"XDG_CACHE_HOME": str(tmp_path / "cache")}
     if command == "environment":
         env["MLFLOW_TRACKING_URI"] = f"http://alice:{secret}@127.0.0.1:9"
-    result = run_module(*(a.format(secret=secret) for a in args), cwd=tmp_path, env=env, timeout=300)
+    project = tmp_path / "project"  # a folder without a store (offline_env's tmp_path has one)
+    project.mkdir()
+    result = run_module(*(a.format(secret=secret) for a in args), cwd=project, env=env, timeout=300)
     assert result.returncode == 2 and expected in result.stderr, result.stderr[-2000:]
     assert "Traceback" not in result.stderr and secret not in result.stdout + result.stderr
     assert "MLFLOW_TRACKING_PASSWORD" in result.stderr and "Nothing was written" in result.stderr
     written = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert not [p for p in written if secret.encode() in p.read_bytes()]
-    assert not (tmp_path / "mlruns").exists(), sorted(map(str, written))
+    assert not (project / "mlruns").exists(), sorted(map(str, written))
 
 
 def test_artifacts_are_valid_images_and_config(finished_run, tmp_path):
@@ -285,11 +287,13 @@ def test_corrupt_file_fails_the_run_and_names_it(offline_env, tiny_backbone, tmp
 
 
 def test_bad_config_fails_in_seconds_without_a_run(offline_env, tmp_path):
-    result = run_cli("head.dropout=1.5", cwd=tmp_path, env=offline_env)
+    project = tmp_path / "project"  # a folder without a store (offline_env's tmp_path has one)
+    project.mkdir()
+    result = run_cli("head.dropout=1.5", cwd=project, env=offline_env)
     assert result.returncode == 2 and result.seconds < 15
     assert "head.dropout=1.5" in result.stderr and "[0, 1)" in result.stderr
     assert "Traceback" not in result.stderr
-    assert not (tmp_path / "mlruns" / "mlflow.db").exists()
+    assert not (project / "mlruns" / "mlflow.db").exists()
     unknown = run_cli("optimizer=rmsprop", cwd=tmp_path, env=offline_env)
     assert unknown.returncode != 0 and "Available options" in unknown.stderr and "sgd" in unknown.stderr
     too_big = run_cli(cwd=tmp_path, env=offline_env)  # 600 val + 400 test > 84 tiny examples
@@ -317,8 +321,6 @@ def test_offline_without_mirrors_fails_fast_naming_the_knobs(offline_env, tmp_pa
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_signal_mid_training_ends_the_run_killed_keeping_finished_epochs(offline_env, tmp_path, signum, code):
-    (tmp_path / "mlruns").mkdir()
-    store(tmp_path).search_experiments()  # create the tables first: this test polls the store meanwhile
     # Started with SIGINT ignored, as a shell starts background jobs: rps must still honour Ctrl-C.
     proc = start_module("rps.run", "epochs=100000", *TINY_SPLIT, cwd=tmp_path, env=offline_env, ignore_sigint=True)
     try:
@@ -365,7 +367,6 @@ def test_unreachable_tracking_server_fails_before_training(offline_env, tmp_path
 
 
 def test_unwritable_artifact_store_fails_before_training(offline_env, tmp_path):
-    (tmp_path / "mlruns").mkdir()
     (tmp_path / "mlruns" / "artifacts").write_text("a file where the artifact folder should be")
     result = run_cli(*TINY_SPLIT, cwd=tmp_path, env=offline_env)
     assert result.returncode == 2 and "not writable" in result.stderr and "Traceback" not in result.stderr
@@ -397,7 +398,6 @@ def test_concurrent_runs_on_a_new_store_complete_and_a_warm_run_repeats_the_cold
 
 def test_artifact_write_failure_fails_the_run_with_a_clear_error(offline_env, tmp_path):
     """An experiment whose artifact location cannot be written (as on a full or broken disk)."""
-    (tmp_path / "mlruns").mkdir()
     (tmp_path / "blocker").write_text("a file, so nothing can be created below it")
     store(tmp_path).create_experiment("rps", artifact_location=(tmp_path / "blocker" / "artifacts").as_uri())
     result = run_cli(*TINY_SPLIT, cwd=tmp_path, env=offline_env)
@@ -439,7 +439,6 @@ def test_unwritable_feature_cache_fails_the_run_naming_the_knob(offline_env, tmp
 
 
 def test_deleted_experiment_is_explained_before_training(offline_env, tmp_path):
-    (tmp_path / "mlruns").mkdir()
     client = store(tmp_path)
     client.delete_experiment(client.create_experiment("rps"))
     result = run_cli(*TINY_SPLIT, cwd=tmp_path, env=offline_env)

@@ -75,8 +75,6 @@ def test_heartbeat_renews_its_tag(shared_store):
 
 @pytest.mark.slow
 def test_a_killed_run_is_reaped_by_the_next_command_and_a_live_one_is_not(offline_env, tmp_path):
-    (tmp_path / "mlruns").mkdir()
-    store(tmp_path).search_experiments()  # create the tables first: this test polls the store meanwhile
     proc = start_module("rps.run", "epochs=100000", *TINY_SPLIT, cwd=tmp_path, env=offline_env)
     try:
         deadline = time.monotonic() + 240

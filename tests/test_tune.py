@@ -169,8 +169,6 @@ def in_a_trial_after_one_finished(runs) -> bool:
 
 
 def test_an_interrupted_study_resumes_where_it_stopped(search_dir, offline_env, tmp_path):
-    (tmp_path / "mlruns").mkdir()
-    store(tmp_path).search_experiments()  # create the tables first: this test polls the store meanwhile
     # 3 trials: the first fails (dropout >= 1), the second finishes, the third is cut (the poll below sees
     # its first epochs; 20 leave room); the resumed study asks it again, the budget's third
     study_args = ("search.pruner=none", "epochs=20", "search.trials=3")
