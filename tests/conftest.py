@@ -104,9 +104,10 @@ def rps_signal_handlers():
 def store_template(tmp_path_factory) -> Path:
     """A tracking store holding MLflow's tables and their schema version, no rows. A new store's
     migrations take 1-2 s of CPU, ~15% of a tiny forked run (py-spy, 2026-12-04), so the tests
-    that take :func:`offline_env` start from a copy. The first run opening the copy adds MLflow's
-    Default experiment as in a new store (same rows and ids, checked 2026-12-04). A store's first
-    use (rps's lock and message) is tested where a run starts in a folder of its own."""
+    that take :func:`offline_env`, and the fixtures that run sweeps and studies, start from a copy
+    (:func:`copy_store`). The first run opening the copy adds MLflow's Default experiment as in a
+    new store (same rows and ids, checked 2026-12-04). A store's first use (rps's lock and its
+    message; concurrent first runs) is tested where runs start in a folder without one (test_e2e)."""
     import sqlite3
 
     from mlflow import MlflowClient

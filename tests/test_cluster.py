@@ -15,7 +15,7 @@ import tempfile
 
 import pytest
 
-from conftest import TINY_SPLIT, free_port, run_cli, store, sweep_runs
+from conftest import TINY_SPLIT, copy_store, free_port, run_cli, store, sweep_runs
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
@@ -60,10 +60,10 @@ def ray_head(offline_env, tmp_path):
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
-def test_ray_cluster_jobs_nest_under_the_parent_from_another_directory(ray_head, tmp_path):
+def test_ray_cluster_jobs_nest_under_the_parent_from_another_directory(ray_head, store_template, tmp_path):
     address, head_dir, env = ray_head
     launch = tmp_path / "launch"
-    launch.mkdir()
+    copy_store(store_template, launch)
     result = run_cli("-m", "head.dropout=0.2,0.5", "epochs=1", *TINY_SPLIT, "hydra/launcher=ray_cluster",
                      f"hydra.launcher.ray.init.address={address}", cwd=launch, env=env, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -16,15 +16,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TINY_SPLIT, all_runs, clean_env, free_port, run_cli, store, wait_until_up
+from conftest import TINY_SPLIT, all_runs, clean_env, copy_store, free_port, run_cli, store, wait_until_up
 from support.commands import run_module, start_module
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def exported_run(tiny_tfds, hub_cache, tmp_path_factory):
+def exported_run(tiny_tfds, hub_cache, store_template, tmp_path_factory):
     cwd = tmp_path_factory.mktemp("exported")
+    copy_store(store_template, cwd)
     env = clean_env()
     env.update(TFDS_DATA_DIR=str(tiny_tfds), TFHUB_CACHE_DIR=str(hub_cache))
     result = run_cli("epochs=2", *TINY_SPLIT, "export.formats=[float32,dynamic_range]", "export.latency_runs=3",

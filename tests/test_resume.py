@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_SPLIT, all_runs, new_experiment, run_cli, store
+from conftest import TINY_SPLIT, all_runs, copy_store, new_experiment, run_cli, store
 from support.commands import run_module, start_module
 
 TESTS = Path(__file__).parent  # support.sweep_job (and the conftest it imports) from there
@@ -62,9 +62,10 @@ def _history(client, run_id: str, key: str) -> list[tuple[int, float]]:
 
 
 @pytest.mark.parametrize("overrides, epoch, phase", [(FROZEN, 15, 1), (FINE_TUNE, 8, 2)], ids=["frozen", "fine-tune"])
-def test_a_killed_run_resumes_to_the_numbers_of_an_uninterrupted_one(offline_env, tmp_path, overrides, epoch, phase):
+def test_a_killed_run_resumes_to_the_numbers_of_an_uninterrupted_one(offline_env, store_template, tmp_path, overrides,
+                                                                     epoch, phase):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    whole.mkdir(), killed.mkdir()
+    copy_store(store_template, whole), copy_store(store_template, killed)
     reference = run_cli(*overrides, cwd=whole, env=offline_env)
     assert reference.returncode == 0, reference.stderr[-3000:]
     (expected,) = all_runs(whole)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import all_runs, clean_env, store
+from conftest import all_runs, clean_env, copy_store, store
 from support.commands import run_module
 from rps.model.formats import FORMATS, TOLERANCE
 from rps.training.outcome import OBJECTIVE
@@ -48,12 +48,13 @@ search:
 
 
 @pytest.fixture(scope="module")
-def shipped(tiny_tfds, hub_cache, tmp_path_factory):
+def shipped(tiny_tfds, hub_cache, store_template, tmp_path_factory):
     """The finished study: its parent, its two trials, the store's client, the command's cwd and env."""
     extra = tmp_path_factory.mktemp("conf")
     (extra / "experiment").mkdir()
     (extra / "experiment" / "tiny_ship.yaml").write_text(STUDY)
     cwd = tmp_path_factory.mktemp("ship")
+    copy_store(store_template, cwd)
     env = clean_env()
     env.update(TFDS_DATA_DIR=str(tiny_tfds), TFHUB_CACHE_DIR=str(hub_cache), PYTHONUNBUFFERED="1")
     out = run_module("rps.tune", "+experiment=tiny_ship", f"hydra.searchpath=[file://{extra}]", cwd=cwd, env=env,

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TINY_SPLIT, clean_env, free_port, run_cli, store, sweep_runs, wait_until_up
+from conftest import TINY_SPLIT, clean_env, copy_store, free_port, run_cli, store, sweep_runs, wait_until_up
 from support.commands import run_module
 
 pytestmark = pytest.mark.slow
@@ -26,10 +26,11 @@ GRID = ["head.dropout=0.2,0.5", "optimizer.lr=0.01,0.001"]
 
 
 @pytest.fixture(scope="module")
-def grid_sweep(tiny_tfds, hub_cache, tmp_path_factory):
+def grid_sweep(tiny_tfds, hub_cache, store_template, tmp_path_factory):
     """The grid's 4 jobs on joblib's 2 workers, the chosen one promoted to champion (Hydra's
     in-process basic launcher runs the sweeps of test_ensemble.py, test_ui.py, test_team_server.py)."""
     cwd = tmp_path_factory.mktemp("sweep")
+    copy_store(store_template, cwd)
     env = clean_env()
     env.update(TFDS_DATA_DIR=str(tiny_tfds), TFHUB_CACHE_DIR=str(hub_cache))
     result = run_cli("-m", *GRID, "epochs=2", *TINY_SPLIT, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import all_runs, store
+from conftest import all_runs, copy_store, store
 from support.commands import run_module, start_module
 
 pytestmark = pytest.mark.slow
@@ -73,11 +73,11 @@ def study_runs(cwd: Path):
 
 
 def test_a_study_prunes_and_survives_failing_trials_choosing_on_validation_only(
-        search_dir, offline_env, tmp_path, relabelled_tfds):
+        search_dir, offline_env, store_template, tmp_path, relabelled_tfds):
     seen, seen_output = {}, {}
     for name, data in (("true", None), ("relabelled", relabelled_tfds)):
         cwd = tmp_path / name
-        cwd.mkdir()
+        copy_store(store_template, cwd)
         result = run_tune(search_dir, cwd, offline_env, *([f"dataset.data_dir={data}"] if data else []))
         assert result.returncode == 0, result.stderr[-3000:]
         seen[name] = (trials(cwd), *study_runs(cwd))
