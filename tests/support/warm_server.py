@@ -4,10 +4,11 @@ First what rps's commands import lazily, on first use, and would otherwise impor
 forked command: TFDS's registry of dataset builders (``tfds.load`` imports every legacy builder
 module), Optuna's importance evaluators (the study report's plots), MLflow's pyfunc loaders (a
 logged model), GitPython (the run's git commit) and Hydra's plugins (its launchers and sweepers,
-which every command's first Hydra call scans and imports: ~2.5% of a forked run's CPU, py-spy 2026-12-04). Of what they read from the environment while
-they import, only GitPython's ``GIT_PYTHON_*`` (which git to run) could differ in a command, and no
-test sets it; Optuna's importance brings scikit-learn, which sets ``KMP_*`` in this server's
-environment, replaced in every child. (MLflow's server modules read ``MLFLOW_AUTH_CONFIG_PATH``
+which every command's first Hydra call scans and imports: ~2.5% of a forked run's CPU, py-spy
+2026-12-04). Of what they read from the environment while they import, only GitPython's
+``GIT_PYTHON_*`` (which git to run) could differ in a command, and no test sets it; Optuna's
+importance brings scikit-learn, which sets ``KMP_*`` in this server's environment, replaced in
+every child. (MLflow's server modules read ``MLFLOW_AUTH_CONFIG_PATH``
 while they import, which ``rps.server`` sets before it imports them: they stay out.)
 
 Then ``gc.freeze()``: the ~580,000 objects of the preloaded libraries move to the permanent
